@@ -1,0 +1,33 @@
+// Lint rules, including the architecture's import boundaries (see ../shared/DESIGN.md "Layout"):
+// server and agent never import each other; the shared layers never import the processes above them;
+// product code never imports test doubles.
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+const boundary = (files, forbidden, why) => ({
+  files,
+  rules: {
+    'no-restricted-imports': ['error', {
+      patterns: forbidden.map((group) => ({ group: [`**/${group}/**`, `**/${group}`], message: why })),
+    }],
+  },
+});
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'node_modules/**', 'coverage/**'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      'no-constant-condition': ['error', { checkLoops: false }],
+    },
+  },
+  boundary(['src/spiffe/**', 'src/tpm/**', 'src/keylime/**', 'src/geo/**', 'native/**', 'feature-flags/**'],
+    ['server', 'agent', 'workload', 'cli', 'test'],
+    'shared layers (spiffe/tpm/keylime/geo/native) must not depend on server, agent, workload, cli or test code'),
+  boundary(['src/server/**'], ['agent', 'workload', 'test'], 'the server never imports the agent, the workload library or test code'),
+  boundary(['src/agent/**'], ['server', 'test'], 'the agent never imports the server or test code'),
+  boundary(['src/workload/**'], ['server', 'agent', 'test'], 'the workload library only builds on src/spiffe (and the Workload API protocol)'),
+  boundary(['src/cli/**'], ['test'], 'product code never imports test doubles'),
+);
