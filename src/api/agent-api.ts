@@ -1,0 +1,212 @@
+// The agent API protocol (proto/agent.proto) as loaded by grpc-js, with TypeScript shapes for
+// its messages. Shared by the server (which implements it) and the agent (which calls it).
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+
+/** Largest message either side accepts (a batch of 500 CSRs plus overhead fits easily). */
+export const AGENT_API_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+/** Most items one BatchNewX509Svid call may carry. */
+export const AGENT_API_MAX_BATCH = 500;
+
+/** Fully-qualified service name, for logs and errors. */
+export const AGENT_SERVICE_NAME = 'terroir.agent.v1.Agent';
+
+// The proto file sits at <root>/proto; this module runs from <root>/src/api (tsx) or
+// <root>/dist/src/api (compiled), so look in both places.
+function protoPath(): string {
+  for (const rel of ['../../proto/agent.proto', '../../../proto/agent.proto']) {
+    const p = fileURLToPath(new URL(rel, import.meta.url));
+    if (fs.existsSync(p)) return p;
+  }
+  throw new Error('proto/agent.proto not found next to the terroir installation; reinstall the package');
+}
+
+/** Loader options both sides use: camelCase fields, int64 as JS numbers, bytes as Buffer, enums as names. */
+export const AGENT_PROTO_OPTIONS: protoLoader.Options = {
+  keepCase: false,
+  longs: Number,
+  enums: String,
+  bytes: Buffer,
+  defaults: true,
+  arrays: true,
+  objects: true,
+  oneofs: true,
+};
+
+let cached: grpc.ServiceClientConstructor | undefined;
+
+/** The grpc-js service definition and client constructor for `terroir.agent.v1.Agent`. */
+export function agentServiceClient(): grpc.ServiceClientConstructor {
+  if (cached) return cached;
+  const def = protoLoader.loadSync(protoPath(), AGENT_PROTO_OPTIONS);
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    terroir: { agent: { v1: { Agent: grpc.ServiceClientConstructor } } };
+  };
+  cached = pkg.terroir.agent.v1.Agent;
+  return cached;
+}
+
+export function agentServiceDefinition(): grpc.ServiceDefinition {
+  return agentServiceClient().service;
+}
+
+// ---------------------------------------------------------------- message shapes
+// Decoded messages always have every field (defaults: true); when sending, omitted fields take
+// their proto3 defaults.
+
+export interface Selector {
+  type: string;
+  value: string;
+}
+
+export interface JoinTokenAttestation {
+  token: string;
+}
+
+export interface TpmAttestation {
+  ekCertificate: Buffer;
+  ekIntermediates: Buffer[];
+  ekPublic: Buffer;
+  akPublic: Buffer;
+}
+
+export interface AttestationParams {
+  joinToken?: JoinTokenAttestation | null;
+  tpm?: TpmAttestation | null;
+  csr: Buffer;
+  /** Set on decode: which of joinToken/tpm is present. */
+  data?: 'joinToken' | 'tpm';
+}
+
+export interface ChallengeResponse {
+  activatedSecret: Buffer;
+}
+
+export interface AttestAgentRequest {
+  params?: AttestationParams | null;
+  challengeResponse?: ChallengeResponse | null;
+  step?: 'params' | 'challengeResponse';
+}
+
+export interface AttestationChallenge {
+  credentialBlob: Buffer;
+  encryptedSecret: Buffer;
+  nonce: Buffer;
+  expiresAt: number;
+}
+
+export interface AttestationResult {
+  spiffeId: string;
+  svidChain: Buffer[];
+  selectors: Selector[];
+  bundle: Buffer;
+  canRenew: boolean;
+}
+
+export interface AttestAgentResponse {
+  challenge?: AttestationChallenge | null;
+  result?: AttestationResult | null;
+  step?: 'challenge' | 'result';
+}
+
+export interface X509Svid {
+  spiffeId: string;
+  certChain: Buffer[];
+  expiresAt: number;
+}
+
+export interface RegistrationEntry {
+  id: string;
+  spiffeId: string;
+  parentId: string;
+  selectors: Selector[];
+  x509SvidTtl: number;
+  jwtSvidTtl: number;
+  federatesWith: string[];
+  dnsNames: string[];
+  admin: boolean;
+  downstream: boolean;
+  expiresAt: number;
+  hint: string;
+  revisionNumber: number;
+}
+
+export interface RenewAgentRequest {
+  csr: Buffer;
+}
+
+export interface RenewAgentResponse {
+  svid: X509Svid | null;
+}
+
+export interface SyncEntriesRequest {
+  knownRevision: string;
+}
+
+export interface SyncEntriesResponse {
+  revision: string;
+  unchanged: boolean;
+  entries: RegistrationEntry[];
+}
+
+export interface FetchBundlesRequest {
+  knownSequence: number;
+}
+
+export interface FetchBundlesResponse {
+  trustDomain: string;
+  sequence: number;
+  bundle: Buffer;
+  federatedBundles: Record<string, Buffer>;
+}
+
+export interface NewX509SvidParams {
+  entryId: string;
+  csr: Buffer;
+}
+
+export interface BatchNewX509SvidRequest {
+  params: NewX509SvidParams[];
+}
+
+export interface BatchNewX509SvidResult {
+  entryId: string;
+  svid: X509Svid | null;
+  errorCode: number;
+  errorMessage: string;
+}
+
+export interface BatchNewX509SvidResponse {
+  results: BatchNewX509SvidResult[];
+}
+
+export interface NewJwtSvidRequest {
+  entryId: string;
+  audience: string[];
+}
+
+export interface NewJwtSvidResponse {
+  spiffeId: string;
+  token: string;
+  expiresAt: number;
+}
+
+export type WatchAgentRequest = Record<string, never>;
+
+export type AgentEventKind = 'KIND_UNSPECIFIED' | 'READY' | 'ENTRIES_CHANGED' | 'BUNDLE_CHANGED' | 'DROP_SVIDS';
+
+export interface AgentEvent {
+  kind: AgentEventKind;
+  revision: string;
+  bundleSequence: number;
+  reason: string;
+}
+
+/** Channel options both sides should use: bounded message sizes. */
+export const AGENT_API_CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  'grpc.max_receive_message_length': AGENT_API_MAX_MESSAGE_BYTES,
+  'grpc.max_send_message_length': AGENT_API_MAX_MESSAGE_BYTES,
+};
