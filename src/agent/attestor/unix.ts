@@ -1,0 +1,198 @@
+// The unix workload attestor: turns a caller's kernel-reported credentials (pid/uid/gid from
+// SO_PEERCRED) into selectors, reading /proc for the binary and /etc/passwd, /etc/group for names.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import type { PeerCredentials } from '../../../native/peercred.js';
+import type { Selector } from '../selectors.js';
+
+export class WorkloadAttestationError extends Error {
+  constructor(readonly code: 'process_gone' | 'process_changed' | 'unreadable', message: string) {
+    super(message);
+    this.name = 'WorkloadAttestationError';
+  }
+}
+
+export interface UnixAttestorOptions {
+  /** Compute unix:sha256 of the caller's binary (default true). */
+  sha256?: boolean;
+  /** Binaries larger than this are not hashed (no unix:sha256 selector); default 1 GiB. */
+  maxBinaryBytes?: number;
+  /** Where /proc and /etc live (tests never need to change these). */
+  procRoot?: string;
+  etcRoot?: string;
+}
+
+/**
+ * The start time of a process, in clock ticks since boot (/proc/<pid>/stat field 22). A pid
+ * reused by a new process gets a new start time, which is how reuse is detected.
+ */
+export function processStartTime(pid: number, procRoot = '/proc'): string {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`${procRoot}/${pid}/stat`, 'latin1');
+  } catch {
+    throw new WorkloadAttestationError('process_gone', `process ${pid} no longer exists`);
+  }
+  // The command name (field 2) is in parentheses and may contain spaces or ')'; fields after the
+  // last ')' are space separated, starting with field 3.
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const start = rest[22 - 3];
+  if (start === undefined || !/^\d+$/.test(start)) {
+    throw new WorkloadAttestationError('unreadable', `cannot parse /proc/${pid}/stat`);
+  }
+  return start;
+}
+
+interface HashCacheEntry {
+  key: string;
+  hash: Promise<string | null>;
+}
+
+interface NameTable {
+  mtimeMs: number;
+  size: number;
+  byId: Map<number, string>;
+}
+
+export class UnixAttestor {
+  private readonly sha256: boolean;
+  private readonly maxBinaryBytes: number;
+  private readonly procRoot: string;
+  private readonly etcRoot: string;
+  // Hashing a large binary costs ~100 ms; remember it per (device, inode, size, mtime, ctime).
+  private readonly hashes = new Map<string, HashCacheEntry>();
+  private readonly tables = new Map<string, NameTable>();
+
+  constructor(opts: UnixAttestorOptions = {}) {
+    this.sha256 = opts.sha256 ?? true;
+    this.maxBinaryBytes = opts.maxBinaryBytes ?? 1024 * 1024 * 1024;
+    this.procRoot = opts.procRoot ?? '/proc';
+    this.etcRoot = opts.etcRoot ?? '/etc';
+  }
+
+  /**
+   * Selectors for a caller. `startTime` is the pid's start time recorded when the connection was
+   * accepted: if the process has exited or the pid now belongs to another process, the caller is
+   * refused rather than attested as someone else.
+   */
+  async attest(cred: PeerCredentials, startTime: string): Promise<Selector[]> {
+    const { pid, uid, gid } = cred;
+    this.checkSameProcess(pid, startTime);
+
+    const status = this.readProc(pid, 'status');
+    const realUid = /^Uid:\s+(\d+)/m.exec(status)?.[1];
+    const realGid = /^Gid:\s+(\d+)/m.exec(status)?.[1];
+    if (realUid !== String(uid) || realGid !== String(gid)) {
+      // The process changed identity since it connected: attest neither identity.
+      throw new WorkloadAttestationError('process_changed', `process ${pid} changed its uid/gid after connecting`);
+    }
+
+    const selectors: Selector[] = [
+      { type: 'unix', value: `uid:${uid}` },
+      { type: 'unix', value: `gid:${gid}` },
+    ];
+    const user = this.nameOf('passwd', uid);
+    if (user !== undefined) selectors.push({ type: 'unix', value: `user:${user}` });
+    const group = this.nameOf('group', gid);
+    if (group !== undefined) selectors.push({ type: 'unix', value: `group:${group}` });
+
+    let exePath: string | undefined;
+    try {
+      exePath = fs.readlinkSync(`${this.procRoot}/${pid}/exe`);
+    } catch {
+      // Kernel threads and processes of other users without ptrace access have no readable exe.
+      exePath = undefined;
+    }
+    if (exePath !== undefined) {
+      selectors.push({ type: 'unix', value: `path:${exePath}` });
+      if (this.sha256) {
+        const hash = await this.binaryHash(pid);
+        if (hash !== null) selectors.push({ type: 'unix', value: `sha256:${hash}` });
+      }
+    }
+
+    this.checkSameProcess(pid, startTime);
+    return selectors;
+  }
+
+  private checkSameProcess(pid: number, startTime: string): void {
+    const now = processStartTime(pid, this.procRoot);
+    if (now !== startTime) {
+      throw new WorkloadAttestationError('process_changed', `pid ${pid} now belongs to another process (start time changed)`);
+    }
+  }
+
+  private readProc(pid: number, file: string): string {
+    try {
+      return fs.readFileSync(`${this.procRoot}/${pid}/${file}`, 'latin1');
+    } catch {
+      throw new WorkloadAttestationError('process_gone', `process ${pid} no longer exists`);
+    }
+  }
+
+  // Hash through /proc/<pid>/exe, which opens the very file the process runs even if the path
+  // was replaced or deleted since.
+  private binaryHash(pid: number): Promise<string | null> {
+    const exe = `${this.procRoot}/${pid}/exe`;
+    let fd: number;
+    try {
+      fd = fs.openSync(exe, 'r');
+    } catch {
+      return Promise.resolve(null);
+    }
+    let st: fs.Stats;
+    try {
+      st = fs.fstatSync(fd);
+    } catch {
+      fs.closeSync(fd);
+      return Promise.resolve(null);
+    }
+    if (st.size > this.maxBinaryBytes) {
+      fs.closeSync(fd);
+      return Promise.resolve(null);
+    }
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+    const hit = this.hashes.get(key);
+    if (hit) {
+      fs.closeSync(fd);
+      return hit.hash;
+    }
+    const hash = new Promise<string | null>((resolve) => {
+      const h = crypto.createHash('sha256');
+      const stream = fs.createReadStream('', { fd, highWaterMark: 1 << 20 });
+      stream.on('data', (chunk) => h.update(chunk));
+      stream.on('error', () => resolve(null));
+      stream.on('end', () => resolve(h.digest('hex')));
+    });
+    this.hashes.set(key, { key, hash });
+    // A failed read is not remembered, so the next call tries again.
+    void hash.then((v) => {
+      if (v === null) this.hashes.delete(key);
+    });
+    return hash;
+  }
+
+  private nameOf(file: 'passwd' | 'group', id: number): string | undefined {
+    const path = `${this.etcRoot}/${file}`;
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(path);
+    } catch {
+      return undefined;
+    }
+    let table = this.tables.get(file);
+    if (!table || table.mtimeMs !== st.mtimeMs || table.size !== st.size) {
+      const byId = new Map<number, string>();
+      for (const line of fs.readFileSync(path, 'utf8').split('\n')) {
+        // name:password:id:...
+        const f = line.split(':');
+        if (f.length < 3 || f[0] === '' || line.startsWith('#')) continue;
+        const n = Number(f[2]);
+        if (Number.isInteger(n) && !byId.has(n)) byId.set(n, f[0] as string);
+      }
+      table = { mtimeMs: st.mtimeMs, size: st.size, byId };
+      this.tables.set(file, table);
+    }
+    return table.byId.get(id);
+  }
+}
