@@ -1,0 +1,319 @@
+// terroir-server configuration: a YAML or JSON file, validated with zod, with environment overrides
+// for the settings operators usually change per deployment. Every field is documented in
+// docs/server.md and examples/server.yaml.
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { z } from 'zod';
+import { loadFeatureFlags, FeatureFlagError } from '../../feature-flags/index.js';
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly code = 'invalid_config';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
+
+/** A duration in seconds: a positive integer, or a string like "90s", "5m", "1h", "7d", "1h30m". */
+const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  const m = /^(?:\d+[smhd])+$/.test(v.trim()) ? v.trim().match(/\d+[smhd]/g) : null;
+  if (!m) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration; write seconds (e.g. 3600) or "30s", "5m", "1h", "1d"` });
+    return z.NEVER;
+  }
+  let total = 0;
+  for (const part of m) total += Number(part.slice(0, -1)) * (UNITS[part.slice(-1)] ?? 0);
+  if (total <= 0) {
+    ctx.addIssue({ code: 'custom', message: `duration "${v}" must be positive` });
+    return z.NEVER;
+  }
+  return total;
+});
+
+const port = z.number().int().min(0).max(65535);
+const trustDomainName = z.string().regex(/^[a-z0-9._-]{1,255}$/, 'a trust domain name: lowercase letters, digits, ".", "_" or "-", no scheme (e.g. "example.org")');
+
+const dataStoreSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('sqlite'), path: z.string().min(1) }).strict(),
+  z.object({
+    type: z.literal('postgres'),
+    connectionString: z.string().min(1),
+    poolSize: z.number().int().positive().max(100).optional(),
+  }).strict(),
+]);
+
+const caSchema = z.object({
+  keyType: z.enum(['ec-p256', 'rsa-2048']).default('ec-p256'),
+  ttl: duration.default(86400),
+  x509SvidTtl: duration.default(3600),
+  jwtSvidTtl: duration.default(300),
+  /** Where CA keys live: only in memory (lost on restart, a new CA is minted) or on disk (0600 files). */
+  keyStore: z.enum(['memory', 'disk']).default('disk'),
+  /** Directory for CA key files when keyStore is disk; created 0700. Default: <dataDir>/keys. */
+  keyDir: z.string().min(1).optional(),
+  subject: z.object({
+    commonName: z.string().min(1).default('terroir CA'),
+    organization: z.string().min(1).optional(),
+    country: z.string().length(2).optional(),
+  }).strict().prefault({}),
+  /** An upstream CA on disk: the server's CA certificates are signed by it instead of self-signed. */
+  upstream: z.object({
+    certFile: z.string().min(1),
+    keyFile: z.string().min(1),
+    /** Roots to publish in the bundle; default: the upstream certificate itself. */
+    bundleFile: z.string().min(1).optional(),
+  }).strict().optional(),
+  /** spiffe_refresh_hint published in the bundle. */
+  bundleRefreshHint: duration.default(300),
+  /** JWT `iss` claim; omitted when unset (SPIRE's default). */
+  jwtIssuer: z.string().url().optional(),
+}).strict();
+
+const rateSchema = z.object({
+  /** Tokens added per second, per source address. */
+  perSecond: z.number().positive().default(2),
+  /** Bucket size: how many attestations a source may make in a burst. */
+  burst: z.number().int().positive().default(10),
+}).strict();
+
+const agentApiSchema = z.object({
+  bindAddress: z.string().min(1).default('0.0.0.0'),
+  port: port.default(8081),
+  /** Extra SANs for the server SVID, so agents may also dial by name. */
+  dnsNames: z.array(z.string().min(1)).default([]),
+  ipAddresses: z.array(z.string().min(1)).default([]),
+  attestationRateLimit: rateSchema.prefault({}),
+  /** How often WatchAgent streams look for entry changes. */
+  watchIntervalMs: z.number().int().min(50).max(60_000).default(500),
+}).strict();
+
+const tpmSchema = z.object({
+  enabled: z.boolean().default(false),
+  /** PEM or DER files of TPM manufacturer CA certificates (roots and intermediates) EK certificates must chain to. */
+  manufacturerCaFiles: z.array(z.string().min(1)).default([]),
+  /** Enrolled EK public hashes (lowercase hex SHA-256) accepted without an EK certificate. */
+  enrolledEkHashes: z.array(z.string().regex(/^[0-9a-f]{64}$/, 'a lowercase hex SHA-256 (64 characters)')).default([]),
+}).strict();
+
+const nodeAttestationSchema = z.object({
+  joinToken: z.object({ enabled: z.boolean().default(true) }).strict().prefault({}),
+  tpm: tpmSchema.prefault({}),
+  /** How long a TPM credential challenge (and its nonce) stays valid. */
+  challengeTtl: duration.default(60),
+}).strict();
+
+const federatesWithSchema = z.object({
+  trustDomain: trustDomainName,
+  bundleEndpointUrl: z.string().url().refine((u) => u.startsWith('https://'), 'the bundle endpoint URL must be https://'),
+  profile: z.enum(['https_web', 'https_spiffe']),
+  /** https_spiffe: the SPIFFE ID the endpoint must present. */
+  endpointSpiffeId: z.string().startsWith('spiffe://').optional(),
+  /** https_spiffe: the first bundle of that trust domain (SPIFFE bundle JSON), used until one is fetched. */
+  bootstrapBundleFile: z.string().min(1).optional(),
+  /** https_web: extra CA certificates (PEM) to trust for the endpoint, in addition to the system roots. */
+  caFile: z.string().min(1).optional(),
+}).strict().superRefine((v, ctx) => {
+  if (v.profile === 'https_spiffe' && !v.endpointSpiffeId) {
+    ctx.addIssue({ code: 'custom', path: ['endpointSpiffeId'], message: 'required for the https_spiffe profile' });
+  }
+});
+
+const federationSchema = z.object({
+  bundleEndpoint: z.object({
+    enabled: z.boolean().default(false),
+    bindAddress: z.string().min(1).default('0.0.0.0'),
+    port: port.default(8443),
+    profile: z.enum(['https_web', 'https_spiffe']).default('https_spiffe'),
+    /** https_web: the web PKI certificate chain and key (PEM). */
+    certFile: z.string().min(1).optional(),
+    keyFile: z.string().min(1).optional(),
+  }).strict().superRefine((v, ctx) => {
+    if (v.enabled && v.profile === 'https_web' && (!v.certFile || !v.keyFile)) {
+      ctx.addIssue({ code: 'custom', path: ['certFile'], message: 'certFile and keyFile are required for the https_web profile' });
+    }
+  }).prefault({}),
+  federatesWith: z.array(federatesWithSchema).default([]),
+  /** Poll interval used when a federated bundle carries no refresh hint. */
+  defaultRefreshHint: duration.default(300),
+}).strict();
+
+const serverSchema = z.object({
+  trustDomain: trustDomainName,
+  dataDir: z.string().min(1).default('./data'),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  dataStore: dataStoreSchema.optional(),
+  ca: caSchema.prefault({}),
+  agentApi: agentApiSchema.prefault({}),
+  adminApi: z.object({ socketPath: z.string().min(1).optional() }).strict().prefault({}),
+  health: z.object({
+    enabled: z.boolean().default(true),
+    bindAddress: z.string().min(1).default('127.0.0.1'),
+    port: port.default(8080),
+  }).strict().prefault({}),
+  nodeAttestation: nodeAttestationSchema.prefault({}),
+  federation: federationSchema.prefault({}),
+  featureFlags: z.record(z.string(), z.boolean()).optional(),
+}).strict();
+
+type Parsed = z.output<typeof serverSchema>;
+
+/** The validated configuration, paths resolved against the config file's directory. */
+export type ServerConfig = Omit<Parsed, 'dataStore' | 'adminApi'> & {
+  dataStore: NonNullable<Parsed['dataStore']>;
+  adminApi: { socketPath: string };
+};
+
+/** Environment variables that override the file (applied before validation). */
+export const ENV_OVERRIDES = {
+  TERROIR_TRUST_DOMAIN: 'trustDomain',
+  TERROIR_LOG_LEVEL: 'logLevel',
+  TERROIR_DATA_DIR: 'dataDir',
+  TERROIR_DATASTORE_TYPE: 'dataStore.type',
+  TERROIR_DATASTORE_PATH: 'dataStore.path',
+  TERROIR_DATASTORE_CONNECTION_STRING: 'dataStore.connectionString',
+  TERROIR_AGENT_API_BIND_ADDRESS: 'agentApi.bindAddress',
+  TERROIR_AGENT_API_PORT: 'agentApi.port',
+  TERROIR_HEALTH_BIND_ADDRESS: 'health.bindAddress',
+  TERROIR_HEALTH_PORT: 'health.port',
+  TERROIR_ADMIN_SOCKET: 'adminApi.socketPath',
+  TERROIR_BUNDLE_ENDPOINT_PORT: 'federation.bundleEndpoint.port',
+} as const;
+
+const NUMERIC_PATHS = new Set(['agentApi.port', 'health.port', 'federation.bundleEndpoint.port']);
+
+function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
+  for (const [name, dotted] of Object.entries(ENV_OVERRIDES)) {
+    const value = env[name];
+    if (value === undefined || value === '') continue;
+    const keys = dotted.split('.');
+    let node: Record<string, unknown> = raw;
+    for (const k of keys.slice(0, -1)) {
+      const next = node[k];
+      if (next === undefined || next === null) node[k] = {};
+      else if (typeof next !== 'object') throw new ConfigError(`${name}: cannot override "${dotted}": "${k}" in the file is not a section`);
+      node = node[k] as Record<string, unknown>;
+    }
+    const last = keys[keys.length - 1] as string;
+    if (NUMERIC_PATHS.has(dotted)) {
+      if (!/^\d+$/.test(value)) throw new ConfigError(`${name}="${value}" is not a port number`);
+      node[last] = Number(value);
+    } else {
+      node[last] = value;
+    }
+  }
+  // Switching the datastore type by environment drops file settings that belong to the other type.
+  const ds = raw.dataStore as Record<string, unknown> | undefined;
+  if (ds && env.TERROIR_DATASTORE_TYPE === 'postgres') delete ds.path;
+  if (ds && env.TERROIR_DATASTORE_TYPE === 'sqlite') { delete ds.connectionString; delete ds.poolSize; }
+}
+
+function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .map((i) => `  - ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`)
+    .join('\n');
+}
+
+/**
+ * Validates a config object (already parsed from YAML/JSON). `baseDir` resolves relative paths;
+ * `env` supplies overrides (pass `{}` to ignore the process environment).
+ */
+export function parseServerConfig(input: unknown, baseDir: string, env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    throw new ConfigError('the config must be a mapping (YAML) or an object (JSON) at the top level');
+  }
+  const raw = structuredClone(input) as Record<string, unknown>;
+  applyEnv(raw, env);
+  const result = serverSchema.safeParse(raw);
+  if (!result.success) throw new ConfigError(`invalid server config:\n${describeIssues(result.error)}`);
+  const c = result.data;
+  const abs = (p: string): string => path.resolve(baseDir, p);
+  const dataDir = abs(c.dataDir);
+
+  const cfg: ServerConfig = {
+    ...c,
+    dataDir,
+    dataStore: c.dataStore
+      ? (c.dataStore.type === 'sqlite' ? { ...c.dataStore, path: abs(c.dataStore.path) } : c.dataStore)
+      : { type: 'sqlite', path: path.join(dataDir, 'datastore.sqlite3') },
+    adminApi: { socketPath: abs(c.adminApi.socketPath ?? path.join(dataDir, 'admin.sock')) },
+    ca: {
+      ...c.ca,
+      keyDir: abs(c.ca.keyDir ?? path.join(dataDir, 'keys')),
+      upstream: c.ca.upstream && {
+        certFile: abs(c.ca.upstream.certFile),
+        keyFile: abs(c.ca.upstream.keyFile),
+        bundleFile: c.ca.upstream.bundleFile && abs(c.ca.upstream.bundleFile),
+      },
+    },
+    nodeAttestation: {
+      ...c.nodeAttestation,
+      tpm: { ...c.nodeAttestation.tpm, manufacturerCaFiles: c.nodeAttestation.tpm.manufacturerCaFiles.map(abs) },
+    },
+    federation: {
+      ...c.federation,
+      bundleEndpoint: {
+        ...c.federation.bundleEndpoint,
+        certFile: c.federation.bundleEndpoint.certFile && abs(c.federation.bundleEndpoint.certFile),
+        keyFile: c.federation.bundleEndpoint.keyFile && abs(c.federation.bundleEndpoint.keyFile),
+      },
+      federatesWith: c.federation.federatesWith.map((f) => ({
+        ...f,
+        bootstrapBundleFile: f.bootstrapBundleFile && abs(f.bootstrapBundleFile),
+        caFile: f.caFile && abs(f.caFile),
+      })),
+    },
+  };
+  checkConsistency(cfg);
+  try {
+    loadFeatureFlags(cfg.featureFlags, env);
+  } catch (err) {
+    if (err instanceof FeatureFlagError) throw new ConfigError(`featureFlags: ${err.message}`, { cause: err });
+    throw err;
+  }
+  return cfg;
+}
+
+function checkConsistency(c: ServerConfig): void {
+  // SPIRE's rule: an SVID may live at most a sixth of the CA's lifetime, so rotation (at half the
+  // CA's life) always leaves issued SVIDs covered by a published authority.
+  const maxSvid = Math.floor(c.ca.ttl / 6);
+  if (c.ca.x509SvidTtl > maxSvid) {
+    throw new ConfigError(`ca.x509SvidTtl (${c.ca.x509SvidTtl}s) must be at most ca.ttl/6 (${maxSvid}s); lower it or raise ca.ttl`);
+  }
+  if (c.ca.jwtSvidTtl > maxSvid) {
+    throw new ConfigError(`ca.jwtSvidTtl (${c.ca.jwtSvidTtl}s) must be at most ca.ttl/6 (${maxSvid}s); lower it or raise ca.ttl`);
+  }
+  if (c.nodeAttestation.tpm.enabled && c.nodeAttestation.tpm.manufacturerCaFiles.length === 0
+    && c.nodeAttestation.tpm.enrolledEkHashes.length === 0) {
+    throw new ConfigError('nodeAttestation.tpm is enabled but trusts nothing: set manufacturerCaFiles and/or enrolledEkHashes');
+  }
+  if (!c.nodeAttestation.joinToken.enabled && !c.nodeAttestation.tpm.enabled) {
+    throw new ConfigError('nodeAttestation: enable at least one of joinToken and tpm, or no agent can ever attest');
+  }
+  for (const f of c.federation.federatesWith) {
+    if (f.trustDomain === c.trustDomain) {
+      throw new ConfigError(`federation.federatesWith: "${f.trustDomain}" is this server's own trust domain`);
+    }
+  }
+}
+
+/** Reads, parses (YAML, of which JSON is a subset) and validates a config file. */
+export function loadServerConfig(file: string, env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text, { prettyErrors: true, uniqueKeys: true });
+  } catch (err) {
+    throw new ConfigError(`config file ${file} is not valid YAML/JSON: ${(err as Error).message}`, { cause: err });
+  }
+  return parseServerConfig(doc ?? {}, path.dirname(path.resolve(file)), env);
+}
