@@ -1,0 +1,98 @@
+/**
+ * One-shot evidence verification: `POST /v2.x/verify/evidence`. The verifier checks the quote's
+ * signature with the given AK, the hash algorithm, extraData == nonce, the PCR digest and the
+ * policies, and keeps no state. Only an explicit `valid: true` with no failures is success.
+ *
+ * What Keylime does NOT check here (see docs/keylime.md): the EK, AK provenance (credential
+ * activation), the TPM clock, PCR16. Those are the caller's job before calling this.
+ */
+import { z } from 'zod';
+import type { KeylimeVerifierClient } from './client.js';
+import { KeylimeError, KeylimeEvidenceRejectedError, type KeylimeFailure } from './errors.js';
+import { tpmPolicyJson, type TpmPolicy } from './policy.js';
+import { decodeQuoteString, type PcrHashAlg } from './quote-string.js';
+
+export interface EvidenceInput {
+  /** Keylime quote string (see quote-string.ts). */
+  quote: string;
+  /** The nonce the quote's extraData must equal, as ASCII (Keylime compares extraData with its UTF-8 bytes). */
+  nonce: string;
+  /** The AK as a TPM2B_PUBLIC. Keylime trusts it as given: establish its provenance first. */
+  akPublic: Uint8Array;
+  /** The EK as a TPM2B_PUBLIC (passed through; Keylime does not check it). */
+  ekPublic?: Uint8Array;
+  hashAlg: PcrHashAlg;
+  /** PCR allowlist, or an already serialized `tpm_policy` JSON string. */
+  tpmPolicy: TpmPolicy | string;
+  /** Measured-boot policy (JSON string) and the UEFI event log it is checked against. */
+  mbPolicy?: string;
+  mbLog?: Uint8Array;
+  /** Runtime (IMA) policy and the IMA measurement list (ASCII format). */
+  runtimePolicy?: string;
+  imaList?: string;
+}
+
+export interface EvidenceVerdict {
+  /** The claims Keylime echoes back on success. */
+  claims: Record<string, unknown>;
+}
+
+/** Nonces Keylime puts into extraData: ASCII alphanumerics, at most 64 (the TPM's qualifyingData limit). */
+export const KEYLIME_NONCE = /^[A-Za-z0-9]{1,64}$/;
+
+const failure = z.object({
+  type: z.string().max(1024),
+  context: z.unknown(),
+});
+const evidenceResults = z.object({
+  valid: z.boolean(),
+  claims: z.record(z.string(), z.unknown()).optional(),
+  failures: z.array(failure).max(1000).default([]),
+});
+
+/**
+ * Asks the verifier to judge the evidence. Resolves with the claims when, and only when, Keylime says
+ * `valid: true` with no failures; throws KeylimeEvidenceRejectedError carrying every failure otherwise,
+ * and KeylimeRequestError if the verifier could not give an answer (treat both as "no").
+ */
+export async function verifyEvidence(client: KeylimeVerifierClient, input: EvidenceInput): Promise<EvidenceVerdict> {
+  if (!KEYLIME_NONCE.test(input.nonce)) {
+    throw new KeylimeError('KEYLIME_BAD_REQUEST', 'nonce must be 1..64 ASCII letters or digits (Keylime compares it byte for byte with the quote extraData)');
+  }
+  decodeQuoteString(input.quote); // refuse to send a malformed quote; the error says what is wrong
+  if (input.akPublic.length < 4) throw new KeylimeError('KEYLIME_BAD_REQUEST', 'akPublic must be a TPM2B_PUBLIC');
+  const tpmPolicy = typeof input.tpmPolicy === 'string' ? input.tpmPolicy : tpmPolicyJson(input.tpmPolicy);
+
+  const data: Record<string, string> = {
+    quote: input.quote,
+    nonce: input.nonce,
+    hash_alg: input.hashAlg,
+    tpm_ak: b64(input.akPublic),
+    tpm_policy: tpmPolicy,
+  };
+  if (input.ekPublic !== undefined) data.tpm_ek = b64(input.ekPublic);
+  if (input.mbPolicy !== undefined) data.mb_policy = input.mbPolicy;
+  // The API docs call this mb_list; Keylime's code reads mb_log.
+  if (input.mbLog !== undefined) data.mb_log = b64(input.mbLog);
+  if (input.runtimePolicy !== undefined) data.runtime_policy = input.runtimePolicy;
+  if (input.imaList !== undefined) data.ima_measurement_list = input.imaList;
+
+  const { results } = await client.call({
+    method: 'POST',
+    path: '/verify/evidence',
+    body: { type: 'tpm', data },
+    results: evidenceResults,
+    // Evidence verification changes nothing on the verifier, so repeating it is safe.
+    idempotent: true,
+  });
+  const failures: KeylimeFailure[] = results.failures.map((f) => ({
+    type: f.type,
+    context: typeof f.context === 'string' ? f.context : JSON.stringify(f.context) ?? '',
+  }));
+  if (results.valid !== true || failures.length > 0) throw new KeylimeEvidenceRejectedError(failures);
+  return { claims: results.claims ?? {} };
+}
+
+function b64(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
+}

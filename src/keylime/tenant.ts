@@ -1,0 +1,131 @@
+/**
+ * Tenant operations for continuous (pull-mode) attestation: enroll a node with the verifier, read
+ * its attestation status, remove it. The verifier then pulls quotes from the node's quote endpoint.
+ */
+import { z } from 'zod';
+import type { KeylimeVerifierClient } from './client.js';
+import { KeylimeError } from './errors.js';
+import { tpmPolicyJson, type TpmPolicy } from './policy.js';
+
+export interface EnrollAgentRequest {
+  /** The node's AK, TPM2B_PUBLIC (verified by the caller: credential activation against the EK). */
+  akPublic: Uint8Array;
+  /** PCR allowlist; PCR 16 (the quote endpoint's key binding) is always added to the mask. */
+  tpmPolicy: TpmPolicy | string;
+  /** Where the verifier reaches the node's quote endpoint. */
+  quoteEndpoint: { ip: string; port: number };
+  /** The quote endpoint's TLS certificate (PEM); the verifier pins it. */
+  quoteEndpointCert: string;
+  /** Agent API version the quote endpoint speaks. Default '2.2'. */
+  agentApiVersion?: string;
+  acceptHashAlgs?: string[];
+  acceptEncryptionAlgs?: string[];
+  acceptSigningAlgs?: string[];
+  /** Free-form metadata Keylime stores (serialized as JSON). */
+  metadata?: Record<string, unknown>;
+  /** Measured-boot policy JSON and its name, or null for none. */
+  mbPolicy?: string | null;
+  mbPolicyName?: string | null;
+  /** Runtime policy, already base64 as Keylime wants it; '' for none. */
+  runtimePolicy?: string;
+  imaSignVerificationKeys?: string;
+  revocationKey?: string;
+}
+
+/** Keylime operational states. */
+export const OperationalState = {
+  Registered: 0,
+  Start: 1,
+  Saved: 2,
+  GetQuote: 3,
+  GetQuoteRetry: 4,
+  ProvideV: 5,
+  ProvideVRetry: 6,
+  Failed: 7,
+  Terminated: 8,
+  InvalidQuote: 9,
+  TenantFailed: 10,
+} as const;
+
+export interface AgentStatus {
+  operationalState: number;
+  attestationStatus: string | undefined;
+  attestationCount: number;
+  /** Seconds since the epoch of the last quote that verified, or undefined if none yet. */
+  lastSuccessfulAttestation: number | undefined;
+  lastEventId: string | undefined;
+  severityLevel: number | undefined;
+}
+
+const statusResults = z.looseObject({
+  operational_state: z.number().int().min(0).max(10),
+  attestation_status: z.string().max(32).nullish(),
+  attestation_count: z.number().int().min(0).default(0),
+  last_successful_attestation: z.number().int().min(0).nullish(),
+  last_event_id: z.string().max(1024).nullish(),
+  severity_level: z.number().int().nullish(),
+});
+const anyResults = z.unknown();
+
+const AGENT_ID = /^[A-Za-z0-9._-]{1,255}$/;
+
+export type DeleteOutcome = 'deleted' | 'deleting' | 'not_found';
+
+export class KeylimeTenant {
+  constructor(private readonly client: KeylimeVerifierClient) {}
+
+  /** Enrolls a node for continuous attestation. Throws KeylimeRequestError (status 409) if already enrolled. */
+  async enrollAgent(agentId: string, req: EnrollAgentRequest): Promise<void> {
+    checkAgentId(agentId);
+    const { ip, port } = req.quoteEndpoint;
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new KeylimeError('KEYLIME_BAD_REQUEST', `quote endpoint port ${port} is not a TCP port`);
+    if (!req.quoteEndpointCert.includes('-----BEGIN CERTIFICATE-----')) throw new KeylimeError('KEYLIME_BAD_REQUEST', 'quoteEndpointCert must be a PEM certificate');
+    const tpmPolicy = typeof req.tpmPolicy === 'string' ? req.tpmPolicy : tpmPolicyJson(req.tpmPolicy, [16]);
+    // Every key Keylime requires must be present (missing ones are a 400), even when null or empty.
+    const body = {
+      v: null,
+      cloudagent_ip: ip,
+      cloudagent_port: port,
+      tpm_policy: tpmPolicy,
+      runtime_policy: req.runtimePolicy ?? '',
+      runtime_policy_name: null,
+      runtime_policy_key: null,
+      mb_policy: req.mbPolicy ?? null,
+      mb_policy_name: req.mbPolicyName ?? null,
+      ima_sign_verification_keys: req.imaSignVerificationKeys ?? '',
+      metadata: JSON.stringify(req.metadata ?? {}),
+      revocation_key: req.revocationKey ?? '',
+      accept_tpm_hash_algs: req.acceptHashAlgs ?? ['sha256'],
+      accept_tpm_encryption_algs: req.acceptEncryptionAlgs ?? ['ecc', 'rsa'],
+      accept_tpm_signing_algs: req.acceptSigningAlgs ?? ['ecdsa', 'rsassa'],
+      ak_tpm: Buffer.from(req.akPublic).toString('base64'),
+      mtls_cert: req.quoteEndpointCert,
+      supported_version: req.agentApiVersion ?? '2.2',
+    };
+    await this.client.call({ method: 'POST', path: `/agents/${agentId}`, body, results: anyResults, idempotent: false });
+  }
+
+  async getAgentStatus(agentId: string): Promise<AgentStatus> {
+    checkAgentId(agentId);
+    const { results } = await this.client.call({ method: 'GET', path: `/agents/${agentId}`, results: statusResults, idempotent: true });
+    return {
+      operationalState: results.operational_state,
+      attestationStatus: results.attestation_status ?? undefined,
+      attestationCount: results.attestation_count,
+      lastSuccessfulAttestation: results.last_successful_attestation || undefined,
+      lastEventId: results.last_event_id ?? undefined,
+      severityLevel: results.severity_level ?? undefined,
+    };
+  }
+
+  /** Removes a node: 'deleted' (200), 'deleting' (202, a poll was in flight), 'not_found' (404). */
+  async deleteAgent(agentId: string): Promise<DeleteOutcome> {
+    checkAgentId(agentId);
+    const { status } = await this.client.call({ method: 'DELETE', path: `/agents/${agentId}`, results: anyResults, expect: [200, 202, 404], idempotent: true });
+    return status === 200 ? 'deleted' : status === 202 ? 'deleting' : 'not_found';
+  }
+}
+
+function checkAgentId(id: string): void {
+  if (!AGENT_ID.test(id)) throw new KeylimeError('KEYLIME_BAD_REQUEST', `agent id ${JSON.stringify(id.slice(0, 64))} must be 1..255 of [A-Za-z0-9._-]`);
+}
