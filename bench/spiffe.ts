@@ -15,7 +15,7 @@ function rate(fn: () => void): number {
   const start = process.hrtime.bigint();
   const budget = BigInt(Math.round(SECONDS * 1e9));
   let n = 0;
-  let elapsed = 0n;
+  let elapsed: bigint;
   do {
     for (let i = 0; i < 100; i++) fn();
     n += 100;
@@ -29,7 +29,7 @@ async function rateAsync(fn: () => Promise<unknown>): Promise<number> {
   const start = process.hrtime.bigint();
   const budget = BigInt(Math.round(SECONDS * 1e9));
   let n = 0;
-  let elapsed = 0n;
+  let elapsed: bigint;
   do {
     for (let i = 0; i < 100; i++) await fn();
     n += 100;
