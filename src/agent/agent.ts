@@ -1,0 +1,557 @@
+// The agent core: attest the node (or resume from the stored SVID), keep the agent SVID fresh,
+// keep the cache of bundles, entries and workload SVIDs in step with the server, and serve the
+// Workload API from that cache — also while the server is unreachable, until the SVIDs expire.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import pino, { type Logger } from 'pino';
+import type {
+  AgentEvent, AttestationResult, BatchNewX509SvidResponse, FetchBundlesResponse, NewJwtSvidResponse,
+  RegistrationEntry, RenewAgentResponse, SyncEntriesResponse,
+} from '../api/agent-api.js';
+import { AGENT_API_MAX_BATCH } from '../api/agent-api.js';
+import { Bundle, BundleSet, TrustDomain, pemToDer, validateJwtSvid } from '../spiffe/index.js';
+import { IdentityCache, type CacheEntry, type CachedSvid, type TrustBundle } from './cache.js';
+import type { AgentConfig } from './config.js';
+import { createCsr, generateKeyPair, pkcs8Der } from './csr.js';
+import { attestNode, NodeAttestationError, type TpmCredentialSource } from './node-attestor.js';
+import { connectToServer, unaryCall, type AgentClient } from './server-conn.js';
+import { SvidStore, type StoredAgentState } from './svid-store.js';
+import { UnixAttestor } from './attestor/unix.js';
+import { WorkloadApiServer, type JwtProvider } from './workloadapi/server.js';
+
+export interface AgentOptions {
+  logger?: Logger;
+  /** The TPM for `nodeAttestor.tpm` (opened by the caller, e.g. with openTpmCredentialSource). */
+  tpm?: TpmCredentialSource;
+}
+
+export class AgentStartError extends Error {
+  readonly code = 'agent_start_failed';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'AgentStartError';
+  }
+}
+
+/** Fraction of an SVID's lifetime after which it is replaced: half-life, minus up to 10 % jitter. */
+function rotationTime(notBefore: number, notAfter: number): number {
+  const life = notAfter - notBefore;
+  return notBefore + life * (0.5 - Math.random() * 0.1);
+}
+
+function certTimes(der: Buffer): { notBefore: number; notAfter: number } {
+  const c = new crypto.X509Certificate(der);
+  return { notBefore: Date.parse(c.validFrom), notAfter: Date.parse(c.validTo) };
+}
+
+const MIN_BACKOFF_MS = 500;
+const MAX_BACKOFF_MS = 30_000;
+const MAX_JWT_CACHE = 1000;
+
+export interface AgentStats {
+  /** Node attestations this process performed (0 after a restart that resumed from disk). */
+  attestations: number;
+  syncs: number;
+  svidsSigned: number;
+}
+
+export class Agent {
+  readonly cache: IdentityCache;
+  readonly stats: AgentStats = { attestations: 0, syncs: 0, svidsSigned: 0 };
+  private readonly log: Logger;
+  private readonly store: SvidStore;
+  private readonly trustDomain: TrustDomain;
+  private workloadApi: WorkloadApiServer | undefined;
+  private state: StoredAgentState | undefined;
+  private agentRotateAt = 0;
+  private bundles = new BundleSet();
+  private bundleSequence = 0;
+  private revision = '';
+  private readonly rotateAt = new Map<string, number>();
+  private readonly jwtCache = new Map<string, { token: string; refreshAt: number; expiresAt: number }>();
+  private client: AgentClient | undefined;
+  private watch: grpc.ClientReadableStream<AgentEvent> | undefined;
+  private syncTimer: NodeJS.Timeout | undefined;
+  private watchTimer: NodeJS.Timeout | undefined;
+  private syncing: Promise<void> | undefined;
+  private syncAgain = false;
+  private backoffMs = MIN_BACKOFF_MS;
+  private watchBackoffMs = MIN_BACKOFF_MS;
+  private stopped = false;
+
+  private constructor(readonly config: AgentConfig, private readonly opts: AgentOptions) {
+    this.log = opts.logger ?? pino({ name: 'terroir-agent', level: config.logLevel });
+    this.trustDomain = TrustDomain.parse(config.trustDomain);
+    this.cache = new IdentityCache(config.trustDomain);
+    this.store = new SvidStore(config.dataDir);
+  }
+
+  /** Attests (or resumes), performs a first sync, and starts serving the Workload API. */
+  static async start(config: AgentConfig, opts: AgentOptions = {}): Promise<Agent> {
+    const agent = new Agent(config, opts);
+    try {
+      await agent.boot();
+    } catch (e) {
+      await agent.stop();
+      throw e;
+    }
+    return agent;
+  }
+
+  /** The agent's own SPIFFE ID (after attestation). */
+  get spiffeId(): string | undefined {
+    return this.state?.spiffeId;
+  }
+
+  get socketPath(): string {
+    return this.config.socketPath;
+  }
+
+  private async boot(): Promise<void> {
+    this.store.init();
+    const stored = this.store.load();
+    if (stored && stored.notAfter > Date.now() + 5_000 && stored.spiffeId.startsWith(`spiffe://${this.config.trustDomain}/`)) {
+      this.adoptState(stored, this.parseOwnBundle(stored.bundle, 'stored bundle'));
+      this.log.info({ spiffeId: stored.spiffeId, expires: new Date(stored.notAfter).toISOString() },
+        'resuming with the stored agent SVID; no node attestation needed');
+    } else {
+      await this.attestWithRetry(this.bootstrapRoots());
+    }
+    try {
+      await this.syncOnce();
+    } catch (e) {
+      // A resumed agent whose server is down still starts; the loop keeps trying.
+      this.log.warn({ err: (e as Error).message }, 'first sync with the server failed; retrying in the background');
+    }
+    this.workloadApi = await WorkloadApiServer.start({
+      socketPath: this.config.socketPath,
+      cache: this.cache,
+      attestor: new UnixAttestor(this.config.workloadAttestors.unix),
+      jwt: this.jwtProvider(),
+      logger: this.log.child({ component: 'workload-api' }),
+      allowUnauthenticatedVerifiers: this.config.allowUnauthenticatedVerifiers,
+    });
+    this.openWatch();
+    this.scheduleSync(this.config.syncIntervalMs);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.syncTimer);
+    clearTimeout(this.watchTimer);
+    this.watch?.cancel();
+    this.client?.close();
+    await this.workloadApi?.close();
+  }
+
+  // ------------------------------------------------------------------ trust
+
+  /** CA certificates to trust the server with before the first attestation. */
+  private bootstrapRoots(): Buffer[] {
+    const file = this.config.trustBundlePath;
+    if (!file) {
+      if (!this.config.insecureBootstrap) throw new AgentStartError('no trustBundlePath configured');
+      throw new AgentStartError('insecureBootstrap: true was set, but terroir never attests without verifying the server: ' +
+        'give the agent the server bundle (terroir-server bundle show > bundle.json; trustBundlePath: bundle.json)');
+    }
+    let text: Buffer;
+    try {
+      text = fs.readFileSync(file);
+    } catch (e) {
+      throw new AgentStartError(`cannot read the bootstrap bundle ${file}: ${(e as Error).message}`);
+    }
+    const roots = text.includes('-----BEGIN CERTIFICATE-----')
+      ? pemToDer(text.toString('utf8'))
+      : this.parseOwnBundle(text, `bootstrap bundle ${file}`).x509Authorities();
+    if (roots.length === 0) throw new AgentStartError(`bootstrap bundle ${file} has no X.509 authorities`);
+    return roots;
+  }
+
+  private parseOwnBundle(json: Buffer, what: string): Bundle {
+    try {
+      return Bundle.parse(this.trustDomain, json);
+    } catch (e) {
+      throw new AgentStartError(`${what} is not a valid SPIFFE bundle for ${this.config.trustDomain}: ${(e as Error).message}`);
+    }
+  }
+
+  private ownRoots(): Buffer[] {
+    return this.bundles.get(this.trustDomain)?.x509Authorities() ?? [];
+  }
+
+  // ------------------------------------------------------------------ node attestation
+
+  private async attestWithRetry(roots: Buffer[]): Promise<void> {
+    let delay = MIN_BACKOFF_MS;
+    for (;;) {
+      try {
+        await this.attest(roots);
+        return;
+      } catch (e) {
+        if (!(e instanceof NodeAttestationError) || e.code !== 'unavailable' || this.stopped) throw e;
+        this.log.warn({ err: e.message, retryInMs: delay }, 'server unreachable for node attestation; retrying');
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, MAX_BACKOFF_MS);
+      }
+    }
+  }
+
+  private async attest(roots: Buffer[]): Promise<void> {
+    const keys = generateKeyPair();
+    const client = connectToServer({ address: this.config.serverAddress, port: this.config.serverPort, trustDomain: this.config.trustDomain, roots });
+    let result: AttestationResult;
+    try {
+      const na = this.config.nodeAttestor;
+      if (na.tpm && !this.opts.tpm) throw new AgentStartError('nodeAttestor.tpm is configured but no TPM was opened');
+      result = await attestNode(client, {
+        csr: createCsr(keys),
+        ...(na.joinToken ? { joinToken: na.joinToken.token } : { tpm: this.opts.tpm as TpmCredentialSource }),
+      });
+    } finally {
+      client.close();
+    }
+    this.stats.attestations++;
+    if (result.svidChain.length === 0) throw new NodeAttestationError('protocol', 'attestation result carries no SVID');
+    const bundle = this.parseOwnBundle(result.bundle, 'bundle from the attestation result');
+    const { notAfter } = certTimes(result.svidChain[0] as Buffer);
+    const state: StoredAgentState = {
+      spiffeId: result.spiffeId,
+      chain: result.svidChain,
+      key: pkcs8Der(keys.privateKey),
+      bundle: result.bundle,
+      canRenew: result.canRenew,
+      notAfter,
+    };
+    this.store.save(state);
+    this.adoptState(state, bundle);
+    this.log.info({ spiffeId: result.spiffeId, expires: new Date(notAfter).toISOString() }, 'node attested');
+  }
+
+  private adoptState(state: StoredAgentState, bundle: Bundle): void {
+    this.state = state;
+    const { notBefore, notAfter } = certTimes(state.chain[0] as Buffer);
+    this.agentRotateAt = rotationTime(notBefore, notAfter);
+    if (!this.bundles.get(this.trustDomain) || bundle.sequenceNumber >= BigInt(this.bundleSequence)) {
+      this.bundles.set(bundle);
+      this.bundleSequence = Number(bundle.sequenceNumber);
+      this.publishBundles();
+    }
+    this.resetClient();
+  }
+
+  /** Renews the agent SVID at half-life: RenewAgent for join-token nodes, re-attestation for TPM nodes. */
+  private async renewAgentSvid(): Promise<void> {
+    const state = this.state as StoredAgentState;
+    if (!state.canRenew) {
+      this.log.info('agent SVID at half-life: re-attesting');
+      await this.attest(this.ownRoots());
+      return;
+    }
+    const keys = generateKeyPair();
+    const res = await unaryCall<{ csr: Buffer }, RenewAgentResponse>(this.serverClient(), 'RenewAgent', { csr: createCsr(keys) });
+    if (!res.svid || res.svid.certChain.length === 0) throw new Error('RenewAgent returned no SVID');
+    const next: StoredAgentState = {
+      ...state,
+      chain: res.svid.certChain,
+      key: pkcs8Der(keys.privateKey),
+      bundle: Buffer.from(this.bundles.get(this.trustDomain)?.toJSON() ?? state.bundle),
+      notAfter: certTimes(res.svid.certChain[0] as Buffer).notAfter,
+    };
+    this.store.save(next);
+    this.adoptState(next, this.bundles.get(this.trustDomain) as Bundle);
+    this.log.info({ expires: new Date(next.notAfter).toISOString() }, 'agent SVID renewed');
+  }
+
+  // ------------------------------------------------------------------ server connection
+
+  private serverClient(): AgentClient {
+    if (!this.client) {
+      const state = this.state as StoredAgentState;
+      this.client = connectToServer({
+        address: this.config.serverAddress,
+        port: this.config.serverPort,
+        trustDomain: this.config.trustDomain,
+        roots: this.ownRoots(),
+        identity: { chain: state.chain, key: state.key },
+      });
+    }
+    return this.client;
+  }
+
+  /** New credentials (SVID or roots): reconnect, and restart the watch on the new channel. */
+  private resetClient(): void {
+    this.client?.close();
+    this.client = undefined;
+    if (this.watch) {
+      this.watch.cancel();
+      this.watch = undefined;
+      if (!this.stopped) this.openWatch();
+    }
+  }
+
+  // ------------------------------------------------------------------ sync
+
+  private scheduleSync(delayMs: number): void {
+    if (this.stopped) return;
+    clearTimeout(this.syncTimer);
+    this.syncTimer = setTimeout(() => void this.syncLoopTick(), Math.max(0, delayMs));
+  }
+
+  private async syncLoopTick(): Promise<void> {
+    try {
+      await this.syncOnce();
+      this.backoffMs = MIN_BACKOFF_MS;
+      this.scheduleSync(Math.min(this.config.syncIntervalMs, this.nextRotationIn()));
+    } catch (e) {
+      this.cache.pruneExpired();
+      this.log.warn({ err: (e as Error).message, retryInMs: this.backoffMs }, 'sync with the server failed; serving cached SVIDs');
+      this.scheduleSync(this.backoffMs);
+      this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+    }
+  }
+
+  private nextRotationIn(): number {
+    let next = this.agentRotateAt;
+    for (const t of this.rotateAt.values()) next = Math.min(next, t);
+    return Math.max(50, next - Date.now());
+  }
+
+  /** One sync; concurrent requests (timer, server push) are folded into one extra pass. */
+  syncOnce(): Promise<void> {
+    if (this.syncing) {
+      this.syncAgain = true;
+      return this.syncing;
+    }
+    this.syncing = (async () => {
+      try {
+        do {
+          this.syncAgain = false;
+          await this.syncPass();
+        } while (this.syncAgain && !this.stopped);
+      } finally {
+        this.syncing = undefined;
+      }
+    })();
+    return this.syncing;
+  }
+
+  private async syncPass(): Promise<void> {
+    if (this.stopped || !this.state) return;
+    this.stats.syncs++;
+    if (Date.now() >= this.agentRotateAt) {
+      try {
+        await this.renewAgentSvid();
+      } catch (e) {
+        await this.handleAuthFailure(e);
+        throw e;
+      }
+    }
+    try {
+      await this.syncBundles();
+      await this.syncEntries();
+      await this.signDue();
+    } catch (e) {
+      await this.handleAuthFailure(e);
+      throw e;
+    }
+    this.cache.pruneExpired();
+  }
+
+  /** The server no longer knows our SVID (evicted, replaced): re-attest; banned: drop everything. */
+  private async handleAuthFailure(e: unknown): Promise<void> {
+    const code = (e as grpc.ServiceError).code;
+    if (code === grpc.status.PERMISSION_DENIED && /banned/i.test((e as grpc.ServiceError).details ?? '')) {
+      this.log.error({ err: (e as Error).message }, 'this node is banned: dropping every SVID');
+      this.dropAll();
+      return;
+    }
+    if (code === grpc.status.UNAUTHENTICATED) {
+      this.log.warn({ err: (e as Error).message }, 'the server no longer accepts the agent SVID: re-attesting');
+      await this.attest(this.ownRoots());
+    }
+  }
+
+  private dropAll(): void {
+    this.cache.dropSvids();
+    this.rotateAt.clear();
+    this.jwtCache.clear();
+  }
+
+  private async syncBundles(): Promise<void> {
+    const res = await unaryCall<{ knownSequence: number }, FetchBundlesResponse>(this.serverClient(), 'FetchBundles', { knownSequence: this.bundleSequence });
+    if (res.bundle.length === 0) return;
+    const own = this.parseOwnBundle(res.bundle, 'bundle from FetchBundles');
+    const set = new BundleSet(own);
+    for (const [name, json] of Object.entries(res.federatedBundles ?? {})) {
+      try {
+        const td = TrustDomain.parse(name);
+        if (td.equals(this.trustDomain)) continue;
+        set.set(Bundle.parse(td, json));
+      } catch (e) {
+        this.log.warn({ trustDomain: name, err: (e as Error).message }, 'ignoring an invalid federated bundle');
+      }
+    }
+    const rootsChanged = !sameDers(own.x509Authorities(), this.ownRoots());
+    this.bundles = set;
+    this.bundleSequence = res.sequence;
+    this.publishBundles();
+    if (rootsChanged) {
+      // Keep the stored bundle current, so a restart trusts the server's current CAs.
+      if (this.state) {
+        this.state = { ...this.state, bundle: Buffer.from(own.toJSON()) };
+        this.store.save(this.state);
+      }
+      this.resetClient();
+    }
+  }
+
+  private publishBundles(): void {
+    const own = this.bundles.get(this.trustDomain);
+    if (!own) return;
+    const fed = this.bundles.all().filter((b) => !b.trustDomain.equals(this.trustDomain));
+    this.cache.setBundles(toTrustBundle(own), fed.map(toTrustBundle));
+  }
+
+  private async syncEntries(): Promise<void> {
+    const res = await unaryCall<{ knownRevision: string }, SyncEntriesResponse>(this.serverClient(), 'SyncEntries', { knownRevision: this.revision });
+    if (res.unchanged) return;
+    this.revision = res.revision;
+    const entries = res.entries.map(toCacheEntry);
+    const ids = new Set(entries.map((e) => e.id));
+    for (const id of [...this.rotateAt.keys()]) if (!ids.has(id)) this.rotateAt.delete(id);
+    for (const k of [...this.jwtCache.keys()]) if (!ids.has(k.slice(0, k.indexOf('\n')))) this.jwtCache.delete(k);
+    this.cache.setEntries(entries);
+  }
+
+  /** Signs SVIDs for entries that have none, whose SVID is at half-life, or whose ID changed. */
+  private async signDue(): Promise<void> {
+    const now = Date.now();
+    const due = this.cache.entryList().filter((e) => {
+      const s = this.cache.svid(e.id);
+      return !s || s.spiffeId !== e.spiffeId || now >= (this.rotateAt.get(e.id) ?? 0);
+    });
+    for (let i = 0; i < due.length; i += AGENT_API_MAX_BATCH) {
+      const batch = due.slice(i, i + AGENT_API_MAX_BATCH);
+      const keys = new Map(batch.map((e) => [e.id, generateKeyPair()]));
+      const res = await unaryCall<object, BatchNewX509SvidResponse>(this.serverClient(), 'BatchNewX509Svid', {
+        params: batch.map((e) => ({ entryId: e.id, csr: createCsr(keys.get(e.id)!, e.spiffeId) })),
+      });
+      const fresh = new Map<string, CachedSvid>();
+      for (const r of res.results) {
+        const k = keys.get(r.entryId);
+        if (!k) continue;
+        if (r.errorCode !== 0 || !r.svid || r.svid.certChain.length === 0) {
+          this.log.warn({ entryId: r.entryId, code: r.errorCode, err: r.errorMessage }, 'server refused to sign an SVID');
+          continue;
+        }
+        const { notBefore, notAfter } = certTimes(r.svid.certChain[0] as Buffer);
+        fresh.set(r.entryId, { spiffeId: r.svid.spiffeId, chain: r.svid.certChain, key: pkcs8Der(k.privateKey), notBefore, notAfter });
+        this.rotateAt.set(r.entryId, rotationTime(notBefore, notAfter));
+      }
+      this.stats.svidsSigned += fresh.size;
+      this.cache.putSvids(fresh);
+    }
+  }
+
+  // ------------------------------------------------------------------ watch (server push)
+
+  private openWatch(): void {
+    if (this.stopped || !this.state) return;
+    clearTimeout(this.watchTimer);
+    let call: grpc.ClientReadableStream<AgentEvent>;
+    try {
+      const fn = this.serverClient()['WatchAgent'] as (req: object) => grpc.ClientReadableStream<AgentEvent>;
+      call = fn.call(this.serverClient(), {});
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'could not open the watch stream');
+      this.retryWatch();
+      return;
+    }
+    this.watch = call;
+    call.on('data', (ev: AgentEvent) => {
+      this.watchBackoffMs = MIN_BACKOFF_MS;
+      switch (ev.kind) {
+        case 'READY':
+          // Anything that changed while the watch was down is picked up now.
+          void this.syncOnce().catch(() => undefined);
+          break;
+        case 'ENTRIES_CHANGED':
+        case 'BUNDLE_CHANGED':
+          void this.syncOnce().catch(() => undefined);
+          break;
+        case 'DROP_SVIDS':
+          this.log.warn({ reason: ev.reason }, 'server told the agent to drop its SVIDs; re-attesting');
+          this.dropAll();
+          void this.attest(this.ownRoots()).then(() => this.syncOnce()).catch((e: unknown) =>
+            this.log.error({ err: (e as Error).message }, 're-attestation after a drop failed'));
+          break;
+        default:
+          break;
+      }
+    });
+    const ended = () => {
+      if (this.watch !== call) return;
+      this.watch = undefined;
+      this.retryWatch();
+    };
+    call.on('error', ended);
+    call.on('end', ended);
+  }
+
+  private retryWatch(): void {
+    if (this.stopped) return;
+    clearTimeout(this.watchTimer);
+    this.watchTimer = setTimeout(() => this.openWatch(), this.watchBackoffMs);
+    this.watchBackoffMs = Math.min(this.watchBackoffMs * 2, MAX_BACKOFF_MS);
+  }
+
+  // ------------------------------------------------------------------ JWT-SVIDs
+
+  private jwtProvider(): JwtProvider {
+    return {
+      fetchJwtSvid: async (entry: CacheEntry, audience: string[]) => {
+        const key = `${entry.id}\n${[...new Set(audience)].sort().join('\n')}`;
+        const now = Date.now();
+        const hit = this.jwtCache.get(key);
+        if (hit && now < hit.refreshAt) return hit.token;
+        const res = await unaryCall<object, NewJwtSvidResponse>(this.serverClient(), 'NewJwtSvid', { entryId: entry.id, audience });
+        const expiresAt = res.expiresAt * 1000;
+        if (this.jwtCache.size >= MAX_JWT_CACHE) this.jwtCache.delete(this.jwtCache.keys().next().value as string);
+        this.jwtCache.set(key, { token: res.token, expiresAt, refreshAt: now + (expiresAt - now) / 2 });
+        return res.token;
+      },
+      validateJwtSvid: async (token: string, audience: string) => {
+        const v = await validateJwtSvid(token, this.bundles, audience);
+        return { spiffeId: v.id.toString(), claims: v.claims };
+      },
+    };
+  }
+}
+
+function sameDers(a: Buffer[], b: Buffer[]): boolean {
+  return a.length === b.length && a.every((d, i) => d.equals(b[i] as Buffer));
+}
+
+function toCacheEntry(e: RegistrationEntry): CacheEntry {
+  return {
+    id: e.id,
+    spiffeId: e.spiffeId,
+    selectors: e.selectors.map((s) => ({ type: s.type, value: s.value })),
+    federatesWith: e.federatesWith,
+    hint: e.hint,
+    jwtSvidTtl: e.jwtSvidTtl,
+  };
+}
+
+/** A spiffe Bundle in the forms the Workload API sends: DER CAs, and a JWK Set of the JWT authorities only. */
+export function toTrustBundle(b: Bundle): TrustBundle {
+  const doc = JSON.parse(b.toJSON()) as { keys: Array<{ use?: string }> } & Record<string, unknown>;
+  const jwks = { ...doc, keys: doc.keys.filter((k) => k.use === 'jwt-svid') };
+  return {
+    trustDomain: b.trustDomain.name,
+    x509Authorities: b.x509Authorities(),
+    jwks: Buffer.from(JSON.stringify(jwks)),
+    sequence: Number(b.sequenceNumber),
+  };
+}

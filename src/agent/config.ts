@@ -1,0 +1,118 @@
+// agent.yaml: parsed with `yaml`, validated with zod, then environment overrides. Every problem is
+// reported with the path of the offending key and what is expected.
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { z } from 'zod';
+import { parseEndpoint, ENDPOINT_SOCKET_ENV } from '../api/workload-api.js';
+
+export class AgentConfigError extends Error {
+  readonly code = 'invalid_agent_config';
+  constructor(message: string) {
+    super(message);
+    this.name = 'AgentConfigError';
+  }
+}
+
+const trustDomain = z.string().regex(/^[a-z0-9._-]{1,255}$/, 'a trust domain name: lowercase letters, digits, ".", "_" or "-"');
+
+const joinToken = z.object({ token: z.string().min(1, 'the join token must not be empty') }).strict();
+const tpm = z.object({
+  /** TCTI configuration, e.g. "swtpm:host=127.0.0.1,port=2321" or "device:/dev/tpmrm0". */
+  tcti: z.string().min(1),
+  /** Which EK to use: RSA-2048 (the TCG default) or ECC P-256. */
+  ekKind: z.enum(['rsa2048', 'ecc-p256', 'ecc-p384']).default('rsa2048'),
+  /** Persistent handle to keep the AK at across restarts (0x81000000-0x81ffffff); absent: a fresh AK each attestation. */
+  akHandle: z.number().int().min(0x81000000).max(0x81ffffff).optional(),
+}).strict();
+
+const schema = z.object({
+  trustDomain,
+  /** Host name or IP of the terroir server's agent API. */
+  serverAddress: z.string().min(1),
+  serverPort: z.number().int().min(1).max(65535).default(8081),
+  /** Where the agent keeps its SVID, key and last bundle (created 0700). */
+  dataDir: z.string().min(1),
+  /** Workload API socket (absolute path); SPIFFE_ENDPOINT_SOCKET overrides it. */
+  socketPath: z.string().min(1).default('/run/terroir/agent.sock'),
+  /** SPIFFE bundle JSON (or PEM CA certificates) the agent trusts the server by on first attestation. */
+  trustBundlePath: z.string().min(1).optional(),
+  /** Development only: attest without a bootstrap bundle. Refused unless true. */
+  insecureBootstrap: z.boolean().default(false),
+  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  /** How often entries and bundles are polled even without a server push (ms). */
+  syncIntervalMs: z.number().int().min(100).max(3_600_000).default(5_000),
+  /** Serve FetchX509Bundles/FetchJWTBundles to callers with no identity. */
+  allowUnauthenticatedVerifiers: z.boolean().default(false),
+  nodeAttestor: z.object({ joinToken: joinToken.optional(), tpm: tpm.optional() }).strict()
+    .refine((n) => (n.joinToken ? 1 : 0) + (n.tpm ? 1 : 0) === 1, 'configure exactly one of nodeAttestor.joinToken or nodeAttestor.tpm'),
+  workloadAttestors: z.object({
+    unix: z.object({
+      sha256: z.boolean().default(true),
+      maxBinaryBytes: z.number().int().positive().default(1024 * 1024 * 1024),
+    }).strict().default({ sha256: true, maxBinaryBytes: 1024 * 1024 * 1024 }),
+  }).strict().default({ unix: { sha256: true, maxBinaryBytes: 1024 * 1024 * 1024 } }),
+}).strict();
+
+export type AgentConfig = z.infer<typeof schema>;
+export type TpmAttestorConfig = z.infer<typeof tpm>;
+
+function formatIssues(err: z.ZodError): string {
+  return err.issues.map((i) => `  ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`).join('\n');
+}
+
+/**
+ * Validates a parsed config object and applies environment overrides:
+ * SPIFFE_ENDPOINT_SOCKET (socket), TERROIR_AGENT_JOIN_TOKEN (join token), TERROIR_AGENT_SERVER_ADDRESS,
+ * TERROIR_AGENT_SERVER_PORT, TERROIR_AGENT_LOG_LEVEL, TERROIR_AGENT_DATA_DIR.
+ */
+export function parseAgentConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env, baseDir = process.cwd()): AgentConfig {
+  const doc = structuredClone((raw ?? {}) as Record<string, unknown>);
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new AgentConfigError('agent config must be a YAML mapping');
+  if (env['TERROIR_AGENT_SERVER_ADDRESS']) doc['serverAddress'] = env['TERROIR_AGENT_SERVER_ADDRESS'];
+  if (env['TERROIR_AGENT_SERVER_PORT']) doc['serverPort'] = Number(env['TERROIR_AGENT_SERVER_PORT']);
+  if (env['TERROIR_AGENT_LOG_LEVEL']) doc['logLevel'] = env['TERROIR_AGENT_LOG_LEVEL'];
+  if (env['TERROIR_AGENT_DATA_DIR']) doc['dataDir'] = env['TERROIR_AGENT_DATA_DIR'];
+  if (env['TERROIR_AGENT_JOIN_TOKEN']) doc['nodeAttestor'] = { joinToken: { token: env['TERROIR_AGENT_JOIN_TOKEN'] } };
+  const endpoint = env[ENDPOINT_SOCKET_ENV];
+  if (endpoint) {
+    let parsed: ReturnType<typeof parseEndpoint>;
+    try {
+      parsed = parseEndpoint(endpoint);
+    } catch (e) {
+      throw new AgentConfigError(`${ENDPOINT_SOCKET_ENV}: ${(e as Error).message}`);
+    }
+    if (parsed.kind !== 'unix') throw new AgentConfigError(`${ENDPOINT_SOCKET_ENV} must be a unix:// endpoint for the agent (TCP has no peer credentials)`);
+    doc['socketPath'] = parsed.path;
+  }
+  const res = schema.safeParse(doc);
+  if (!res.success) throw new AgentConfigError(`invalid agent config:\n${formatIssues(res.error)}`);
+  const cfg = res.data;
+  if (!path.isAbsolute(cfg.socketPath)) throw new AgentConfigError(`socketPath must be absolute, got "${cfg.socketPath}"`);
+  cfg.dataDir = path.resolve(baseDir, cfg.dataDir);
+  if (cfg.trustBundlePath) cfg.trustBundlePath = path.resolve(baseDir, cfg.trustBundlePath);
+  if (!cfg.trustBundlePath && !cfg.insecureBootstrap) {
+    throw new AgentConfigError('trustBundlePath is required: the agent must know the server\'s CA before attesting ' +
+      '(get it with "terroir-server bundle show"); insecureBootstrap: true exists for development only');
+  }
+  return cfg;
+}
+
+/** Reads and validates an agent.yaml file (relative paths are relative to the file). */
+export function loadAgentConfig(file: string, env: NodeJS.ProcessEnv = process.env): AgentConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new AgentConfigError(`cannot read agent config ${file}: ${(e as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = YAML.parse(text);
+  } catch (e) {
+    throw new AgentConfigError(`agent config ${file} is not valid YAML: ${(e as Error).message}`);
+  }
+  // The common layout nests everything under "agent:"; a flat file is accepted too.
+  const body = raw && typeof raw === 'object' && 'agent' in raw ? (raw as { agent: unknown }).agent : raw;
+  return parseAgentConfig(body, env, path.dirname(path.resolve(file)));
+}

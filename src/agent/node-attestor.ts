@@ -1,0 +1,92 @@
+// Node attestation client: the AttestAgent exchange with the server, by join token or by TPM
+// (EK + AK, then TPM2_ActivateCredential to prove the AK lives in the same TPM as the EK).
+import * as grpc from '@grpc/grpc-js';
+import type { AttestAgentRequest, AttestAgentResponse, AttestationResult, TpmAttestation } from '../api/agent-api.js';
+import type { AgentClient } from './server-conn.js';
+
+export class NodeAttestationError extends Error {
+  constructor(readonly code: 'refused' | 'unavailable' | 'protocol' | 'tpm', message: string, readonly grpcCode?: grpc.status) {
+    super(message);
+    this.name = 'NodeAttestationError';
+  }
+}
+
+/** What the agent's TPM contributes to attestation (implemented over src/tpm by tpm-session.ts). */
+export interface TpmCredentialSource {
+  /** EK certificate/public and AK public for the first message. */
+  attestationData(): Promise<TpmAttestation>;
+  /** TPM2_ActivateCredential on the server's challenge: the recovered secret. */
+  activateCredential(credentialBlob: Buffer, encryptedSecret: Buffer): Promise<Buffer>;
+}
+
+export interface AttestOptions {
+  /** PKCS#10 DER for the agent SVID key. */
+  csr: Buffer;
+  joinToken?: string;
+  tpm?: TpmCredentialSource;
+  timeoutMs?: number;
+}
+
+const MAX_CHALLENGE_FIELD_BYTES = 4096;
+
+export async function attestNode(client: AgentClient, opts: AttestOptions): Promise<AttestationResult> {
+  if ((opts.joinToken === undefined) === (opts.tpm === undefined)) {
+    throw new NodeAttestationError('protocol', 'attestation needs exactly one of a join token or a TPM');
+  }
+  const first: AttestAgentRequest = opts.joinToken !== undefined
+    ? { params: { joinToken: { token: opts.joinToken }, csr: opts.csr } }
+    : { params: { tpm: await tpmData(opts.tpm as TpmCredentialSource), csr: opts.csr } };
+
+  const fn = client['AttestAgent'];
+  if (!fn) throw new NodeAttestationError('protocol', 'agent API has no AttestAgent method');
+  const call = fn.call(client, { deadline: Date.now() + (opts.timeoutMs ?? 60_000) }) as grpc.ClientDuplexStream<AttestAgentRequest, AttestAgentResponse>;
+
+  return new Promise<AttestationResult>((resolve, reject) => {
+    let done = false;
+    let challenged = false;
+    const fail = (e: NodeAttestationError) => {
+      if (done) return;
+      done = true;
+      call.cancel();
+      reject(e);
+    };
+    call.on('data', (msg: AttestAgentResponse) => {
+      if (done) return;
+      if (msg.result) {
+        done = true;
+        call.end();
+        resolve(msg.result);
+        return;
+      }
+      if (msg.challenge) {
+        if (!opts.tpm || challenged) return fail(new NodeAttestationError('protocol', 'server sent an unexpected attestation challenge'));
+        challenged = true;
+        const c = msg.challenge;
+        if (c.credentialBlob.length === 0 || c.credentialBlob.length > MAX_CHALLENGE_FIELD_BYTES
+          || c.encryptedSecret.length === 0 || c.encryptedSecret.length > MAX_CHALLENGE_FIELD_BYTES) {
+          return fail(new NodeAttestationError('protocol', 'server challenge has a missing or oversized credential blob or secret'));
+        }
+        opts.tpm.activateCredential(c.credentialBlob, c.encryptedSecret).then(
+          (secret) => { if (!done) call.write({ challengeResponse: { activatedSecret: secret } }); },
+          (e: unknown) => fail(new NodeAttestationError('tpm', `TPM2_ActivateCredential failed: ${(e as Error).message}`)),
+        );
+        return;
+      }
+      fail(new NodeAttestationError('protocol', 'server sent an empty attestation response'));
+    });
+    call.on('error', (e: grpc.ServiceError) => {
+      const code = e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED ? 'unavailable' : 'refused';
+      fail(new NodeAttestationError(code, `node attestation ${code === 'refused' ? 'refused' : 'failed'}: ${e.details || e.message}`, e.code));
+    });
+    call.on('end', () => fail(new NodeAttestationError('protocol', 'server closed the attestation stream without a result')));
+    call.write(first);
+  });
+}
+
+async function tpmData(tpm: TpmCredentialSource): Promise<TpmAttestation> {
+  try {
+    return await tpm.attestationData();
+  } catch (e) {
+    throw new NodeAttestationError('tpm', `reading the TPM's EK/AK failed: ${(e as Error).message}`);
+  }
+}
