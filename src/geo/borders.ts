@@ -1,0 +1,185 @@
+import * as cc from '@rapideditor/country-coder';
+import { EdgeIndex } from './edge-index.js';
+import { assertLatLon } from './reading.js';
+
+/**
+ * The offline border map: country-coder's leaf territories (the smallest features that carry a
+ * geometry — countries, and territories such as Gibraltar or Ceuta that have their own ISO code or
+ * belong to one) with every boundary edge in an EdgeIndex.
+ *
+ * Circle classification is exact with respect to the dataset: the error circle is wholly inside
+ * the allowed area when no edge of a disallowed or unclaimed area comes within its radius; wholly
+ * outside when no edge of an allowed area does and its centre is outside; undecided otherwise.
+ * This works because the dataset is a clean partition — every inner border edge is shared by
+ * exactly two territories, so an edge present only once borders unclaimed sea (the high seas
+ * beyond the territorial waters country-coder models) and counts as "disallowed on one side".
+ */
+
+/** Index of a territory in the border map, or NO_TERRITORY for the high seas and unclaimed land. */
+export type TerritoryIndex = number;
+export const NO_TERRITORY: TerritoryIndex = -1;
+
+export interface Territory {
+  /** country-coder feature id (an ISO code or a Wikidata id such as Q21 for England). */
+  id: string;
+  /** ISO 3166-1 alpha-2 code of the territory or the nearest enclosing feature that has one. */
+  code: string | null;
+  name: string;
+}
+
+export type CircleVerdict = 'inside' | 'outside' | 'undecided';
+
+interface LeafFeature {
+  properties: { id: string; nameEn: string };
+  geometry?: { type: string; coordinates: number[][][] | number[][][][] } | null;
+}
+
+const EDGE_EXTERNAL = 1;
+const CELL_DEG = 0.25;
+
+export class BorderMap {
+  readonly territories: readonly Territory[];
+  private readonly byId = new Map<string, TerritoryIndex>();
+  private readonly index = new EdgeIndex(CELL_DEG);
+  // Point-in-polygon answers for cells no border enters: exact for any point in the cell.
+  private readonly emptyCellTerritory = new Map<number, TerritoryIndex>();
+
+  constructor() {
+    const territories: Territory[] = [];
+    // Typed locally: country-coder's declarations lean on @types/geojson, which is not installed.
+    const features = cc.borders.features as unknown as LeafFeature[];
+    const leaves = features.filter((f) => f.geometry !== null && f.geometry !== undefined);
+    for (const f of leaves) {
+      this.byId.set(f.properties.id, territories.length);
+      territories.push({ id: f.properties.id, code: isoCodeOf(f.properties.id), name: f.properties.nameEn });
+    }
+    this.territories = territories;
+
+    // Count every edge (direction-free) to tell inner borders (shared) from outer ones.
+    const edgeKey = (a: number[], b: number[]): string => {
+      const ka = `${a[0]},${a[1]}`;
+      const kb = `${b[0]},${b[1]}`;
+      return ka < kb ? `${ka}|${kb}` : `${kb}|${ka}`;
+    };
+    const counts = new Map<string, number>();
+    const forEachEdge = (fn: (a: number[], b: number[], owner: number) => void): void => {
+      leaves.forEach((f, owner) => {
+        const g = f.geometry!;
+        const polys = (g.type === 'Polygon' ? [g.coordinates] : g.coordinates) as number[][][][];
+        for (const poly of polys) {
+          for (const ring of poly) {
+            for (let i = 0; i + 1 < ring.length; i++) fn(ring[i]!, ring[i + 1]!, owner);
+          }
+        }
+      });
+    };
+    forEachEdge((a, b) => {
+      const k = edgeKey(a, b);
+      counts.set(k, (counts.get(k) ?? 0) + 1);
+    });
+    forEachEdge((a, b, owner) => {
+      const [aLon, aLat] = a as [number, number];
+      const [bLon, bLat] = b as [number, number];
+      // The antimeridian seam and the pole line are artefacts of the lon/lat projection, not borders.
+      if (Math.abs(aLon) === 180 && Math.abs(bLon) === 180) return;
+      if (Math.abs(aLat) === 90 && Math.abs(bLat) === 90) return;
+      const flags = counts.get(edgeKey(a, b)) === 1 ? EDGE_EXTERNAL : 0;
+      this.index.add(aLat, aLon, bLat, bLon, owner, flags);
+    });
+  }
+
+  get edgeCount(): number {
+    return this.index.edgeCount;
+  }
+
+  /** Index of the territory a feature id names (e.g. "DE", "GI", "Q21"), or undefined. */
+  territoryById(id: string): TerritoryIndex | undefined {
+    return this.byId.get(id);
+  }
+
+  /** The territory containing the point, or NO_TERRITORY at sea / on unclaimed land. */
+  territoryAt(lat: number, lon: number): TerritoryIndex {
+    const key = this.index.cellKey(lat, lon);
+    if (this.index.cellIsEmpty(key)) {
+      const cached = this.emptyCellTerritory.get(key);
+      if (cached !== undefined) return cached;
+      const t = this.lookup(lat, lon);
+      this.emptyCellTerritory.set(key, t);
+      return t;
+    }
+    return this.lookup(lat, lon);
+  }
+
+  /**
+   * Where the circle of radiusM around (lat, lon) lies relative to the area made of the
+   * territories for which allowed[t] is true (the high seas are never allowed).
+   */
+  classifyCircle(lat: number, lon: number, radiusM: number, allowed: Uint8Array): { verdict: CircleVerdict; territory: TerritoryIndex } {
+    assertLatLon(lat, lon);
+    const territory = this.territoryAt(lat, lon);
+    let touchesAllowed = territory !== NO_TERRITORY && allowed[territory] === 1;
+    let touchesOther = !touchesAllowed;
+    if (radiusM > 0) {
+      this.index.near(lat, lon, radiusM, (owner, flags) => {
+        if (allowed[owner] === 1) {
+          touchesAllowed = true;
+          if (flags & EDGE_EXTERNAL) touchesOther = true;
+        } else {
+          touchesOther = true;
+        }
+      });
+    }
+    const verdict: CircleVerdict = !touchesAllowed ? 'outside' : touchesOther ? 'undecided' : 'inside';
+    return { verdict, territory };
+  }
+
+  private lookup(lat: number, lon: number): TerritoryIndex {
+    const f = cc.feature([lon, lat], { level: 'subterritory' });
+    if (f === null) return NO_TERRITORY;
+    return this.byId.get(f.properties.id) ?? NO_TERRITORY;
+  }
+}
+
+function isoCodeOf(id: string): string | null {
+  const self = cc.feature(id);
+  if (self?.properties.iso1A2) return self.properties.iso1A2;
+  for (const f of cc.featuresContaining(id)) {
+    if (f.properties.iso1A2) return f.properties.iso1A2;
+  }
+  return null;
+}
+
+let shared: BorderMap | undefined;
+
+/** The process-wide border map, built on first use (~26k edges, tens of milliseconds). */
+export function borderMap(): BorderMap {
+  shared ??= new BorderMap();
+  return shared;
+}
+
+/** ISO 3166-1 alpha-2 code of the territory at a point (e.g. "GI" in Gibraltar), or null at sea. */
+export function countryAt(lat: number, lon: number): string | null {
+  assertLatLon(lat, lon);
+  const m = borderMap();
+  const t = m.territoryAt(lat, lon);
+  return t === NO_TERRITORY ? null : m.territories[t]!.code;
+}
+
+const GROUP_LEVELS = new Set(['sharedLandform', 'intermediateRegion', 'subregion', 'region', 'subunion', 'union', 'unitedNations', 'world']);
+
+/** True when country-coder knows `code` as an ISO 3166-1 alpha-2 country or territory code. */
+export function isKnownCountryCode(code: string): boolean {
+  const f = cc.feature(code);
+  return f !== null && f.properties.iso1A2 === code && !['union', 'unitedNations', 'world'].includes(f.properties.level);
+}
+
+/** True when country-coder knows `code` as a grouping (e.g. "EU", "150" for Europe, "UN"). */
+export function isKnownRegionCode(code: string): boolean {
+  const f = cc.feature(code);
+  return f !== null && f.properties.id === code && GROUP_LEVELS.has(f.properties.level);
+}
+
+/** True when the territory belongs to the country-coder grouping `region`. */
+export function territoryInRegion(t: Territory, region: string): boolean {
+  return cc.isIn(t.id, region) === true;
+}
