@@ -1,22 +1,279 @@
 #!/usr/bin/env node
 // terroir-agent command line: thin — parse, call, print.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import {
+  ENDPOINT_SOCKET_ENV, createWorkloadClient, fromProtoStruct, splitDerCertificates, workloadMetadata,
+  type WorkloadApiClient, type X509SvidResponse,
+} from '../api/workload-api.js';
+import { Agent } from '../agent/agent.js';
+import { AgentConfigError, loadAgentConfig } from '../agent/config.js';
+import { openTpmCredentialSource, type TpmSession } from '../agent/tpm-session.js';
+
 const HELP = `terroir-agent — proves its node (TPM, location) and serves the SPIFFE Workload API
 
 Usage: terroir-agent <command> [flags]
 
 Commands:
-  run -c agent.yaml      run the agent
-  help                   show this help
+  run -c agent.yaml                                   run the agent
+  api fetch x509 [-socketPath S] [-write DIR]         fetch X.509-SVIDs (writes svid.N.pem, svid.N.key, bundle.N.pem)
+  api fetch jwt -audience A [-spiffeID ID]            fetch JWT-SVIDs for an audience
+  api validate jwt -audience A -svid TOKEN            validate a JWT-SVID
+  api watch [-socketPath S]                           print every X.509-SVID update as it arrives
+  healthcheck [-socketPath S]                         exit 0 when the Workload API answers
+  help                                                show this help
+
+The Workload API socket defaults to $${ENDPOINT_SOCKET_ENV} (unix:///path) or /run/terroir/agent.sock.
+Flags may be written -flag value, -flag=value or --flag value.
 `;
 
-function main(argv: string[]): number {
-  const cmd = argv[0];
+class UsageError extends Error {}
+
+/** Go/SPIRE-style flags: -name value | -name=value | --name value; boolean flags take no value. */
+function parseFlags(args: string[], spec: Record<string, 'string' | 'bool'>): Record<string, string | boolean> {
+  const out: Record<string, string | boolean> = {};
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (!a.startsWith('-')) throw new UsageError(`unexpected argument "${a}"`);
+    const body = a.replace(/^--?/, '');
+    const eq = body.indexOf('=');
+    const name = eq >= 0 ? body.slice(0, eq) : body;
+    const kind = spec[name];
+    if (!kind) throw new UsageError(`unknown flag -${name} (known: ${Object.keys(spec).map((k) => `-${k}`).join(', ')})`);
+    if (kind === 'bool') {
+      out[name] = eq >= 0 ? body.slice(eq + 1) !== 'false' : true;
+      continue;
+    }
+    if (eq >= 0) out[name] = body.slice(eq + 1);
+    else {
+      const v = args[++i];
+      if (v === undefined) throw new UsageError(`flag -${name} needs a value`);
+      out[name] = v;
+    }
+  }
+  return out;
+}
+
+function socketFrom(flags: Record<string, string | boolean>): string {
+  const s = flags['socketPath'];
+  if (typeof s === 'string') return s.startsWith('unix:') || s.startsWith('tcp:') ? s : path.resolve(s);
+  return process.env[ENDPOINT_SOCKET_ENV] ?? '/run/terroir/agent.sock';
+}
+
+function timeoutFrom(flags: Record<string, string | boolean>): number {
+  const t = flags['timeout'];
+  if (typeof t !== 'string') return 5_000;
+  const m = /^(\d+)(ms|s|m)?$/.exec(t);
+  if (!m) throw new UsageError(`-timeout "${t}" must look like 5s, 500ms or 1m`);
+  return Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000);
+}
+
+function pem(der: Buffer, label: string): string {
+  return `-----BEGIN ${label}-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END ${label}-----\n`;
+}
+
+function describeError(e: unknown): string {
+  const se = e as grpc.ServiceError;
+  if (typeof se?.code === 'number') return `${grpc.status[se.code] ?? se.code}: ${se.details}`;
+  return (e as Error).message;
+}
+
+function firstX509(client: WorkloadApiClient, timeoutMs: number): Promise<X509SvidResponse> {
+  return new Promise((resolve, reject) => {
+    const call = client.FetchX509SVID({}, workloadMetadata(), { deadline: Date.now() + timeoutMs });
+    call.once('data', (res: X509SvidResponse) => {
+      resolve(res);
+      call.cancel();
+    });
+    call.on('error', (e: grpc.ServiceError) => {
+      if (e.code !== grpc.status.CANCELLED) reject(e);
+    });
+  });
+}
+
+async function fetchX509(args: string[]): Promise<number> {
+  const flags = parseFlags(args, { socketPath: 'string', write: 'string', timeout: 'string', silent: 'bool' });
+  const client = createWorkloadClient(socketFrom(flags));
+  try {
+    const t0 = performance.now();
+    const res = await firstX509(client, timeoutFrom(flags));
+    const ms = performance.now() - t0;
+    const dir = flags['write'];
+    if (typeof dir === 'string') fs.mkdirSync(dir, { recursive: true });
+    process.stdout.write(`Received ${res.svids.length} svid after ${ms.toFixed(3)}ms\n`);
+    res.svids.forEach((s, i) => {
+      const chain = splitDerCertificates(s.x509_svid);
+      const leaf = new crypto.X509Certificate(chain[0] as Buffer);
+      process.stdout.write(`\nSPIFFE ID:\t\t${s.spiffe_id}\n`);
+      if (s.hint) process.stdout.write(`Hint:\t\t\t${s.hint}\n`);
+      process.stdout.write(`SVID Valid After:\t${leaf.validFrom}\nSVID Valid Until:\t${leaf.validTo}\n`);
+      const cas = splitDerCertificates(s.bundle);
+      cas.forEach((ca, j) => {
+        const c = new crypto.X509Certificate(ca);
+        process.stdout.write(`CA #${j + 1} Valid After:\t${c.validFrom}\nCA #${j + 1} Valid Until:\t${c.validTo}\n`);
+      });
+      if (typeof dir === 'string') {
+        fs.writeFileSync(path.join(dir, `svid.${i}.pem`), chain.map((c) => pem(c, 'CERTIFICATE')).join(''), { mode: 0o644 });
+        fs.writeFileSync(path.join(dir, `svid.${i}.key`), pem(s.x509_svid_key, 'PRIVATE KEY'), { mode: 0o600 });
+        fs.writeFileSync(path.join(dir, `bundle.${i}.pem`), cas.map((c) => pem(c, 'CERTIFICATE')).join(''), { mode: 0o644 });
+        let k = 0;
+        for (const b of Object.values(res.federated_bundles)) {
+          fs.writeFileSync(path.join(dir, `federated_bundle.${i}.${k++}.pem`),
+            splitDerCertificates(b).map((c) => pem(c, 'CERTIFICATE')).join(''), { mode: 0o644 });
+        }
+      }
+    });
+    if (typeof dir === 'string') process.stdout.write(`\nWriting SVIDs, keys and bundles to ${dir}\n`);
+    return 0;
+  } finally {
+    client.close();
+  }
+}
+
+function unary<T>(fn: (cb: (err: grpc.ServiceError | null, res?: T) => void) => void): Promise<T> {
+  return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res as T))));
+}
+
+async function fetchJwt(args: string[]): Promise<number> {
+  const flags = parseFlags(args, { socketPath: 'string', audience: 'string', spiffeID: 'string', timeout: 'string' });
+  const audience = flags['audience'];
+  if (typeof audience !== 'string' || audience === '') throw new UsageError('-audience is required');
+  const client = createWorkloadClient(socketFrom(flags));
+  try {
+    const res = await unary<{ svids: Array<{ spiffe_id: string; svid: string }> }>((cb) =>
+      client.FetchJWTSVID({ audience: audience.split(','), spiffe_id: typeof flags['spiffeID'] === 'string' ? flags['spiffeID'] : '' },
+        workloadMetadata(), { deadline: Date.now() + timeoutFrom(flags) }, cb));
+    for (const s of res.svids) process.stdout.write(`token(${s.spiffe_id}):\n\t${s.svid}\n`);
+    return 0;
+  } finally {
+    client.close();
+  }
+}
+
+async function validateJwt(args: string[]): Promise<number> {
+  const flags = parseFlags(args, { socketPath: 'string', audience: 'string', svid: 'string', timeout: 'string' });
+  const audience = flags['audience'];
+  const svid = flags['svid'];
+  if (typeof audience !== 'string' || audience === '') throw new UsageError('-audience is required');
+  if (typeof svid !== 'string' || svid === '') throw new UsageError('-svid is required');
+  const client = createWorkloadClient(socketFrom(flags));
+  try {
+    const res = await unary<{ spiffe_id: string; claims: Parameters<typeof fromProtoStruct>[0] | null }>((cb) =>
+      client.ValidateJWTSVID({ audience, svid }, workloadMetadata(), { deadline: Date.now() + timeoutFrom(flags) }, cb));
+    process.stdout.write(`SVID is valid.\nSPIFFE ID : ${res.spiffe_id}\nClaims    : ${JSON.stringify(res.claims ? fromProtoStruct(res.claims) : {})}\n`);
+    return 0;
+  } finally {
+    client.close();
+  }
+}
+
+async function watch(args: string[]): Promise<number> {
+  const flags = parseFlags(args, { socketPath: 'string' });
+  const client = createWorkloadClient(socketFrom(flags));
+  return new Promise((resolve) => {
+    const call = client.FetchX509SVID({}, workloadMetadata());
+    call.on('data', (res: X509SvidResponse) => {
+      const ids = res.svids.map((s) => {
+        const leaf = new crypto.X509Certificate(splitDerCertificates(s.x509_svid)[0] as Buffer);
+        return `${s.spiffe_id} (valid until ${leaf.validTo}, serial ${leaf.serialNumber})`;
+      });
+      process.stdout.write(`${new Date().toISOString()} received ${res.svids.length} SVID(s): ${ids.join('; ')}\n`);
+    });
+    call.on('error', (e: grpc.ServiceError) => {
+      process.stderr.write(`terroir-agent: watch ended: ${describeError(e)}\n`);
+      client.close();
+      resolve(1);
+    });
+    const stop = () => {
+      call.cancel();
+      client.close();
+      resolve(0);
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+}
+
+async function healthcheck(args: string[]): Promise<number> {
+  const flags = parseFlags(args, { socketPath: 'string', timeout: 'string', shallow: 'bool', verbose: 'bool' });
+  const client = createWorkloadClient(socketFrom(flags));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const call = client.FetchX509Bundles({}, workloadMetadata(), { deadline: Date.now() + timeoutFrom(flags) });
+      call.once('data', () => {
+        call.cancel();
+        resolve();
+      });
+      call.on('error', (e: grpc.ServiceError) => {
+        // PermissionDenied means the agent answered and attested us: it is alive.
+        if (e.code === grpc.status.CANCELLED || e.code === grpc.status.PERMISSION_DENIED) resolve();
+        else reject(e);
+      });
+    });
+    process.stdout.write('Agent is healthy.\n');
+    return 0;
+  } catch (e) {
+    process.stderr.write(`Agent is unhealthy: ${describeError(e)}\n`);
+    return 1;
+  } finally {
+    client.close();
+  }
+}
+
+async function runAgent(args: string[]): Promise<number> {
+  const flags = parseFlags(args, { c: 'string', config: 'string' });
+  const file = (flags['c'] ?? flags['config']) as string | undefined;
+  if (!file) throw new UsageError('run needs -c agent.yaml');
+  const config = loadAgentConfig(file);
+  let tpm: TpmSession | undefined;
+  if (config.nodeAttestor.tpm) tpm = await openTpmCredentialSource(config.nodeAttestor.tpm);
+  const agent = await Agent.start(config, tpm ? { tpm } : {});
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+  });
+  await agent.stop();
+  await tpm?.close();
+  return 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, sub, kind, ...rest] = argv;
   if (cmd === undefined || cmd === 'help' || cmd === '-h' || cmd === '--help') {
     process.stdout.write(HELP);
     return 0;
+  }
+  try {
+    if (cmd === 'run') return await runAgent(argv.slice(1));
+    if (cmd === 'healthcheck') return await healthcheck(argv.slice(1));
+    if (cmd === 'api') {
+      if (sub === 'fetch' && kind === 'x509') return await fetchX509(rest);
+      if (sub === 'fetch' && kind === 'jwt') return await fetchJwt(rest);
+      if (sub === 'validate' && kind === 'jwt') return await validateJwt(rest);
+      if (sub === 'watch') return await watch(argv.slice(2));
+      throw new UsageError(`unknown api command "${[sub, kind].filter(Boolean).join(' ')}"`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`terroir-agent: ${e.message}; run "terroir-agent help" for usage\n`);
+      return 2;
+    }
+    if (e instanceof AgentConfigError) {
+      process.stderr.write(`terroir-agent: ${e.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`terroir-agent: ${describeError(e)}\n`);
+    return 1;
   }
   process.stderr.write(`terroir-agent: unknown command "${cmd}"; run "terroir-agent help" for the list\n`);
   return 2;
 }
 
-process.exitCode = main(process.argv.slice(2));
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+}, (e: unknown) => {
+  process.stderr.write(`terroir-agent: ${(e as Error).message}\n`);
+  process.exitCode = 1;
+});

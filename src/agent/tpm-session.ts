@@ -1,0 +1,48 @@
+// The agent's TPM for node attestation, over src/tpm's TpmDevice: EK certificate and public, an AK
+// (fresh per attestation, or kept at a persistent handle), and ActivateCredential on the challenge.
+import { TpmDevice, type AkHandle } from '../tpm/device.js';
+import type { TpmAttestation } from '../api/agent-api.js';
+import type { TpmAttestorConfig } from './config.js';
+import type { TpmCredentialSource } from './node-attestor.js';
+
+export interface TpmSession extends TpmCredentialSource {
+  close(): Promise<void>;
+}
+
+export async function openTpmCredentialSource(cfg: TpmAttestorConfig): Promise<TpmSession> {
+  const device = await TpmDevice.open(cfg.tcti);
+  let ak: AkHandle | undefined;
+
+  const currentAk = async (): Promise<AkHandle> => {
+    if (cfg.akHandle !== undefined) {
+      if (ak) return ak;
+      try {
+        ak = await device.loadPersistentAk(cfg.akHandle);
+      } catch {
+        ak = await device.createAk('ecc-p256', { persistentHandle: cfg.akHandle });
+      }
+      return ak;
+    }
+    // A transient AK lives for one attestation: the previous one is flushed.
+    if (ak) await device.releaseAk(ak);
+    ak = await device.createAk('ecc-p256');
+    return ak;
+  };
+
+  return {
+    async attestationData(): Promise<TpmAttestation> {
+      const ekCertificate = await device.readEkCertificate(cfg.ekKind);
+      const ekPublic = await device.ekPublic(cfg.ekKind);
+      const a = await currentAk();
+      return { ekCertificate: ekCertificate ?? Buffer.alloc(0), ekIntermediates: [], ekPublic, akPublic: a.public };
+    },
+    async activateCredential(credentialBlob: Buffer, encryptedSecret: Buffer): Promise<Buffer> {
+      if (!ak) throw new Error('no AK: attestationData() must come first');
+      return device.activateCredential(ak, cfg.ekKind, credentialBlob, encryptedSecret);
+    },
+    async close(): Promise<void> {
+      if (ak) await device.releaseAk(ak).catch(() => undefined);
+      await device.close();
+    },
+  };
+}
