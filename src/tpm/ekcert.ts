@@ -1,0 +1,268 @@
+import crypto, { X509Certificate, type KeyObject } from 'node:crypto';
+import { TpmEkCertificateError } from './errors.js';
+import { children, content, decodeOid, encodeOid, encodeTlv, readTlv, whole, type Tlv } from './der.js';
+import { spkiDer, type TpmPublic } from './public.js';
+
+export interface EkCertificateInfo {
+  /** TPM manufacturer from the SAN directoryName (2.23.133.2.1), e.g. "id:00001014". */
+  manufacturer: string;
+  /** TPM model (2.23.133.2.2). */
+  model: string;
+  /** TPM firmware version (2.23.133.2.3), e.g. "id:20191023". */
+  version: string;
+  /** The EK public key. */
+  publicKey: KeyObject;
+  /** SubjectPublicKeyInfo DER of the EK (RSAES-OAEP keys normalised to rsaEncryption). */
+  spki: Buffer;
+  /** Hex SHA-256 of `spki`: the same value as ekHash() of the EK's TPM2B_PUBLIC. */
+  ekHash: string;
+  serialNumber: string;
+  issuer: string;
+  notBefore: Date;
+  notAfter: Date;
+  /** DER of each certificate from the EK certificate up to the trusted manufacturer CA. */
+  chain: Buffer[];
+}
+
+export interface VerifyEkCertificateOptions {
+  intermediatesDer?: Buffer[];
+  now?: Date;
+}
+
+const OID = {
+  subjectDirectoryAttributes: '2.5.29.9',
+  subjectKeyIdentifier: '2.5.29.14',
+  keyUsage: '2.5.29.15',
+  subjectAltName: '2.5.29.17',
+  basicConstraints: '2.5.29.19',
+  certificatePolicies: '2.5.29.32',
+  authorityKeyIdentifier: '2.5.29.35',
+  extKeyUsage: '2.5.29.37',
+  tpmManufacturer: '2.23.133.2.1',
+  tpmModel: '2.23.133.2.2',
+  tpmVersion: '2.23.133.2.3',
+  rsaEncryption: '1.2.840.113549.1.1.1',
+  rsaesOaep: '1.2.840.113549.1.1.7',
+} as const;
+
+/**
+ * Critical extensions this module processes, so may accept. EK certificates mark the SAN critical
+ * (their subject is empty and the TPM identity lives in a directoryName), which generic X.509
+ * validators reject as "unhandled"; here it is handled, by reading it. certificatePolicies is
+ * accepted because no policy OID is required of EK certificates. Any other critical extension
+ * (name constraints, policy constraints, ...) is refused: we would have to enforce it and do not.
+ */
+const HANDLED_CRITICAL = new Set<string>([
+  OID.keyUsage, OID.basicConstraints, OID.subjectAltName, OID.extKeyUsage, OID.certificatePolicies,
+  OID.subjectDirectoryAttributes, OID.authorityKeyIdentifier, OID.subjectKeyIdentifier,
+]);
+
+interface Extension { oid: string; critical: boolean; value: Buffer }
+
+interface ParsedCert {
+  der: Buffer;
+  x509: X509Certificate;
+  extensions: Extension[];
+  spki: Buffer;
+}
+
+function parseCert(der: Buffer, role: string): ParsedCert {
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(der);
+  } catch (err) {
+    throw new TpmEkCertificateError('malformed-certificate', `${role}: not a DER X.509 certificate: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    const cert = readTlv(der, 0);
+    if (cert.end !== der.length) throw new TpmEkCertificateError('malformed-certificate', 'trailing bytes after the certificate');
+    const [tbs] = children(der, cert);
+    if (tbs === undefined) throw new TpmEkCertificateError('malformed-certificate', 'no tbsCertificate');
+    const fields = children(der, tbs);
+    let i = fields[0]?.tag === 0xa0 ? 1 : 0;
+    i += 5; // serialNumber, signature, issuer, validity, subject
+    const spkiTlv = fields[i];
+    if (spkiTlv === undefined || spkiTlv.tag !== 0x30) throw new TpmEkCertificateError('malformed-certificate', 'no subjectPublicKeyInfo');
+    const extensions: Extension[] = [];
+    const extWrap = fields.find((f) => f.tag === 0xa3);
+    if (extWrap !== undefined) {
+      const [seq] = children(der, extWrap);
+      if (seq === undefined) throw new TpmEkCertificateError('malformed-certificate', 'empty extensions');
+      for (const ext of children(der, seq)) {
+        const parts = children(der, ext);
+        const oid = parts[0];
+        const last = parts[parts.length - 1];
+        if (oid?.tag !== 0x06 || last?.tag !== 0x04 || parts.length > 3) throw new TpmEkCertificateError('malformed-certificate', 'malformed extension');
+        const critical = parts.length === 3 && parts[1]?.tag === 0x01 && der[parts[1].contentStart] !== 0;
+        extensions.push({ oid: decodeOid(content(der, oid)), critical, value: content(der, last) });
+      }
+    }
+    return { der, x509, extensions, spki: normaliseSpki(whole(der, spkiTlv)) };
+  } catch (err) {
+    if (err instanceof TpmEkCertificateError) {
+      throw new TpmEkCertificateError(err.code, `${role}: ${err.message}`, { cause: err });
+    }
+    throw err;
+  }
+}
+
+/**
+ * Some RSA EK certificates carry the key under id-RSAES-OAEP instead of rsaEncryption, which Node
+ * cannot import; the key material is the same RSAPublicKey, so re-label it.
+ */
+function normaliseSpki(spki: Buffer): Buffer {
+  const top = readTlv(spki, 0);
+  const [algId, bits] = children(spki, top);
+  if (algId === undefined || bits === undefined) throw new TpmEkCertificateError('malformed-certificate', 'malformed subjectPublicKeyInfo');
+  const [oid] = children(spki, algId);
+  if (oid?.tag !== 0x06 || decodeOid(content(spki, oid)) !== OID.rsaesOaep) return spki;
+  const rsaAlg = encodeTlv(0x30, Buffer.concat([encodeTlv(0x06, encodeOid(OID.rsaEncryption)), Buffer.from([0x05, 0x00])]));
+  return encodeTlv(0x30, Buffer.concat([rsaAlg, whole(spki, bits)]));
+}
+
+function isCa(c: ParsedCert): boolean {
+  const bc = c.extensions.find((e) => e.oid === OID.basicConstraints);
+  if (bc === undefined) return false;
+  const seq = readTlv(bc.value, 0);
+  const [first] = children(bc.value, seq);
+  return first?.tag === 0x01 && bc.value[first.contentStart] !== 0;
+}
+
+function allowsCertSign(c: ParsedCert): boolean {
+  const ku = c.extensions.find((e) => e.oid === OID.keyUsage);
+  if (ku === undefined) return true;
+  const bits = readTlv(ku.value, 0);
+  // BIT STRING: first content byte is the unused-bit count; keyCertSign is bit 5 of the first byte.
+  const first = ku.value[bits.contentStart + 1] ?? 0;
+  return (first & 0x04) !== 0;
+}
+
+function checkCriticalExtensions(c: ParsedCert, role: string): void {
+  for (const e of c.extensions) {
+    if (e.critical && !HANDLED_CRITICAL.has(e.oid)) {
+      throw new TpmEkCertificateError('unhandled-critical-extension', `${role}: critical extension ${e.oid} is not understood, so the certificate cannot be accepted`);
+    }
+  }
+}
+
+function checkValidity(c: ParsedCert, now: Date, role: string): void {
+  const from = new Date(c.x509.validFrom);
+  const to = new Date(c.x509.validTo);
+  if (!(now >= from && now <= to)) {
+    throw new TpmEkCertificateError('expired', `${role} (${c.x509.subject || c.x509.serialNumber}) is not valid at ${now.toISOString()} (valid ${from.toISOString()} .. ${to.toISOString()})`);
+  }
+}
+
+/** The TPM manufacturer, model and version attributes from the SAN directoryName. */
+function tpmIdentity(c: ParsedCert): { manufacturer: string; model: string; version: string } {
+  const san = c.extensions.find((e) => e.oid === OID.subjectAltName);
+  const found: Record<string, string> = {};
+  if (san !== undefined) {
+    const names = readTlv(san.value, 0);
+    for (const gn of children(san.value, names)) {
+      if (gn.tag !== 0xa4) continue; // directoryName [4]
+      for (const rdnSeq of children(san.value, gn)) {
+        for (const rdn of children(san.value, rdnSeq)) {
+          for (const atv of children(san.value, rdn)) collectAttribute(san.value, atv, found);
+        }
+      }
+    }
+  }
+  const manufacturer = found[OID.tpmManufacturer];
+  const model = found[OID.tpmModel];
+  const version = found[OID.tpmVersion];
+  if (manufacturer === undefined || model === undefined || version === undefined) {
+    throw new TpmEkCertificateError('missing-tpm-identity', 'EK certificate: the subjectAltName has no directoryName with TPM manufacturer, model and version (2.23.133.2.1/2/3)');
+  }
+  return { manufacturer, model, version };
+}
+
+function collectAttribute(buf: Buffer, atv: Tlv, found: Record<string, string>): void {
+  const [oid, value] = children(buf, atv);
+  if (oid?.tag !== 0x06 || value === undefined) return;
+  // UTF8String, PrintableString, IA5String are what EK certificates use.
+  if (value.tag !== 0x0c && value.tag !== 0x13 && value.tag !== 0x16) return;
+  found[decodeOid(content(buf, oid))] = content(buf, value).toString('utf8');
+}
+
+/**
+ * Validates an EK certificate against a manufacturer CA bundle: a signature chain from the EK
+ * certificate through optional intermediates to one of `manufacturerCasDer`, each certificate
+ * within its validity period, every issuer a CA allowed to sign certificates, and no critical
+ * extension left unprocessed. Returns the TPM identity from the SAN and the EK public key.
+ * Throws TpmEkCertificateError (codes: malformed-certificate, untrusted, expired, not-a-ca,
+ * unhandled-critical-extension, missing-tpm-identity).
+ */
+export function verifyEkCertificate(certDer: Buffer, manufacturerCasDer: Buffer[], opts: VerifyEkCertificateOptions = {}): EkCertificateInfo {
+  const now = opts.now ?? new Date();
+  const leaf = parseCert(certDer, 'EK certificate');
+  const anchors = manufacturerCasDer.map((d, i) => parseCert(d, `manufacturer CA #${i}`));
+  const intermediates = (opts.intermediatesDer ?? []).map((d, i) => parseCert(d, `intermediate #${i}`));
+  if (anchors.length === 0) throw new TpmEkCertificateError('untrusted', 'no manufacturer CA certificates configured: cannot validate any EK certificate');
+
+  checkCriticalExtensions(leaf, 'EK certificate');
+  if (isCa(leaf)) throw new TpmEkCertificateError('not-an-ek', 'EK certificate: it is a CA certificate, not an end-entity EK certificate');
+  checkValidity(leaf, now, 'EK certificate');
+  const identity = tpmIdentity(leaf);
+
+  const chain: ParsedCert[] = [leaf];
+  let current = leaf;
+  for (let depth = 0; depth < 8; depth++) {
+    const issuedBy = (c: ParsedCert): boolean => {
+      if (!current.x509.checkIssued(c.x509)) return false;
+      try { return current.x509.verify(c.x509.publicKey); } catch { return false; }
+    };
+    const anchor = anchors.find(issuedBy);
+    if (anchor !== undefined) {
+      checkIssuer(anchor, now, 'manufacturer CA');
+      chain.push(anchor);
+      return finish(leaf, identity, chain);
+    }
+    const next = intermediates.find((c) => !chain.includes(c) && issuedBy(c));
+    if (next === undefined) break;
+    checkIssuer(next, now, 'intermediate CA');
+    chain.push(next);
+    current = next;
+  }
+  throw new TpmEkCertificateError('untrusted', `EK certificate: no chain to a configured manufacturer CA (issuer "${current.x509.issuer.replace(/\n/g, ', ')}" not found or its signature does not verify)`);
+}
+
+function checkIssuer(c: ParsedCert, now: Date, role: string): void {
+  checkCriticalExtensions(c, role);
+  if (!isCa(c) || !allowsCertSign(c)) throw new TpmEkCertificateError('not-a-ca', `${role} "${c.x509.subject.replace(/\n/g, ', ')}" is not a CA allowed to sign certificates`);
+  checkValidity(c, now, role);
+}
+
+function finish(leaf: ParsedCert, identity: { manufacturer: string; model: string; version: string }, chain: ParsedCert[]): EkCertificateInfo {
+  let publicKey: KeyObject;
+  try {
+    publicKey = crypto.createPublicKey({ key: leaf.spki, format: 'der', type: 'spki' });
+  } catch (err) {
+    throw new TpmEkCertificateError('malformed-certificate', `EK certificate: unusable public key: ${(err as Error).message}`, { cause: err });
+  }
+  const spki = publicKey.export({ type: 'spki', format: 'der' });
+  return {
+    ...identity,
+    publicKey,
+    spki,
+    ekHash: crypto.createHash('sha256').update(spki).digest('hex'),
+    serialNumber: leaf.x509.serialNumber,
+    issuer: leaf.x509.issuer,
+    notBefore: new Date(leaf.x509.validFrom),
+    notAfter: new Date(leaf.x509.validTo),
+    chain: chain.map((c) => c.der),
+  };
+}
+
+/** True when the certificate certifies exactly the key in `ekPublic`. */
+export function ekPublicMatchesCertificate(ekPublic: TpmPublic, certDer: Buffer): boolean {
+  const cert = parseCert(certDer, 'EK certificate');
+  let certSpki: Buffer;
+  try {
+    certSpki = crypto.createPublicKey({ key: cert.spki, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'der' });
+  } catch {
+    return false;
+  }
+  const mine = spkiDer(ekPublic);
+  return mine.length === certSpki.length && crypto.timingSafeEqual(mine, certSpki);
+}
