@@ -44,7 +44,10 @@ export interface KeylimeClientOptions {
   maxResponseBytes?: number;
   /** Pin an API version instead of negotiating (it must still be one the verifier lists). */
   apiVersion?: string;
-  /** Connections kept to the verifier. Default 4; sequential calls use one. */
+  /**
+   * Connections kept to the verifier. Default 1: calls queue on one kept-alive TLS session (one
+   * handshake). With more, undici opens a second connection even for back-to-back calls.
+   */
   connections?: number;
   logger?: Logger;
 }
@@ -150,7 +153,7 @@ export class KeylimeVerifierClient {
     };
     this.pool = new Pool(this.origin, {
       connect,
-      connections: nonNegativeInt(opts.connections ?? 4, 'connections') || 1,
+      connections: nonNegativeInt(opts.connections ?? 1, 'connections') || 1,
       pipelining: 1,
       keepAliveTimeout: 30_000,
       keepAliveMaxTimeout: 60_000,

@@ -1,4 +1,5 @@
 // Test PKI: real X.509 CAs and leaf certificates (ECDSA P-256) for the mTLS tests.
+import 'reflect-metadata'; // @peculiar/x509 loads tsyringe, which needs the Reflect metadata polyfill
 import { webcrypto } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 
