@@ -80,7 +80,11 @@ export type UnmarshalType = (typeof UNMARSHAL_TYPES)[number];
 let loaded: Tss2 | undefined;
 
 function open(which: keyof typeof LIBS): ReturnType<typeof koffi.load> {
-  const { file, pkg } = LIBS[which];
+  return loadLibrary(LIBS[which].file, LIBS[which].pkg);
+}
+
+/** dlopen `file`, or throw Tss2LibraryError telling the user which Debian package provides it. */
+export function loadLibrary(file: string, pkg: string): ReturnType<typeof koffi.load> {
   try {
     return koffi.load(file);
   } catch (err) {
