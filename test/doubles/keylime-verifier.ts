@@ -24,7 +24,8 @@ export type Fault =
   | { mode: '5xx' }
   | { mode: 'garbage' }
   | { mode: 'oversized'; bytes: number; chunked?: boolean }
-  | { mode: 'wrong-shape' };
+  | { mode: 'wrong-shape' }
+  | { mode: 'contradiction' };
 
 export interface TestVerifierOptions {
   /** The verifier's server certificate and key, and the CA its admin clients must come from. */
@@ -165,6 +166,7 @@ export class TestKeylimeVerifier {
     if (fault.mode === '5xx') return send(res, 503, 'Service Unavailable');
     if (fault.mode === 'garbage') { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"code":200,"status":"Success","results":{"valid":tru'); return; }
     if (fault.mode === 'oversized') return sendOversized(res, fault.bytes, fault.chunked === true);
+    if (fault.mode === 'contradiction') return send(res, 200, 'Success', { valid: true, claims: {}, failures: [{ type: 'pcr_validation.invalid_pcr_0', context: 'x' }] });
     if (fault.mode === 'wrong-shape') return send(res, 200, 'Success', { valid: 'yes', current_version: 2.6, operational_state: 'ok' });
 
     const url = new URL(req.url ?? '/', 'https://verifier.invalid');

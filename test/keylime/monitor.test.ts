@@ -1,0 +1,115 @@
+// The monitor's decision rules, driven by a scripted status source and a controlled clock (the
+// integration with the real verifier double and swtpm is in continuous.test.ts).
+import { describe, expect, it } from 'vitest';
+import { KeylimeRequestError } from '../../src/keylime/errors.js';
+import { ContinuousAttestationMonitor, type MonitorFailure } from '../../src/keylime/monitor.js';
+import type { AgentStatus } from '../../src/keylime/tenant.js';
+
+const T0 = 1_700_000_000_000;
+
+function harness(opts: { maxAttestationAgeMs?: number; pendingTimeoutMs?: number } = {}) {
+  let now = T0;
+  let next: AgentStatus | Error = status({});
+  const monitor = new ContinuousAttestationMonitor(
+    { getAgentStatus: async () => { if (next instanceof Error) throw next; return next; } },
+    { now: () => now, maxAttestationAgeMs: 10_000, pendingTimeoutMs: 20_000, ...opts },
+  );
+  const events: string[] = [];
+  const failures: MonitorFailure[] = [];
+  monitor.on('pass', (id) => events.push(`pass:${id}`));
+  monitor.on('fail', (id, f) => { events.push(`fail:${id}:${f.kind}`); failures.push(f); });
+  monitor.watch('n1');
+  return {
+    monitor, events, failures,
+    set: (s: AgentStatus | Error) => { next = s; },
+    advance: (ms: number) => { now += ms; },
+    now: () => now,
+  };
+}
+
+function status(over: Partial<AgentStatus>): AgentStatus {
+  return {
+    operationalState: 3, attestationStatus: 'PASS', attestationCount: 0, lastSuccessfulAttestation: undefined,
+    lastEventId: undefined, severityLevel: undefined, ...over,
+  };
+}
+
+describe('ContinuousAttestationMonitor', () => {
+  it('does not trust Keylime PASS before a quote was verified', async () => {
+    const h = harness();
+    await h.monitor.pollOnce();
+    expect(h.monitor.verdict('n1')).toBe('pending');
+    expect(h.monitor.isTrusted('n1')).toBe(false);
+    expect(h.events).toEqual([]);
+  });
+
+  it('passes with attestation_count >= 1 and a recent last success; emits pass once', async () => {
+    const h = harness();
+    h.set(status({ attestationCount: 1, lastSuccessfulAttestation: Math.floor(h.now() / 1000) }));
+    await h.monitor.pollOnce();
+    await h.monitor.pollOnce();
+    expect(h.monitor.isTrusted('n1')).toBe(true);
+    expect(h.events).toEqual(['pass:n1']);
+  });
+
+  it('fails a node whose last success is too old (stale)', async () => {
+    const h = harness();
+    h.set(status({ attestationCount: 5, lastSuccessfulAttestation: Math.floor(h.now() / 1000) - 11 }));
+    await h.monitor.pollOnce();
+    expect(h.events).toEqual(['fail:n1:stale']);
+    expect(h.monitor.isTrusted('n1')).toBe(false);
+  });
+
+  it.each([
+    [7, 'failed'], [8, 'terminated'], [9, 'invalid_quote'], [10, 'tenant_quote_failed'], [11, 'unexpected_state'],
+  ] as const)('state %i fails the node (%s), even with a recent success', async (state, kind) => {
+    const h = harness();
+    h.set(status({ attestationCount: 1, lastSuccessfulAttestation: Math.floor(h.now() / 1000) }));
+    await h.monitor.pollOnce();
+    h.set(status({ operationalState: state, attestationStatus: 'FAIL', attestationCount: 1, lastSuccessfulAttestation: Math.floor(h.now() / 1000), lastEventId: 'pcr_validation.invalid_pcr_15' }));
+    await h.monitor.pollOnce();
+    expect(h.events).toEqual(['pass:n1', `fail:n1:${kind}`]);
+    expect(h.monitor.isTrusted('n1')).toBe(false);
+    if (state !== 8 && state !== 11) expect(h.failures[0]?.lastEventId).toBe('pcr_validation.invalid_pcr_15');
+  });
+
+  it('fails a node that never verifies a quote within the pending timeout', async () => {
+    const h = harness();
+    await h.monitor.pollOnce();
+    h.advance(20_001);
+    await h.monitor.pollOnce();
+    expect(h.events).toEqual(['fail:n1:pending_timeout']);
+  });
+
+  it('verifier unreachable fails closed, counts, and recovers by itself', async () => {
+    const h = harness();
+    h.set(status({ attestationCount: 1, lastSuccessfulAttestation: Math.floor(h.now() / 1000) }));
+    await h.monitor.pollOnce();
+    h.set(new KeylimeRequestError('connect', 'connection refused'));
+    await h.monitor.pollOnce();
+    await h.monitor.pollOnce();
+    expect(h.events).toEqual(['pass:n1', 'fail:n1:verifier_unreachable']); // one event per change
+    expect(h.monitor.counters().verifierUnreachable).toBe(2);
+    expect(h.monitor.isTrusted('n1')).toBe(false);
+    h.set(status({ attestationCount: 2, lastSuccessfulAttestation: Math.floor(h.now() / 1000) }));
+    await h.monitor.pollOnce();
+    expect(h.events).toEqual(['pass:n1', 'fail:n1:verifier_unreachable', 'pass:n1']);
+    expect(h.monitor.isTrusted('n1')).toBe(true);
+  });
+
+  it('a node the verifier does not know (404) is failed as not_enrolled', async () => {
+    const h = harness();
+    h.set(new KeylimeRequestError('http', 'HTTP 404', { status: 404 }));
+    await h.monitor.pollOnce();
+    expect(h.events).toEqual(['fail:n1:not_enrolled']);
+  });
+
+  it('stops trusting when the monitor itself stops polling', async () => {
+    const h = harness();
+    h.set(status({ attestationCount: 1, lastSuccessfulAttestation: Math.floor(h.now() / 1000) }));
+    await h.monitor.pollOnce();
+    expect(h.monitor.isTrusted('n1')).toBe(true);
+    h.advance(10_001);
+    expect(h.monitor.isTrusted('n1')).toBe(false);
+  });
+});
