@@ -3,7 +3,7 @@
  * mounts, `GET /v{ver}/quotes/integrity?nonce=&mask=&partial=&ima_ml_entry=`, over mutual TLS (only
  * clients with a certificate from the pinned verifier CA get a TLS session).
  *
- * Before each quote it resets PCR 16 and extends it with SHA-256 of the bound public key's PEM, and
+ * Before each quote it resets PCR 16 and extends it with the hash of the bound public key's PEM, and
  * always quotes PCR 16: that is how Keylime ties the quote to the key it was given. Quotes are
  * serialized because the reset/extend/quote sequence must not interleave.
  */
@@ -20,7 +20,7 @@ export interface NodeQuoter {
   /** Quotes the PCRs (in the hash bank given to the endpoint) with the given qualifyingData. */
   quote(pcrs: readonly number[], qualifyingData: Uint8Array): Promise<KeylimeQuote>;
   pcrReset(index: number): Promise<void>;
-  /** Extends the PCR's bank with a SHA-256 digest. */
+  /** Extends the PCR in the endpoint's hash bank with a digest of that algorithm. */
   pcrExtend(index: number, digest: Uint8Array): Promise<void>;
 }
 
@@ -28,7 +28,8 @@ export interface QuoteEndpointOptions {
   quoter: NodeQuoter;
   /** PEM of the public key bound into PCR 16 (Keylime's NK); sent when the verifier asks (partial=0). */
   pubkeyPem: string;
-  hashAlg?: PcrHashAlg;
+  /** PCR bank quoted and used for the PCR16 binding. Default sha256. */
+  hashAlg?: Exclude<PcrHashAlg, 'sm3_256'>;
   /** The AK's algorithms as Keylime names them. */
   encAlg: 'ecc' | 'rsa';
   signAlg: 'ecdsa' | 'rsassa' | 'rsapss' | 'ecschnorr';
@@ -93,7 +94,7 @@ export function createQuoteHandler(opts: QuoteEndpointOptions): {
 } {
   const versions = opts.apiVersions ?? ['2.0', '2.1', '2.2'];
   const hashAlg = opts.hashAlg ?? 'sha256';
-  const binding = crypto.createHash('sha256').update(opts.pubkeyPem, 'utf8').digest();
+  const binding = crypto.createHash(hashAlg).update(opts.pubkeyPem, 'utf8').digest();
   const log = opts.logger?.child({ component: 'keylime-quote-endpoint' });
   const stats = { quotes: 0, rejected: 0, errors: 0 };
   let queue: Promise<unknown> = Promise.resolve();

@@ -70,10 +70,9 @@ export function checkQuote(input: QuoteCheckInput): QuoteCheckResult {
     }
   }
   if (input.pubkeyPem !== undefined) {
-    const expected = crypto.createHash('sha256')
-      .update(Buffer.alloc(32))
-      .update(crypto.createHash('sha256').update(input.pubkeyPem, 'utf8').digest())
-      .digest();
+    const h = info.hashAlg;
+    const inner = crypto.createHash(h).update(input.pubkeyPem, 'utf8').digest();
+    const expected = crypto.createHash(h).update(Buffer.alloc(inner.length)).update(inner).digest();
     const pcr16 = pcrs.get(16);
     if (pcr16 === undefined || !pcr16.equals(expected)) {
       failures.push({ type: 'pcr_validation.invalid_pcr_16', context: 'PCR 16 does not bind the node public key' });
