@@ -55,11 +55,6 @@ export class TrustDomain {
   equals(o: TrustDomain): boolean {
     return o instanceof TrustDomain && o.name === this.name;
   }
-
-  /** Internal: builds a trust domain from a name that was already validated. */
-  static fromValidated(name: string): TrustDomain {
-    return new TrustDomain(name);
-  }
 }
 
 /** A SPIFFE ID: `spiffe://<trust domain><path>`. Immutable; `path` is '' or starts with '/'. */
@@ -92,7 +87,7 @@ export class SpiffeId {
     const path = slash === -1 ? '' : rest.slice(slash);
     validateTrustDomainName(tdName, what);
     validatePath(path, what);
-    return new SpiffeId(TrustDomain.fromValidated(tdName), path);
+    return new SpiffeId(TrustDomain.parse(tdName), path);
   }
 
   /** A SPIFFE ID from a trust domain and a path ('' or '/seg/seg'). */

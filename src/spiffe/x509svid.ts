@@ -19,6 +19,7 @@ import { KEY_USAGE, OID } from './oids.js';
 import { validateCertificatePath, MAX_CHAIN_LENGTH } from './path-validation.js';
 import { derToPem } from './pem.js';
 import { certSignerFor, UnsupportedKeyError, type CertSigner } from './signer.js';
+import { verifyX509Signature } from './signature.js';
 
 export { X509SvidError } from './errors.js';
 export { publicKeyFromCsr } from './csr.js';
@@ -36,6 +37,11 @@ export interface MintedCertificate {
   pem: string;
   serialHex: string;
   notAfter: Date;
+  /**
+   * What to present to peers (and hand out through the Workload API): this certificate, then the
+   * issuer's certificate unless it is a self-signed root, then the issuer's chainDer.
+   */
+  chainDer: Buffer[];
 }
 
 /** An extra X.509 extension; `value` is the DER that goes inside extnValue's OCTET STRING. */
@@ -89,6 +95,8 @@ interface IssuerInfo {
   /** Trust domain of the issuer's SPIFFE URI SAN, when it has one (upstream roots may not). */
   trustDomain?: string;
   chainDer: Buffer[];
+  /** Certificates that follow a certificate this issuer signs: itself unless self-signed, then its chain. */
+  presentedChain: Buffer[];
 }
 
 const issuerCache = new WeakMap<Buffer, WeakMap<KeyObject, IssuerInfo>>();
@@ -122,7 +130,12 @@ function issuerInfo(auth: X509Authority): IssuerInfo {
     signer,
     ...(trustDomain !== undefined ? { trustDomain } : {}),
     chainDer: (auth.chainDer ?? []).map((d) => Buffer.from(d)),
+    presentedChain: [],
   };
+  // Self-signed: a root, which peers already hold in their bundle and which is not presented.
+  const selfSigned = view.issuerName.equals(view.subjectName) &&
+    verifyX509Signature(view.signatureAlgorithm, view.tbs, view.signature, view.spki);
+  info.presentedChain = selfSigned ? [] : [Buffer.from(auth.certificateDer), ...info.chainDer];
   if (byKey === undefined) {
     byKey = new WeakMap();
     issuerCache.set(auth.certificateDer, byKey);
@@ -218,9 +231,9 @@ function extraExtensionsDer(extra: ExtraExtension[] | undefined): Buffer[] {
   });
 }
 
-function finish(der: Buffer, serial: Buffer, notAfter: Date): MintedCertificate {
+function finish(der: Buffer, serial: Buffer, notAfter: Date, following: Buffer[]): MintedCertificate {
   const hex = serial.toString('hex').replace(/^(00)+(?=..)/, '');
-  return { der, pem: derToPem(der), serialHex: hex, notAfter };
+  return { der, pem: derToPem(der), serialHex: hex, notAfter, chainDer: [der, ...following] };
 }
 
 /**
@@ -262,7 +275,7 @@ export function mintX509Svid(opts: MintX509SvidOptions): MintedCertificate {
       ...extraExtensionsDer(opts.extraExtensions),
     ],
   }, issuer.signer);
-  return finish(der, serial, notAfter);
+  return finish(der, serial, notAfter, issuer.presentedChain);
 }
 
 /**
@@ -272,11 +285,16 @@ export function mintX509Svid(opts: MintX509SvidOptions): MintedCertificate {
 export function mintCaCertificate(opts: MintCaCertificateOptions): MintedCertificate {
   if (!(opts?.trustDomain instanceof TrustDomain)) throw new X509SvidError('invalid-argument', 'trustDomain must be a TrustDomain');
   const key = subjectKeyInfo(opts.publicKey);
-  const subjectName = encodeSubject(opts.subject ?? { organization: 'terroir', commonName: `terroir CA ${opts.trustDomain.name}` });
+  const serial = randomSerial();
+  // The default subject carries part of the serial so that successive CAs (rotation, intermediates)
+  // never share a name, which would make name chaining ambiguous.
+  const subjectName = encodeSubject(opts.subject ??
+    { organization: 'terroir', commonName: `terroir CA ${opts.trustDomain.name} ${serial.subarray(0, 8).toString('hex')}` });
   if (subjectName.length === EMPTY_NAME.length) throw new X509SvidError('invalid-argument', 'a CA certificate needs a non-empty subject');
   let signer: CertSigner;
   let issuerName: Buffer;
   let aki: Buffer[] = [];
+  let following: Buffer[] = [];
   let window: [Date, Date];
   if (opts.issuer !== undefined) {
     const issuer = issuerInfo(opts.issuer);
@@ -286,6 +304,7 @@ export function mintCaCertificate(opts: MintCaCertificateOptions): MintedCertifi
     signer = issuer.signer;
     issuerName = issuer.name;
     aki = [issuer.akiExtension];
+    following = issuer.presentedChain;
     window = validity(opts.ttlSeconds, opts.now, issuer);
   } else {
     if (!(opts.selfSignKey instanceof crypto.KeyObject)) {
@@ -305,7 +324,6 @@ export function mintCaCertificate(opts: MintCaCertificateOptions): MintedCertifi
     }
     basicConstraints = extension(OID.basicConstraints, true, seq(bool(true), smallInt(opts.pathLength)));
   }
-  const serial = randomSerial();
   const der = buildCertificate({
     serial,
     issuerName,
@@ -321,7 +339,7 @@ export function mintCaCertificate(opts: MintCaCertificateOptions): MintedCertifi
       extension(OID.subjectAltName, false, seq(ctxPrimitive(6, Buffer.from(opts.trustDomain.idString(), 'latin1')))),
     ],
   }, signer);
-  return finish(der, serial, window[1]);
+  return finish(der, serial, window[1], following);
 }
 
 /** The SPIFFE ID of an X.509-SVID: its one and only URI SAN. */
@@ -364,6 +382,17 @@ function checkLeaf(leaf: CertificateView, id: SpiffeId): void {
   }
 }
 
+/** The leaf's key must be one we would mint for: no RSA-1024, no exotic curves. */
+function checkLeafKey(leaf: CertificateView): void {
+  let key: KeyObject;
+  try {
+    key = crypto.createPublicKey({ key: leaf.spki, format: 'der', type: 'spki' });
+  } catch (e) {
+    throw new X509SvidError('unsupported-key', `leaf public key is not usable: ${(e as Error).message}`, { cause: e });
+  }
+  checkSvidKey(key);
+}
+
 const viewCache = new WeakMap<Buffer, CertificateView>();
 
 function authorityView(der: Buffer): CertificateView {
@@ -397,6 +426,7 @@ export function verifyX509Svid(chainDer: Buffer[], bundles: X509BundleSource, op
   const leaf = chain[0] as CertificateView;
   const id = svidId(leaf);
   checkLeaf(leaf, id);
+  checkLeafKey(leaf);
   const bundle = bundles.getX509BundleForTrustDomain(id.trustDomain);
   if (bundle === undefined) throw new X509SvidError('no-bundle', `no trust bundle for trust domain "${id.trustDomain.name}"`);
   const anchors = bundle.x509Authorities().map(authorityView);

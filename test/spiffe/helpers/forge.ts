@@ -20,6 +20,13 @@ export async function forgeKey(): Promise<ForgedKey> {
   return { keys, publicKey: KeyObject.from(keys.publicKey), privateKey: KeyObject.from(keys.privateKey) };
 }
 
+/** An RSA key of `bits` (e.g. 1024, which SVIDs must not use). */
+export async function forgeRsaKey(bits: number): Promise<ForgedKey> {
+  const alg = { name: 'RSASSA-PKCS1-v1_5', modulusLength: bits, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' };
+  const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
+  return { keys, publicKey: KeyObject.from(keys.publicKey), privateKey: KeyObject.from(keys.privateKey) };
+}
+
 export interface ForgeOptions {
   subject?: string;
   issuer?: { cert: x509.X509Certificate; key: ForgedKey };
