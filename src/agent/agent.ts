@@ -34,10 +34,15 @@ export class AgentStartError extends Error {
   }
 }
 
-/** Fraction of an SVID's lifetime after which it is replaced: half-life, minus up to 10 % jitter. */
+/**
+ * When an SVID is replaced: at half its lifetime, minus up to 10 % jitter so a fleet does not renew
+ * in lockstep. The lifetime counts from when we got it, not from NotBefore: servers backdate
+ * NotBefore, which would otherwise put the half-life of a short-lived SVID in the past.
+ */
 function rotationTime(notBefore: number, notAfter: number): number {
-  const life = notAfter - notBefore;
-  return notBefore + life * (0.5 - Math.random() * 0.1);
+  const start = Math.max(notBefore, Date.now());
+  const life = Math.max(0, notAfter - start);
+  return start + life * (0.5 - Math.random() * 0.1);
 }
 
 function certTimes(der: Buffer): { notBefore: number; notAfter: number } {

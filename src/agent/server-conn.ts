@@ -76,6 +76,9 @@ export function connectToServer(opts: ServerConnOptions): AgentClient {
   const host = opts.address.includes(':') && !opts.address.startsWith('[') ? `[${opts.address}]` : opts.address;
   return new Ctor(`${host}:${opts.port}`, creds, {
     ...AGENT_API_CHANNEL_OPTIONS,
+    // TLS SNI must be a name, not an IP (RFC 6066); the server is authenticated by SPIFFE ID anyway.
+    'grpc.ssl_target_name_override': 'terroir-server',
+    'grpc.default_authority': 'terroir-server',
     'grpc.keepalive_time_ms': 30_000,
     'grpc.initial_reconnect_backoff_ms': 500,
     'grpc.max_reconnect_backoff_ms': 10_000,

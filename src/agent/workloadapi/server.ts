@@ -85,6 +85,7 @@ export class WorkloadApiServer {
   private readonly netServer: net.Server;
   private readonly unsubscribe: () => void;
   private readonly concatCache = new WeakMap<TrustBundle, Buffer>();
+  private readonly sockets = new Set<net.Socket>();
   private closed = false;
 
   private constructor(private readonly opts: WorkloadApiServerOptions) {
@@ -95,11 +96,13 @@ export class WorkloadApiServer {
     this.grpcServer.addService(workloadServerDefinition(), this.handlers());
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     this.netServer = net.createServer((socket) => {
-      if (!this.peers.register(socket)) {
-        opts.logger.warn('workload connection refused: peer credentials unavailable');
+      if (this.closed || !this.peers.register(socket)) {
+        if (!this.closed) opts.logger.warn('workload connection refused: peer credentials unavailable');
         socket.destroy();
         return;
       }
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
       injector.injectConnection(socket);
     });
     this.unsubscribe = opts.cache.subscribe(() => this.broadcast());
@@ -136,8 +139,11 @@ export class WorkloadApiServer {
     this.unsubscribe();
     for (const g of this.groups.values()) for (const s of g.streams) s.call.end();
     this.groups.clear();
-    await new Promise<void>((resolve) => this.netServer.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.netServer.close(() => resolve()));
     this.grpcServer.forceShutdown();
+    // Workloads keep their connections open; the listener only finishes closing once they are gone.
+    for (const s of this.sockets) s.destroy();
+    await closed;
     try {
       fs.unlinkSync(this.opts.socketPath);
     } catch {
