@@ -80,8 +80,12 @@ export function makeCredential(ekPublic: TpmPublic, akName: Buffer, secret: Buff
     const eb = u32(e);
     let i = 0;
     while (i < 3 && eb[i] === 0) i++;
-    const key = crypto.createPublicKey({ key: { kty: 'RSA', n: ekPublic.unique.n.toString('base64url'), e: eb.subarray(i).toString('base64url') }, format: 'jwk' });
-    encrypted = crypto.publicEncrypt({ key, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: nameAlg, oaepLabel: label('IDENTITY') }, seed);
+    try {
+      const key = crypto.createPublicKey({ key: { kty: 'RSA', n: ekPublic.unique.n.toString('base64url'), e: eb.subarray(i).toString('base64url') }, format: 'jwk' });
+      encrypted = crypto.publicEncrypt({ key, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: nameAlg, oaepLabel: label('IDENTITY') }, seed);
+    } catch (err) {
+      throw new TpmCredentialError('bad-ek', `MakeCredential: the RSA EK is not a usable public key: ${(err as Error).message}`, { cause: err });
+    }
   } else {
     const info = curveInfo(ekPublic.parameters.curve);
     const ekX = leftPad(ekPublic.unique.x, info.bytes);

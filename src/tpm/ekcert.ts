@@ -67,12 +67,18 @@ interface ParsedCert {
 }
 
 function parseCert(der: Buffer, role: string): ParsedCert {
+  // The strict DER walk first: it is cheap and rejects most malformed input before OpenSSL sees it.
+  const { extensions, spki } = parseStructure(der, role);
   let x509: X509Certificate;
   try {
     x509 = new X509Certificate(der);
   } catch (err) {
     throw new TpmEkCertificateError('malformed-certificate', `${role}: not a DER X.509 certificate: ${(err as Error).message}`, { cause: err });
   }
+  return { der, x509, extensions, spki };
+}
+
+function parseStructure(der: Buffer, role: string): { extensions: Extension[]; spki: Buffer } {
   try {
     const cert = readTlv(der, 0);
     if (cert.end !== der.length) throw new TpmEkCertificateError('malformed-certificate', 'trailing bytes after the certificate');
@@ -97,13 +103,25 @@ function parseCert(der: Buffer, role: string): ParsedCert {
         extensions.push({ oid: decodeOid(content(der, oid)), critical, value: content(der, last) });
       }
     }
-    return { der, x509, extensions, spki: normaliseSpki(whole(der, spkiTlv)) };
+    return { extensions, spki: normaliseSpki(whole(der, spkiTlv)) };
   } catch (err) {
     if (err instanceof TpmEkCertificateError) {
       throw new TpmEkCertificateError(err.code, `${role}: ${err.message}`, { cause: err });
     }
     throw err;
   }
+}
+
+/** CA bundles are passed again and again (one per attestation): parse each buffer once. */
+const parsedCas = new WeakMap<Buffer, ParsedCert>();
+
+function parseCached(der: Buffer, role: string): ParsedCert {
+  let c = parsedCas.get(der);
+  if (c === undefined || !c.der.equals(der)) {
+    c = parseCert(der, role);
+    parsedCas.set(der, c);
+  }
+  return c;
 }
 
 /**
@@ -145,16 +163,32 @@ function checkCriticalExtensions(c: ParsedCert, role: string): void {
   }
 }
 
-function checkValidity(c: ParsedCert, now: Date, role: string): void {
+function validity(c: ParsedCert, role: string): { from: Date; to: Date } {
   const from = new Date(c.x509.validFrom);
   const to = new Date(c.x509.validTo);
+  if (Number.isNaN(from.getTime()) || Number.isNaN(to.getTime())) {
+    throw new TpmEkCertificateError('malformed-certificate', `${role}: unreadable validity period ("${c.x509.validFrom}" .. "${c.x509.validTo}")`);
+  }
+  return { from, to };
+}
+
+function checkValidity(c: ParsedCert, now: Date, role: string): void {
+  const { from, to } = validity(c, role);
   if (!(now >= from && now <= to)) {
     throw new TpmEkCertificateError('expired', `${role} (${c.x509.subject || c.x509.serialNumber}) is not valid at ${now.toISOString()} (valid ${from.toISOString()} .. ${to.toISOString()})`);
   }
 }
 
+/**
+ * The TPM manufacturer, model and version from an EK certificate's SAN, WITHOUT validating it
+ * (pure TypeScript; for logs and diagnostics about certificates that verifyEkCertificate rejected).
+ */
+export function ekCertificateIdentity(certDer: Buffer): { manufacturer: string; model: string; version: string } {
+  return tpmIdentity(parseStructure(certDer, 'EK certificate'));
+}
+
 /** The TPM manufacturer, model and version attributes from the SAN directoryName. */
-function tpmIdentity(c: ParsedCert): { manufacturer: string; model: string; version: string } {
+function tpmIdentity(c: { extensions: Extension[] }): { manufacturer: string; model: string; version: string } {
   const san = c.extensions.find((e) => e.oid === OID.subjectAltName);
   const found: Record<string, string> = {};
   if (san !== undefined) {
@@ -196,8 +230,8 @@ function collectAttribute(buf: Buffer, atv: Tlv, found: Record<string, string>):
 export function verifyEkCertificate(certDer: Buffer, manufacturerCasDer: Buffer[], opts: VerifyEkCertificateOptions = {}): EkCertificateInfo {
   const now = opts.now ?? new Date();
   const leaf = parseCert(certDer, 'EK certificate');
-  const anchors = manufacturerCasDer.map((d, i) => parseCert(d, `manufacturer CA #${i}`));
-  const intermediates = (opts.intermediatesDer ?? []).map((d, i) => parseCert(d, `intermediate #${i}`));
+  const anchors = manufacturerCasDer.map((d, i) => parseCached(d, `manufacturer CA #${i}`));
+  const intermediates = (opts.intermediatesDer ?? []).map((d, i) => parseCached(d, `intermediate #${i}`));
   if (anchors.length === 0) throw new TpmEkCertificateError('untrusted', 'no manufacturer CA certificates configured: cannot validate any EK certificate');
 
   checkCriticalExtensions(leaf, 'EK certificate');
@@ -248,8 +282,8 @@ function finish(leaf: ParsedCert, identity: { manufacturer: string; model: strin
     ekHash: crypto.createHash('sha256').update(spki).digest('hex'),
     serialNumber: leaf.x509.serialNumber,
     issuer: leaf.x509.issuer,
-    notBefore: new Date(leaf.x509.validFrom),
-    notAfter: new Date(leaf.x509.validTo),
+    notBefore: validity(leaf, 'EK certificate').from,
+    notAfter: validity(leaf, 'EK certificate').to,
     chain: chain.map((c) => c.der),
   };
 }

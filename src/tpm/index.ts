@@ -15,5 +15,5 @@ export {
 } from './attest.js';
 export { verifyQuote, pcrDigest, type VerifyQuoteOptions, type QuoteInfo } from './quote.js';
 export { makeCredential, kdfa, kdfe, type Credential } from './credential.js';
-export { verifyEkCertificate, ekPublicMatchesCertificate, type EkCertificateInfo, type VerifyEkCertificateOptions } from './ekcert.js';
+export { verifyEkCertificate, ekPublicMatchesCertificate, ekCertificateIdentity, type EkCertificateInfo, type VerifyEkCertificateOptions } from './ekcert.js';
 export { ekTemplate, akTemplate, EK_NV_INDEX, EK_PERSISTENT_HANDLE, type EkKind } from './templates.js';
