@@ -1,0 +1,67 @@
+import type { ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import { freePort, waitForPort } from './ports.js';
+import { captureOutput, ProcessGroup } from './proc.js';
+
+export interface Gpsfake {
+  port: number;
+  process: ChildProcess;
+  output: () => string;
+  stop: () => Promise<void>;
+}
+
+/**
+ * Starts a private gpsd fed by gpsfake replaying `logPath` once (`-1`), on a free port, and resolves
+ * once gpsd lists the fake device. gpsd (without -n) opens that device only when a client WATCHes,
+ * so connect the client under test promptly. stop() signals the gpsfake process by PID; gpsfake
+ * then stops its own gpsd.
+ */
+export async function startGpsfake(logPath: string, cycleS = 0.1): Promise<Gpsfake> {
+  const port = await freePort();
+  const group = new ProcessGroup();
+  const child = group.start('gpsfake', ['-q', '-P', String(port), '-1', '-c', String(cycleS), logPath]);
+  const output = captureOutput(child);
+  try {
+    await waitForPort(port, '127.0.0.1', 10_000);
+    await waitForDevice(port, 10_000);
+  } catch (err) {
+    await group.stopAll();
+    throw new Error(`gpsfake did not start on port ${port}: ${(err as Error).message}\n${output()}`, { cause: err });
+  }
+  return { port, process: child, output, stop: () => group.stopAll() };
+}
+
+// gpsfake registers its pty with gpsd a moment after gpsd starts listening; a client that WATCHes
+// before that may never see the device opened. `?DEVICES;` asks without activating anything.
+async function waitForDevice(port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const count = await new Promise<number>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => s.write('?DEVICES;\n'));
+      let buf = '';
+      const done = (n: number): void => {
+        s.destroy();
+        resolve(n);
+      };
+      s.setTimeout(1000, () => done(0));
+      s.on('error', () => done(0));
+      s.on('data', (d) => {
+        buf += d.toString();
+        for (const line of buf.split('\n')) {
+          if (line.includes('"class":"DEVICES"') && buf.indexOf(line) < buf.lastIndexOf('\n')) {
+            try {
+              const msg = JSON.parse(line) as { devices?: unknown[] };
+              // The greeting also carries a DEVICES report; the answer to our query is the last one.
+              if ((msg.devices?.length ?? 0) > 0) return done(msg.devices!.length);
+            } catch {
+              /* partial line: wait for more */
+            }
+          }
+        }
+      });
+    });
+    if (count > 0) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`gpsd on port ${port} listed no device within ${timeoutMs} ms`);
+}
