@@ -245,16 +245,21 @@ export class KeylimeVerifierClient {
     }
     const raw = await this.readBody(res, signal, opts.method, fullPath);
     let parsed: unknown;
+    let isJson = true;
     try {
       parsed = JSON.parse(raw.toString('utf8'));
     } catch {
-      throw this.fail('malformed', `${opts.method} ${fullPath}: verifier answered ${res.statusCode} with a body that is not JSON`, res.statusCode);
+      isJson = false;
     }
     const env = envelope.safeParse(parsed);
     const expect = opts.expect ?? [200];
+    // The status decides first: a proxy's HTML 502 is an HTTP failure (retryable), not garbage.
     if (!expect.includes(res.statusCode)) {
-      const detail = env.success ? `: ${env.data.status}` : '';
+      const detail = env.success ? `: ${env.data.status.slice(0, 200)}` : '';
       throw this.fail('http', `${opts.method} ${fullPath}: verifier answered HTTP ${res.statusCode}${detail}`, res.statusCode);
+    }
+    if (!isJson) {
+      throw this.fail('malformed', `${opts.method} ${fullPath}: verifier answered ${res.statusCode} with a body that is not JSON`, res.statusCode);
     }
     if (!env.success) {
       throw this.fail('malformed', `${opts.method} ${fullPath}: response is not a Keylime envelope {code,status,results}: ${z.prettifyError(env.error)}`, res.statusCode);

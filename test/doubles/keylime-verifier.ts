@@ -21,7 +21,7 @@ import { checkQuote, type Failure } from './keylime/checks.js';
 export type Fault =
   | { mode: 'none' }
   | { mode: 'slow'; delayMs: number }
-  | { mode: '5xx' }
+  | { mode: '5xx'; html?: boolean }
   | { mode: 'garbage' }
   | { mode: 'oversized'; bytes: number; chunked?: boolean }
   | { mode: 'wrong-shape' }
@@ -163,6 +163,7 @@ export class TestKeylimeVerifier {
     this.counters.requests++;
     const fault = this.fault;
     if (fault.mode === 'slow') await sleep(fault.delayMs);
+    if (fault.mode === '5xx' && fault.html === true) { res.writeHead(502, { 'content-type': 'text/html' }); res.end('<html>Bad Gateway</html>'); return; }
     if (fault.mode === '5xx') return send(res, 503, 'Service Unavailable');
     if (fault.mode === 'garbage') { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"code":200,"status":"Success","results":{"valid":tru'); return; }
     if (fault.mode === 'oversized') return sendOversized(res, fault.bytes, fault.chunked === true);

@@ -157,6 +157,11 @@ describe('failures fail closed with a clear error and a counter, and the client 
     expect(post.status).toBe(503);
     expect(verifier.counters.requests - before).toBe(1);
     expect(c.counters().failures.http).toBe(4);
+    // A proxy's HTML error page is still an HTTP failure with its status (and retried), not "garbage".
+    verifier.fault = { mode: '5xx', html: true };
+    const html = await requestError(new KeylimeTenant(c).getAgentStatus('n1'));
+    expect(html).toMatchObject({ kind: 'http', status: 502 });
+    expect(c.counters().retries).toBe(4);
   });
 
   it.each([

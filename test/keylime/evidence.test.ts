@@ -6,7 +6,9 @@ import type { KeylimeVerifierClient } from '../../src/keylime/client.js';
 import { KeylimeError, KeylimeEvidenceRejectedError } from '../../src/keylime/errors.js';
 import { verifyEvidence, type EvidenceInput } from '../../src/keylime/evidence.js';
 import { decodeQuoteString, encodeQuoteString } from '../../src/keylime/quote-string.js';
+import { parseTpm2bPublic } from '../../src/tpm/index.js';
 import type { TestKeylimeVerifier } from '../doubles/keylime-verifier.js';
+import { checkQuote } from '../doubles/keylime/checks.js';
 import { ProcessGroup } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';
 import { clientFor, createPki, startVerifier, type KeylimePki } from './helpers/fixture.js';
@@ -118,5 +120,35 @@ describe('one-shot verification (POST /verify/evidence) of swtpm quotes', () => 
     } finally {
       verifier.fault = { mode: 'none' };
     }
+  });
+});
+
+describe('the test verifier is honest in pull mode (checks.ts)', () => {
+  const nk = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'pem' }) as string;
+
+  async function boundQuote(n: string, pem: string): Promise<string> {
+    await tpm.quoter.pcrReset(16);
+    await tpm.quoter.pcrExtend(16, crypto.createHash('sha256').update(pem).digest());
+    return encodeQuoteString(await tpm.quoter.quote([0, 16], Buffer.from(n)));
+  }
+
+  it('accepts PCR16 bound to the node key, refuses another key', async () => {
+    const q = await boundQuote('bind1', nk);
+    const base = { quote: q, nonce: 'bind1', hashAlg: 'sha256', akPublic: parseTpm2bPublic(tpm.akPublic), policy: { mask: [0, 16], allowed: new Map() } };
+    expect(checkQuote({ ...base, pubkeyPem: nk }).failures).toEqual([]);
+    const other = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'pem' }) as string;
+    expect(checkQuote({ ...base, pubkeyPem: other }).failures.map((f) => f.type)).toEqual(['pcr_validation.invalid_pcr_16']);
+  });
+
+  it('refuses a TPM clock that did not move forward', async () => {
+    const q = await boundQuote('clock1', nk);
+    const base = { quote: q, nonce: 'clock1', hashAlg: 'sha256', akPublic: parseTpm2bPublic(tpm.akPublic), policy: { mask: [0], allowed: new Map() }, pubkeyPem: nk };
+    const first = checkQuote(base);
+    expect(first.failures).toEqual([]);
+    const clock = first.info?.clockInfo;
+    if (clock === undefined) throw new Error('no clock info');
+    expect(checkQuote({ ...base, previousClock: { ...clock, clock: clock.clock - 1n } }).failures).toEqual([]);
+    expect(checkQuote({ ...base, previousClock: clock }).failures.map((f) => f.type)).toEqual(['qoute_validation.clock_not_increasing']);
+    expect(checkQuote({ ...base, previousClock: { ...clock, resetCount: clock.resetCount + 1 } }).failures.map((f) => f.type)).toEqual(['qoute_validation.clock_counters_decreased']);
   });
 });
