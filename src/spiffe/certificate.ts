@@ -70,11 +70,13 @@ function parseStrict(der: Buffer): CertificateView {
 
   const f = children(der, tbsT);
   let i = 0;
+  let version = 0;
   if (f[0]?.tag === 0xa0) {
     const v = children(der, f[0]);
     if (v.length !== 1 || v[0]?.tag !== TAG.INTEGER) throw new DerError('bad version');
     const ver = content(der, v[0]);
     if (ver.length !== 1 || (ver[0] as number) > 2) throw new DerError('unsupported certificate version');
+    version = ver[0] as number;
     i = 1;
   }
   const [serialT, innerAlgT, issuerT, validityT, subjectT, spkiT, ...rest] = f.slice(i);
@@ -99,6 +101,7 @@ function parseStrict(der: Buffer): CertificateView {
   for (const t of rest) {
     if (t.tag === 0x81 || t.tag === 0x82) continue; // issuerUniqueID / subjectUniqueID: unused
     if (t.tag !== 0xa3) throw new DerError(`unexpected element 0x${t.tag.toString(16)} in tbsCertificate`);
+    if (version !== 2) throw new DerError('extensions require a v3 certificate');
     const [list, ...more] = children(der, t);
     if (!list || more.length > 0 || list.tag !== TAG.SEQUENCE) throw new DerError('bad extensions');
     extensions = children(der, list).map((e) => {

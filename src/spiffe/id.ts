@@ -52,6 +52,14 @@ export class TrustDomain {
     return this.name;
   }
 
+  toJSON(): string {
+    return this.name;
+  }
+
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return `TrustDomain(${this.name})`;
+  }
+
   equals(o: TrustDomain): boolean {
     return o instanceof TrustDomain && o.name === this.name;
   }
@@ -113,6 +121,10 @@ export class SpiffeId {
 
   toJSON(): string {
     return this.str;
+  }
+
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return `SpiffeId(${this.str})`;
   }
 
   equals(o: SpiffeId): boolean {

@@ -168,3 +168,13 @@ describe('TrustDomain', () => {
     expect(code(() => TrustDomain.parse(input))).toBe(expected);
   });
 });
+
+describe('presentation', () => {
+  it('serializes and inspects as the ID string', async () => {
+    const { inspect } = await import('node:util');
+    const id = SpiffeId.parse('spiffe://domain.test/a');
+    expect(inspect(id)).toBe('SpiffeId(spiffe://domain.test/a)');
+    expect(inspect(id.trustDomain)).toBe('TrustDomain(domain.test)');
+    expect(JSON.stringify({ td: id.trustDomain })).toBe('{"td":"domain.test"}');
+  });
+});

@@ -343,6 +343,13 @@ describe('malformed input', () => {
     }
   });
 
+  it('a v2 certificate with extensions is malformed', () => {
+    const v2 = Buffer.from(good);
+    const at = v2.indexOf(Buffer.from([0xa0, 0x03, 0x02, 0x01, 0x02]));
+    v2[at + 4] = 0x01;
+    expect(() => verifyX509Svid([v2], bundles)).toThrow(/extensions require a v3 certificate/);
+  });
+
   it('empty, oversized or non-buffer chains are refused', () => {
     expect(failCode(() => verifyX509Svid([], bundles))).toBe('invalid-argument');
     expect(failCode(() => verifyX509Svid(new Array(11).fill(good), bundles))).toBe('chain-too-long');
