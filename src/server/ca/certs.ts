@@ -52,7 +52,7 @@ export async function mintCaCertificateDer(p: MintCaParams): Promise<Buffer> {
 }
 
 /** The DER subject Name of a certificate (TBSCertificate field 6, after the optional version). */
-function subjectNameOf(certDer: Buffer): Buffer {
+export function subjectNameOf(certDer: Buffer): Buffer {
   const tbs = children(certDer, readTlv(certDer, 0))[0];
   const fields = tbs ? children(certDer, tbs) : [];
   const hasVersion = fields[0]?.tag === 0xa0;

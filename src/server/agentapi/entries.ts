@@ -1,0 +1,88 @@
+// The registration entries an agent is authorized for, cached per agent and keyed by the global
+// entries revision, so an unchanged sync costs one O(1) revision read. Each agent's revision string
+// is a digest of its own authorized set: a change elsewhere in the database does not make an agent
+// download its (unchanged) set again.
+import crypto from 'node:crypto';
+import type { DataStore, RegistrationEntry, Selector } from '../datastore/types.js';
+import type * as api from '../../api/agent-api.js';
+
+export interface AuthorizedSet {
+  /** Opaque per-agent revision (digest of entry ids and revisions). */
+  revision: string;
+  byId: Map<string, RegistrationEntry>;
+  /** The entries in wire form, built once per change. */
+  wire: api.RegistrationEntry[];
+}
+
+interface CacheSlot {
+  globalRevision: bigint;
+  selectorsKey: string;
+  set: AuthorizedSet;
+}
+
+export function selectorsKey(selectors: Selector[]): string {
+  return selectors.map((s) => `${s.type}:${s.value}`).sort().join('\n');
+}
+
+export function toWireEntry(e: RegistrationEntry): api.RegistrationEntry {
+  return {
+    id: e.id,
+    spiffeId: e.spiffeId,
+    parentId: e.parentId,
+    selectors: e.selectors.map((s) => ({ type: s.type, value: s.value })),
+    x509SvidTtl: e.x509SvidTtl ?? 0,
+    jwtSvidTtl: e.jwtSvidTtl ?? 0,
+    federatesWith: e.federatesWith,
+    dnsNames: e.dnsNames ?? [],
+    admin: e.admin ?? false,
+    downstream: e.downstream ?? false,
+    expiresAt: 0,
+    hint: e.hint ?? '',
+    revisionNumber: Number(e.revision),
+  };
+}
+
+export class AuthorizedEntriesCache {
+  private readonly slots = new Map<string, CacheSlot>();
+  private readonly inflight = new Map<string, Promise<AuthorizedSet>>();
+
+  constructor(private readonly store: Pick<DataStore, 'listAuthorizedEntries' | 'entriesRevision'>, private readonly maxAgents = 10_000) {}
+
+  /** The agent's authorized set as of now; `globalRevision` may be passed when the caller just read it. */
+  async get(agentId: string, selectors: Selector[], globalRevision?: bigint): Promise<AuthorizedSet> {
+    const rev = globalRevision ?? await this.store.entriesRevision();
+    const key = selectorsKey(selectors);
+    const slot = this.slots.get(agentId);
+    if (slot && slot.globalRevision === rev && slot.selectorsKey === key) return slot.set;
+    // Concurrent calls for one agent share one datastore query.
+    const flightKey = `${agentId}\n${rev}\n${key}`;
+    let p = this.inflight.get(flightKey);
+    if (!p) {
+      p = this.load(agentId, selectors, rev, key).finally(() => this.inflight.delete(flightKey));
+      this.inflight.set(flightKey, p);
+    }
+    return p;
+  }
+
+  forget(agentId: string): void {
+    this.slots.delete(agentId);
+  }
+
+  private async load(agentId: string, selectors: Selector[], rev: bigint, key: string): Promise<AuthorizedSet> {
+    const entries = await this.store.listAuthorizedEntries(agentId, selectors);
+    const h = crypto.createHash('sha256');
+    const byId = new Map<string, RegistrationEntry>();
+    for (const e of entries) {
+      byId.set(e.id, e);
+      h.update(`${e.id}@${e.revision}\n`);
+    }
+    const set: AuthorizedSet = { revision: h.digest('hex').slice(0, 32), byId, wire: entries.map(toWireEntry) };
+    this.slots.delete(agentId);
+    this.slots.set(agentId, { globalRevision: rev, selectorsKey: key, set });
+    if (this.slots.size > this.maxAgents) {
+      const oldest = this.slots.keys().next().value;
+      if (oldest !== undefined) this.slots.delete(oldest);
+    }
+    return set;
+  }
+}

@@ -1,0 +1,374 @@
+// The agent API handlers (proto/agent.proto): node attestation, agent SVID renewal, entry sync,
+// bundles, X.509-SVID and JWT-SVID signing, and the watch stream. Every refusal is a gRPC status
+// with a message; a refused request writes nothing but its audit record.
+import type { KeyObject } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type * as api from '../../api/agent-api.js';
+import { AGENT_API_MAX_BATCH } from '../../api/agent-api.js';
+import { publicKeyFromCsr } from '../../spiffe/csr.js';
+import { SpiffeId, type TrustDomain } from '../../spiffe/id.js';
+import { DataStoreError, type DataStore, type RegistrationEntry } from '../datastore/types.js';
+import type { CaManager } from '../ca/manager.js';
+import type { SvidIssuer, IssuedX509 } from '../ca/issuer.js';
+import type { Auditor } from '../audit.js';
+import { RateLimiter, sourceAddress } from '../ratelimit.js';
+import { AttestationError } from '../attestation/errors.js';
+import { attestJoinToken } from '../attestation/join-token.js';
+import type { TpmAttestor, PendingTpmAttestation } from '../attestation/tpm.js';
+import type { AttestationOutcome } from '../attestation/types.js';
+import { AgentAuthenticator, type AuthenticatedAgent } from './auth.js';
+import { AuthorizedEntriesCache } from './entries.js';
+import { csrRequestedNames } from './csr-names.js';
+import { rpcError, toRpcError, RpcError } from './status.js';
+import { WatchHub } from './watch.js';
+
+export interface AgentServiceOptions {
+  trustDomain: TrustDomain;
+  store: DataStore;
+  ca: CaManager;
+  issuer: SvidIssuer;
+  joinTokens: boolean;
+  tpm?: TpmAttestor;
+  rateLimiter: RateLimiter;
+  auditor: Auditor;
+  logger: Logger;
+  x509SvidTtl: number;
+  jwtSvidTtl: number;
+  /** How long an agent has to send its first message. */
+  firstMessageTimeoutMs?: number;
+  watchIntervalMs: number;
+  now?: () => Date;
+}
+
+const MAX_AUDIENCES = 16;
+const MAX_AUDIENCE_LENGTH = 512;
+
+export interface AgentService {
+  handlers: grpc.UntypedServiceImplementation;
+  watchHub: WatchHub;
+  entries: AuthorizedEntriesCache;
+  close(): void;
+}
+
+function parseCsr(csr: Buffer, field: string): KeyObject {
+  if (!csr || csr.length === 0) throw rpcError(grpc.status.INVALID_ARGUMENT, `${field} is missing: send a DER PKCS#10 CSR`);
+  try {
+    return publicKeyFromCsr(csr);
+  } catch (err) {
+    throw rpcError(grpc.status.INVALID_ARGUMENT, `${field}: ${(err as Error).message}`);
+  }
+}
+
+/** Refuses a CSR that asks for names the entry does not grant (it would not get them anyway). */
+function checkCsrNames(csr: Buffer, entry: RegistrationEntry): void {
+  let names;
+  try {
+    names = csrRequestedNames(csr);
+  } catch (err) {
+    throw rpcError(grpc.status.INVALID_ARGUMENT, `csr: cannot read its requested names: ${(err as Error).message}`);
+  }
+  if (names.others.length > 0) {
+    throw rpcError(grpc.status.INVALID_ARGUMENT, `csr asks for ${names.others.join(', ')} SANs; X.509-SVIDs carry only the entry's SPIFFE ID and DNS names`);
+  }
+  const extraUris = names.uris.filter((u) => u !== entry.spiffeId);
+  if (extraUris.length > 0 || names.uris.length > 1) {
+    throw rpcError(grpc.status.INVALID_ARGUMENT, `csr asks for URI SAN(s) ${names.uris.join(', ')}; entry ${entry.id} grants only ${entry.spiffeId}`);
+  }
+  const allowed = new Set(entry.dnsNames ?? []);
+  const extraDns = names.dnsNames.filter((d) => !allowed.has(d));
+  if (extraDns.length > 0) {
+    throw rpcError(grpc.status.INVALID_ARGUMENT, `csr asks for DNS name(s) ${extraDns.join(', ')} that entry ${entry.id} does not grant`);
+  }
+}
+
+function x509ToWire(s: IssuedX509): api.X509Svid {
+  return { spiffeId: s.spiffeId, certChain: s.certChain, expiresAt: Math.floor(s.notAfter.getTime() / 1000) };
+}
+
+export function createAgentService(o: AgentServiceOptions): AgentService {
+  const now = o.now ?? (() => new Date());
+  const log = o.logger.child({ component: 'agentapi' });
+  const auth = new AgentAuthenticator(o.ca, o.store, now);
+  const entries = new AuthorizedEntriesCache(o.store);
+  const watchHub = new WatchHub(o.store, entries, o.watchIntervalMs, log);
+  const unsubscribe = o.ca.onBundleChange((b) => watchHub.bundleChanged(b.sequence));
+  watchHub.start();
+
+  function fail(callback: grpc.sendUnaryData<unknown>, err: unknown, what: string): void {
+    const e = toRpcError(err);
+    if (e.code === grpc.status.INTERNAL) log.error({ err, rpc: what }, 'agent API internal error');
+    callback({ code: e.code, details: e.message } as grpc.ServiceError, null);
+  }
+
+  /** Wraps a unary handler that needs an authenticated agent. */
+  function authed<Req, Res>(name: string, fn: (agent: AuthenticatedAgent, req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+    return (call, callback) => {
+      auth.authenticate(call)
+        .then((agent) => fn(agent, call.request))
+        .then((res) => callback(null, res), (err: unknown) => fail(callback as grpc.sendUnaryData<unknown>, err, name));
+    };
+  }
+
+  // ---------------------------------------------------------------- AttestAgent
+
+  async function finalizeAttestation(out: AttestationOutcome, csrKey: KeyObject): Promise<api.AttestationResult> {
+    const agentId = out.agentId.toString();
+    const existing = await o.store.getNode(agentId);
+    if (existing?.banned) {
+      throw new AttestationError('permission_denied', `node ${agentId} is banned; an operator must evict it (agent evict) before it can attest again`);
+    }
+    const svid = o.issuer.mintX509(out.agentId, csrKey, o.x509SvidTtl);
+    const fields = {
+      attestationType: out.attestationType,
+      selectors: out.selectors,
+      serialNumber: svid.serialHex,
+      expiresAt: svid.notAfter,
+      attestationData: out.attestationData,
+    };
+    if (existing) {
+      await o.store.updateNode(agentId, { ...fields, newSerialNumber: null });
+    } else {
+      try {
+        await o.store.createNode({ spiffeId: agentId, ...fields });
+      } catch (err) {
+        // Another server attested the same node a moment ago: this attestation is just as valid.
+        if (!(err instanceof DataStoreError && err.code === 'already_exists')) throw err;
+        await o.store.updateNode(agentId, { ...fields, newSerialNumber: null });
+      }
+    }
+    entries.forget(agentId);
+    return {
+      spiffeId: agentId,
+      svidChain: svid.certChain,
+      selectors: out.selectors,
+      bundle: Buffer.from(o.ca.bundle().bundleJson),
+      canRenew: out.canRenew,
+    };
+  }
+
+  const attestAgent: grpc.handleBidiStreamingCall<api.AttestAgentRequest, api.AttestAgentResponse> = (call) => {
+    const source = sourceAddress(call.getPeer());
+    let state: 'params' | 'busy' | 'challenge' | 'done' = 'params';
+    let pending: { tpm: PendingTpmAttestation; csrKey: KeyObject } | undefined;
+    let method = 'unknown';
+    let timer: NodeJS.Timeout | undefined;
+
+    const finish = (err: unknown, subject?: string): void => {
+      if (state === 'done') return;
+      state = 'done';
+      clearTimeout(timer);
+      const e = toRpcError(err);
+      if (e.code === grpc.status.INTERNAL) log.error({ err, source }, 'attestation failed with an internal error');
+      o.auditor.record({ action: 'attest_agent', caller: source, subject, result: e.code === grpc.status.INTERNAL ? 'error' : 'denied', reason: e.message, details: { method, code: grpc.status[e.code] } });
+      call.emit('error', { code: e.code, details: e.message });
+    };
+    const arm = (ms: number, what: string): void => {
+      clearTimeout(timer);
+      timer = setTimeout(() => finish(rpcError(grpc.status.DEADLINE_EXCEEDED, `${what} did not arrive within ${Math.round(ms / 1000)} s; attest again`)), ms);
+      timer.unref();
+    };
+    const succeed = async (out: AttestationOutcome, csrKey: KeyObject): Promise<void> => {
+      const result = await finalizeAttestation(out, csrKey);
+      if (state === 'done') return;
+      state = 'done';
+      clearTimeout(timer);
+      o.auditor.record({ action: 'attest_agent', caller: source, subject: result.spiffeId, result: 'ok', details: { method, selectors: out.selectors.map((s) => `${s.type}:${s.value}`) } });
+      log.info({ agent: result.spiffeId, method, source }, 'agent attested');
+      call.write({ result });
+      call.end();
+    };
+
+    if (!o.rateLimiter.tryTake(source)) {
+      finish(rpcError(grpc.status.RESOURCE_EXHAUSTED, `too many attestation attempts from ${source}; retry in ${o.rateLimiter.retryAfterSeconds(source)} s`));
+      return;
+    }
+    arm(o.firstMessageTimeoutMs ?? 30_000, 'the attestation parameters');
+
+    call.on('data', (msg: api.AttestAgentRequest) => {
+      if (state === 'params' && msg.step === 'params' && msg.params) {
+        state = 'busy';
+        const p = msg.params;
+        void (async () => {
+          const csrKey = parseCsr(p.csr, 'params.csr');
+          if (p.data === 'joinToken' && p.joinToken) {
+            method = 'join_token';
+            if (!o.joinTokens) throw rpcError(grpc.status.FAILED_PRECONDITION, 'join token attestation is disabled on this server (nodeAttestation.joinToken.enabled)');
+            const out = await attestJoinToken(o.store, o.trustDomain, p.joinToken.token, now());
+            await succeed(out, csrKey);
+          } else if (p.data === 'tpm' && p.tpm) {
+            method = 'tpm';
+            if (!o.tpm) throw rpcError(grpc.status.FAILED_PRECONDITION, 'TPM attestation is disabled on this server (nodeAttestation.tpm.enabled)');
+            const tpm = o.tpm.begin(p.tpm);
+            pending = { tpm, csrKey };
+            state = 'challenge';
+            arm(Math.max(0, tpm.challenge.expiresAt.getTime() - now().getTime()), 'the challenge response');
+            call.write({
+              challenge: {
+                credentialBlob: tpm.challenge.credentialBlob,
+                encryptedSecret: tpm.challenge.encryptedSecret,
+                nonce: tpm.challenge.nonce,
+                expiresAt: Math.floor(tpm.challenge.expiresAt.getTime() / 1000),
+              },
+            });
+          } else {
+            throw rpcError(grpc.status.INVALID_ARGUMENT, 'params must carry join_token or tpm attestation data');
+          }
+        })().catch((err: unknown) => finish(err));
+        return;
+      }
+      if (state === 'challenge' && msg.step === 'challengeResponse' && msg.challengeResponse && pending) {
+        state = 'busy';
+        const { tpm, csrKey } = pending;
+        pending = undefined;
+        void (async () => {
+          const out = await o.tpm!.finish(tpm, msg.challengeResponse!.activatedSecret);
+          await succeed(out, csrKey);
+        })().catch((err: unknown) => finish(err, `ek_hash:${tpm.ekHash}`));
+        return;
+      }
+      if (state === 'done') return;
+      finish(rpcError(grpc.status.INVALID_ARGUMENT, state === 'params'
+        ? 'the first AttestAgent message must be params'
+        : 'unexpected AttestAgent message: send challenge_response once, after the challenge'));
+    });
+    call.on('end', () => {
+      if (state !== 'done') finish(rpcError(grpc.status.CANCELLED, 'the agent closed the attestation stream before it finished'));
+    });
+    call.on('cancelled', () => { state = 'done'; clearTimeout(timer); });
+    call.on('error', () => { clearTimeout(timer); });
+  };
+
+  // ---------------------------------------------------------------- authenticated RPCs
+
+  const renewAgent = authed<api.RenewAgentRequest, api.RenewAgentResponse>('RenewAgent', async (agent, req) => {
+    const agentId = agent.id.toString();
+    if (agent.node.attestationType === 'tpm') {
+      o.auditor.record({ action: 'renew_agent', caller: agentId, result: 'denied', reason: 'tpm node must re-attest' });
+      throw rpcError(grpc.status.FAILED_PRECONDITION, 'TPM nodes renew by attesting again through AttestAgent (proof of TPM possession each time)');
+    }
+    const key = parseCsr(req.csr, 'csr');
+    const svid = o.issuer.mintX509(agent.id, key, o.x509SvidTtl);
+    await o.store.updateNode(agentId, { newSerialNumber: svid.serialHex, expiresAt: svid.notAfter });
+    o.auditor.record({ action: 'renew_agent', caller: agentId, subject: agentId, result: 'ok', details: { serial: svid.serialHex } });
+    return { svid: x509ToWire(svid) };
+  });
+
+  const syncEntries = authed<api.SyncEntriesRequest, api.SyncEntriesResponse>('SyncEntries', async (agent, req) => {
+    const set = await entries.get(agent.id.toString(), agent.node.selectors);
+    if (req.knownRevision !== '' && req.knownRevision === set.revision) return { revision: set.revision, unchanged: true, entries: [] };
+    return { revision: set.revision, unchanged: false, entries: set.wire };
+  });
+
+  const fetchBundles = authed<api.FetchBundlesRequest, api.FetchBundlesResponse>('FetchBundles', async () => {
+    const own = o.ca.bundle();
+    const federatedBundles: Record<string, Buffer> = {};
+    for (const b of await o.store.listBundles()) {
+      if (b.trustDomain !== own.trustDomain) federatedBundles[b.trustDomain] = Buffer.from(b.bundleJson);
+    }
+    return { trustDomain: own.trustDomain, sequence: Number(own.sequence), bundle: Buffer.from(own.bundleJson), federatedBundles };
+  });
+
+  const batchNewX509Svid = authed<api.BatchNewX509SvidRequest, api.BatchNewX509SvidResponse>('BatchNewX509Svid', async (agent, req) => {
+    const agentId = agent.id.toString();
+    const params = req.params ?? [];
+    if (params.length === 0) throw rpcError(grpc.status.INVALID_ARGUMENT, 'params is empty: send at least one {entry_id, csr}');
+    if (params.length > AGENT_API_MAX_BATCH) throw rpcError(grpc.status.INVALID_ARGUMENT, `at most ${AGENT_API_MAX_BATCH} CSRs per call, got ${params.length}`);
+    const set = await entries.get(agentId, agent.node.selectors);
+    const results: api.BatchNewX509SvidResult[] = [];
+    let ok = 0;
+    const denied: string[] = [];
+    for (const p of params) {
+      try {
+        const entry = set.byId.get(p.entryId);
+        // Unknown and unauthorized look the same, so the API is no oracle for other agents' entries.
+        if (!entry) throw rpcError(grpc.status.PERMISSION_DENIED, `entry "${p.entryId}" is not authorized for ${agentId}`);
+        const key = parseCsr(p.csr, 'csr');
+        checkCsrNames(p.csr, entry);
+        let id: SpiffeId;
+        try {
+          id = SpiffeId.parse(entry.spiffeId);
+        } catch (err) {
+          throw rpcError(grpc.status.FAILED_PRECONDITION, `entry ${entry.id} has an invalid SPIFFE ID: ${(err as Error).message}`);
+        }
+        const svid = o.issuer.mintX509(id, key, entry.x509SvidTtl ?? o.x509SvidTtl, entry.dnsNames ?? []);
+        results.push({ entryId: p.entryId, svid: x509ToWire(svid), errorCode: 0, errorMessage: '' });
+        ok++;
+      } catch (err) {
+        const e = err instanceof RpcError ? err : toRpcError(err);
+        if (e.code === grpc.status.INTERNAL) log.error({ err, entry: p.entryId }, 'X.509-SVID signing failed');
+        if (e.code === grpc.status.PERMISSION_DENIED) denied.push(p.entryId);
+        results.push({ entryId: p.entryId, svid: null, errorCode: e.code, errorMessage: e.message });
+      }
+    }
+    o.auditor.record({
+      action: 'sign_x509_svid', caller: agentId, result: ok === params.length ? 'ok' : ok === 0 ? 'denied' : 'ok',
+      details: { requested: params.length, issued: ok, failed: params.length - ok, entries: params.map((p) => p.entryId), ...(denied.length ? { denied } : {}) },
+    });
+    return { results };
+  });
+
+  const newJwtSvid = authed<api.NewJwtSvidRequest, api.NewJwtSvidResponse>('NewJwtSvid', async (agent, req) => {
+    const agentId = agent.id.toString();
+    const aud = req.audience ?? [];
+    if (aud.length === 0 || aud.length > MAX_AUDIENCES || aud.some((a) => a === '' || a.length > MAX_AUDIENCE_LENGTH)) {
+      throw rpcError(grpc.status.INVALID_ARGUMENT, `audience must hold 1..${MAX_AUDIENCES} non-empty strings of at most ${MAX_AUDIENCE_LENGTH} characters`);
+    }
+    const set = await entries.get(agentId, agent.node.selectors);
+    const entry = set.byId.get(req.entryId);
+    if (!entry) {
+      o.auditor.record({ action: 'sign_jwt_svid', caller: agentId, subject: req.entryId, result: 'denied', reason: 'entry not authorized' });
+      throw rpcError(grpc.status.PERMISSION_DENIED, `entry "${req.entryId}" is not authorized for ${agentId}`);
+    }
+    const id = SpiffeId.parse(entry.spiffeId);
+    const jwt = await o.issuer.mintJwt(id, aud, entry.jwtSvidTtl ?? o.jwtSvidTtl);
+    o.auditor.record({ action: 'sign_jwt_svid', caller: agentId, subject: entry.spiffeId, result: 'ok', details: { entry: entry.id, audience: aud } });
+    return { spiffeId: entry.spiffeId, token: jwt.token, expiresAt: Math.floor(jwt.expiresAt.getTime() / 1000) };
+  });
+
+  const watchAgent: grpc.handleServerStreamingCall<api.WatchAgentRequest, api.AgentEvent> = (call) => {
+    let remove: (() => void) | undefined;
+    let closed = false;
+    const close = (code: grpc.status, message: string): void => {
+      if (closed) return;
+      closed = true;
+      remove?.();
+      call.emit('error', { code, details: message });
+    };
+    call.on('cancelled', () => { closed = true; remove?.(); });
+    auth.authenticate(call).then(async (agent) => {
+      const agentId = agent.id.toString();
+      const set = await entries.get(agentId, agent.node.selectors);
+      if (closed) return;
+      const watcher = {
+        agentId,
+        revision: set.revision,
+        send: (ev: api.AgentEvent) => { if (!closed) call.write(ev); },
+        close,
+      };
+      remove = watchHub.add(watcher);
+      call.write({ kind: 'READY', revision: set.revision, bundleSequence: Number(o.ca.bundle().sequence), reason: '' });
+    }).catch((err: unknown) => {
+      const e = toRpcError(err);
+      close(e.code, e.message);
+    });
+  };
+
+  return {
+    handlers: {
+      AttestAgent: attestAgent as grpc.UntypedHandleCall,
+      RenewAgent: renewAgent as grpc.UntypedHandleCall,
+      SyncEntries: syncEntries as grpc.UntypedHandleCall,
+      FetchBundles: fetchBundles as grpc.UntypedHandleCall,
+      BatchNewX509Svid: batchNewX509Svid as grpc.UntypedHandleCall,
+      NewJwtSvid: newJwtSvid as grpc.UntypedHandleCall,
+      WatchAgent: watchAgent as grpc.UntypedHandleCall,
+    },
+    watchHub,
+    entries,
+    close() {
+      unsubscribe();
+      watchHub.stop();
+    },
+  };
+}

@@ -1,0 +1,236 @@
+// Starts a terroir server from its configuration: datastore, CA, agent API, federation, health and
+// the periodic housekeeping (CA rotation, server SVID renewal, pruning used nonces and join tokens).
+import fs from 'node:fs';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { Bundle } from '../spiffe/bundle.js';
+import { TrustDomain } from '../spiffe/id.js';
+import { openDataStore } from './datastore/index.js';
+import type { DataStore } from './datastore/types.js';
+import type { ServerConfig } from './config.js';
+import { CaManager } from './ca/manager.js';
+import { diskKeyStore, memoryKeyStore } from './ca/keys.js';
+import { loadUpstream, parseCertificates, type LoadedUpstream } from './ca/certs.js';
+import { SvidIssuer } from './ca/issuer.js';
+import { pinoAuditor, type Auditor } from './audit.js';
+import { RateLimiter } from './ratelimit.js';
+import { TpmAttestor } from './attestation/tpm.js';
+import { createAgentService, type AgentService } from './agentapi/service.js';
+import { startAgentApiServer, type AgentApiServer } from './agentapi/server.js';
+import { startBundleEndpoint, type BundleEndpoint } from './federation/endpoint.js';
+import { BundleFetcher } from './federation/fetcher.js';
+import { startHealthServer, type HealthServer } from './health.js';
+
+export interface StartServerOptions {
+  logger?: Logger;
+  /** Injectable clock for tests. */
+  now?: () => Date;
+  /** Housekeeping period; default derived from the CA TTL (at most 30 s). */
+  tickMs?: number;
+}
+
+export interface RunningServer {
+  readonly trustDomain: string;
+  readonly agentApiPort: number;
+  readonly healthPort: number | undefined;
+  readonly bundleEndpointPort: number | undefined;
+  readonly adminSocketPath: string | undefined;
+  readonly store: DataStore;
+  readonly ca: CaManager;
+  readonly agentService: AgentService;
+  readonly auditor: Auditor;
+  /** Withdraw a node's SVIDs: tells its agent to drop them (issue 6/8 hook; also used on ban/evict). */
+  dropNode(agentId: string, reason: string): void;
+  /** Runs one housekeeping round now (rotation, SVID renewal, pruning). */
+  tick(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+function readFileOr(file: string, what: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new Error(`${what}: cannot read ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export async function startServer(config: ServerConfig, opts: StartServerOptions = {}): Promise<RunningServer> {
+  const logger = opts.logger ?? pino({ level: config.logLevel, base: { service: 'terroir-server' } });
+  const now = opts.now ?? (() => new Date());
+  const td = TrustDomain.parse(config.trustDomain);
+  const cleanups: (() => Promise<void> | void)[] = [];
+  const stopAll = async (): Promise<void> => {
+    while (cleanups.length) {
+      try {
+        await cleanups.pop()?.();
+      } catch (err) {
+        logger.warn({ err }, 'error while stopping');
+      }
+    }
+  };
+
+  try {
+    fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    const store = await openDataStore(config.dataStore.type === 'sqlite'
+      ? { type: 'sqlite', path: config.dataStore.path }
+      : { type: 'postgres', connectionString: config.dataStore.connectionString, poolSize: config.dataStore.poolSize });
+    cleanups.push(() => store.close());
+    const auditor = pinoAuditor(logger);
+
+    let upstream: LoadedUpstream | undefined;
+    if (config.ca.upstream) {
+      const u = config.ca.upstream;
+      upstream = loadUpstream(readFileOr(u.certFile, 'ca.upstream.certFile'), readFileOr(u.keyFile, 'ca.upstream.keyFile'),
+        u.bundleFile ? readFileOr(u.bundleFile, 'ca.upstream.bundleFile') : undefined, now());
+    }
+    const keyStore = config.ca.keyStore === 'disk' ? diskKeyStore(config.ca.keyDir as string) : memoryKeyStore();
+    const ca = await CaManager.start({
+      trustDomain: td.name,
+      keyType: config.ca.keyType,
+      ttlSeconds: config.ca.ttl,
+      subject: config.ca.subject,
+      keyStore,
+      upstream,
+      journalPath: config.ca.keyStore === 'disk' ? path.join(config.ca.keyDir as string, 'journal.json') : undefined,
+      store,
+      refreshHintSeconds: config.ca.bundleRefreshHint,
+      now,
+      logger: logger.child({ component: 'ca' }),
+    });
+    const maxTtl = Math.floor(config.ca.ttl / 6);
+    const issuer = new SvidIssuer({ ca, maxTtlSeconds: maxTtl, jwtIssuer: config.ca.jwtIssuer, now });
+
+    let tpm: TpmAttestor | undefined;
+    if (config.nodeAttestation.tpm.enabled) {
+      const cas = config.nodeAttestation.tpm.manufacturerCaFiles.flatMap((f) => parseCertificates(readFileOr(f, 'nodeAttestation.tpm.manufacturerCaFiles'), f));
+      tpm = new TpmAttestor({
+        trustDomain: td,
+        manufacturerCasDer: cas,
+        enrolledEkHashes: config.nodeAttestation.tpm.enrolledEkHashes,
+        challengeTtlSeconds: config.nodeAttestation.challengeTtl,
+        store,
+        now,
+      });
+    }
+
+    const agentService = createAgentService({
+      trustDomain: td,
+      store,
+      ca,
+      issuer,
+      joinTokens: config.nodeAttestation.joinToken.enabled,
+      tpm,
+      rateLimiter: new RateLimiter(config.agentApi.attestationRateLimit),
+      auditor,
+      logger,
+      x509SvidTtl: config.ca.x509SvidTtl,
+      jwtSvidTtl: config.ca.jwtSvidTtl,
+      watchIntervalMs: config.agentApi.watchIntervalMs,
+      now,
+    });
+    let agentApi: AgentApiServer;
+    try {
+      agentApi = await startAgentApiServer({
+        host: config.agentApi.bindAddress,
+        port: config.agentApi.port,
+        service: agentService,
+        ca,
+        issuer,
+        dnsNames: config.agentApi.dnsNames,
+        ipAddresses: config.agentApi.ipAddresses,
+        svidTtlSeconds: config.ca.x509SvidTtl,
+        logger: logger.child({ component: 'agentapi' }),
+        now,
+      });
+    } catch (err) {
+      agentService.close();
+      throw err;
+    }
+    cleanups.push(() => agentApi.close());
+
+    // Federation: configured relationships are upserted; their bootstrap bundles seed https_spiffe trust.
+    const webCas = new Map<string, Buffer>();
+    for (const f of config.federation.federatesWith) {
+      const rel = { trustDomain: f.trustDomain, bundleEndpointUrl: f.bundleEndpointUrl, profile: f.profile, endpointSpiffeId: f.endpointSpiffeId };
+      if (await store.getFederationRelationship(f.trustDomain)) await store.updateFederationRelationship(rel);
+      else await store.createFederationRelationship(rel);
+      if (f.caFile) webCas.set(f.trustDomain, readFileOr(f.caFile, `federation.federatesWith[${f.trustDomain}].caFile`));
+      if (f.bootstrapBundleFile && !(await store.getBundle(f.trustDomain))) {
+        const b = Bundle.parse(TrustDomain.parse(f.trustDomain), readFileOr(f.bootstrapBundleFile, 'bootstrapBundleFile'));
+        await store.setBundle({ trustDomain: f.trustDomain, bundleJson: b.toJSON(), sequence: b.sequenceNumber });
+      }
+    }
+    const fetcher = new BundleFetcher({
+      store, ownTrustDomain: td.name, defaultRefreshSeconds: config.federation.defaultRefreshHint, webCas,
+      logger: logger.child({ component: 'federation' }), auditor,
+    });
+    fetcher.start();
+    cleanups.push(() => fetcher.stop());
+
+    let endpoint: BundleEndpoint | undefined;
+    if (config.federation.bundleEndpoint.enabled) {
+      const be = config.federation.bundleEndpoint;
+      let svid = issuer.mintServerSvid(config.agentApi.dnsNames, config.agentApi.ipAddresses, config.ca.x509SvidTtl);
+      endpoint = await startBundleEndpoint({
+        host: be.bindAddress, port: be.port, profile: be.profile, certFile: be.certFile, keyFile: be.keyFile,
+        spiffeIdentity: () => ({ certPem: Buffer.from(svid.certChainPem), keyPem: Buffer.from(svid.keyPem) }),
+        bundleJson: () => ca.bundle().bundleJson,
+        logger: logger.child({ component: 'bundle-endpoint' }),
+      });
+      const ep = endpoint;
+      const unsub = ca.onBundleChange(() => {
+        if (be.profile !== 'https_spiffe') return;
+        svid = issuer.mintServerSvid(config.agentApi.dnsNames, config.agentApi.ipAddresses, config.ca.x509SvidTtl);
+        ep.reloadTls();
+      });
+      cleanups.push(async () => { unsub(); await ep.close(); });
+    }
+
+    let health: HealthServer | undefined;
+    if (config.health.enabled) {
+      health = await startHealthServer(config.health.bindAddress, config.health.port, {
+        datastore: async () => { await store.entriesRevision(); },
+        ca: async () => { ca.activeX509(); ca.activeJwt(); },
+      });
+      const h = health;
+      cleanups.push(() => h.close());
+    }
+
+    const tick = async (): Promise<void> => {
+      try {
+        await ca.tick();
+        agentApi.refreshIdentity();
+        await store.pruneNonces(now());
+        await store.pruneJoinTokens(now());
+      } catch (err) {
+        logger.error({ err }, 'housekeeping failed; retrying at the next interval');
+      }
+    };
+    const tickMs = opts.tickMs ?? Math.min(30_000, Math.max(1000, (config.ca.ttl * 1000) / 100));
+    const timer = setInterval(() => void tick(), tickMs);
+    timer.unref();
+    cleanups.push(() => clearInterval(timer));
+
+    logger.info({ trustDomain: td.name, agentApiPort: agentApi.port, healthPort: health?.port, dataStore: config.dataStore.type }, 'terroir server started');
+    return {
+      trustDomain: td.name,
+      agentApiPort: agentApi.port,
+      healthPort: health?.port,
+      bundleEndpointPort: endpoint?.port,
+      adminSocketPath: undefined,
+      store,
+      ca,
+      agentService,
+      auditor,
+      dropNode: (id, reason) => agentService.watchHub.dropNode(id, reason),
+      tick,
+      async stop() {
+        await stopAll();
+        logger.info('terroir server stopped');
+      },
+    };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
