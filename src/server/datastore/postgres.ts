@@ -1,0 +1,83 @@
+// PostgreSQL backend for HA: several servers share one database. Single-use semantics (join
+// tokens, nonces) rest on row-level atomicity (DELETE … RETURNING, unique keys), which holds
+// across connections and servers.
+import pg from 'pg';
+import { migrate } from './schema.js';
+import { SqlDataStore } from './sql-store.js';
+import type { SqlConn, SqlDriver, SqlRow, SqlValue } from './sql-driver.js';
+import { DataStoreError } from './types.js';
+
+/** `?` → `$1, $2, …` (our SQL never has `?` inside a literal). */
+const rewritten = new Map<string, string>();
+function toPg(sql: string): string {
+  let out = rewritten.get(sql);
+  if (out === undefined) {
+    let i = 0;
+    out = sql.replace(/\?/g, () => `$${++i}`);
+    rewritten.set(sql, out);
+  }
+  return out;
+}
+
+/** pg does not serialise bigint itself. */
+function toPgParams(params: SqlValue[]): unknown[] {
+  return params.map((p) => (typeof p === 'bigint' ? p.toString() : p));
+}
+
+type Queryable = pg.Pool | pg.PoolClient;
+
+function connOf(q: Queryable): SqlConn {
+  return {
+    query: async (sql, params = []) => (await q.query(toPg(sql), toPgParams(params))).rows as SqlRow[],
+    run: async (sql, params = []) => (await q.query(toPg(sql), toPgParams(params))).rowCount ?? 0,
+  };
+}
+
+class PostgresDriver implements SqlDriver {
+  readonly dialect = 'postgres' as const;
+  constructor(private readonly pool: pg.Pool) {}
+
+  async transaction<T>(fn: (conn: SqlConn) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN');
+      try {
+        const out = await fn(connOf(client));
+        await client.query('COMMIT');
+        return out;
+      } catch (err) {
+        await client.query('ROLLBACK');
+        throw err;
+      }
+    } finally {
+      client.release();
+    }
+  }
+
+  connection<T>(fn: (conn: SqlConn) => Promise<T>): Promise<T> {
+    return fn(connOf(this.pool));
+  }
+
+  isUniqueViolation(err: unknown): boolean {
+    return (err as { code?: unknown } | null)?.code === '23505';
+  }
+
+  close(): Promise<void> {
+    return this.pool.end();
+  }
+}
+
+/** Connects to PostgreSQL (`postgres://user@host:port/db`) and brings the schema up to date. */
+export async function openPostgresDataStore(connectionString: string, poolSize = 10): Promise<SqlDataStore> {
+  const pool = new pg.Pool({ connectionString, max: poolSize });
+  // An idle client losing its connection must not crash the server; the next query reconnects.
+  pool.on('error', () => undefined);
+  try {
+    await migrate(new PostgresDriver(pool));
+  } catch (err) {
+    await pool.end();
+    if (err instanceof DataStoreError) throw err;
+    throw new DataStoreError('unavailable', `cannot prepare the PostgreSQL datastore: ${(err as Error).message}`, { cause: err });
+  }
+  return new SqlDataStore(new PostgresDriver(pool));
+}

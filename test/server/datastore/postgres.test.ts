@@ -1,0 +1,43 @@
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openDataStore } from '../../../src/server/datastore/index.js';
+import { startPostgres, type TestPostgres } from '../../support/postgres.js';
+import { runDataStoreSuite } from './suite.js';
+
+let server: TestPostgres;
+let n = 0;
+beforeAll(async () => { server = await startPostgres(); });
+afterAll(async () => { await server?.stop(); });
+
+runDataStoreSuite('postgres', async () => {
+  const url = await server.createDatabase(`ds_${process.pid}_${n++}`);
+  const store = await openDataStore({ type: 'postgres', connectionString: url, poolSize: 4 });
+  return {
+    store,
+    reopen: () => openDataStore({ type: 'postgres', connectionString: url, poolSize: 4 }),
+    rawExec: async (sql) => {
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      try { await c.query(sql); } finally { await c.end(); }
+    },
+    cleanup: async () => undefined,
+  };
+});
+
+describe('PostgreSQL datastore specifics', () => {
+  it('migrates once when several servers start at the same time', async () => {
+    const url = await server.createDatabase(`ds_${process.pid}_mig`);
+    const stores = await Promise.all([1, 2, 3].map(() => openDataStore({ type: 'postgres', connectionString: url, poolSize: 2 })));
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    const rows = (await c.query('SELECT version FROM schema_version')).rows;
+    await c.end();
+    expect(rows).toEqual([{ version: 1 }]);
+    await Promise.all(stores.map((s) => s.close()));
+  });
+
+  it('says clearly when the database is unreachable', async () => {
+    await expect(openDataStore({ type: 'postgres', connectionString: `postgres://postgres@127.0.0.1:${server.port}/no_such_db` }))
+      .rejects.toMatchObject({ code: 'unavailable', message: expect.stringContaining('no_such_db') });
+  });
+});
