@@ -62,7 +62,7 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Test
   } catch (err) {
     fs.rmSync(dir, { recursive: true, force: true });
     const e = err as { stderr?: Buffer };
-    throw new Error(`initdb failed: ${e.stderr?.toString() ?? String(err)}`);
+    throw new Error(`initdb failed: ${e.stderr?.toString() ?? String(err)}`, { cause: err });
   }
   const port = await freePort();
   const args = ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=50'];
