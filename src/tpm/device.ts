@@ -347,7 +347,12 @@ export class TpmDevice {
       const ek = await this.loadEk(ekKind);
       let session: number | undefined;
       try {
-        const ekPub = parseTpm2bPublic(await this.readPublic(ek.tr));
+        let ekPubBytes = this.ekPublicCache.get(ekKind);
+        if (ekPubBytes === undefined) {
+          ekPubBytes = await this.readPublic(ek.tr);
+          this.ekPublicCache.set(ekKind, ekPubBytes);
+        }
+        const ekPub = parseTpm2bPublic(ekPubBytes);
         let ekAuth: number = ESYS_TR.PASSWORD;
         if (!ekPub.objectAttributes.userWithAuth) {
           // Low-range EKs are usable only through their policy: PolicySecret(TPM_RH_ENDORSEMENT).
