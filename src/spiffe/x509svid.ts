@@ -120,8 +120,15 @@ function issuerInfo(auth: X509Authority): IssuerInfo {
     throw new X509SvidError('invalid-argument', 'issuer private key does not match the issuer certificate public key');
   }
   let trustDomain: string | undefined;
-  const spiffeUris = (view.subjectAltName?.uris ?? []).filter((u) => u.startsWith('spiffe://'));
-  if (spiffeUris.length === 1) trustDomain = SpiffeId.parse(spiffeUris[0] as string).trustDomain.name;
+  const spiffeUris = (view.subjectAltName?.uris ?? []).filter((u) => u.toLowerCase().startsWith('spiffe:'));
+  if (spiffeUris.length > 1) throw new X509SvidError('invalid-argument', 'issuer certificate has more than one SPIFFE ID');
+  if (spiffeUris.length === 1) {
+    try {
+      trustDomain = SpiffeId.parse(spiffeUris[0] as string).trustDomain.name;
+    } catch (e) {
+      throw new X509SvidError('invalid-argument', `issuer certificate carries an invalid SPIFFE ID: ${(e as Error).message}`, { cause: e });
+    }
+  }
   const info: IssuerInfo = {
     name: view.subjectName,
     akiExtension: authorityKeyIdentifier(view.subjectKeyId ?? keyIdFromSpki(view.spki)),

@@ -381,3 +381,16 @@ describe('publicKeyFromCsr', () => {
     expect(failCode(() => publicKeyFromCsr(crypto.randomBytes(200)))).toBe('malformed-csr');
   });
 });
+
+describe('issuer checks', () => {
+  it('refuses issuers with several or invalid SPIFFE IDs', async () => {
+    const k = await forgeKey();
+    const two = await forgeCert({ key: k, ca: true, uris: ['spiffe://example.org', 'spiffe://other.test'] });
+    const bad = await forgeCert({ key: k, ca: true, uris: ['SPIFFE://Example.org'] });
+    for (const der of [two.der, bad.der]) {
+      expect(failCode(() => mintX509Svid({ id: wl, publicKey: ecKey().publicKey, issuer: { certificateDer: der, privateKey: k.privateKey }, ttlSeconds: 60 }))).toBe('invalid-argument');
+    }
+    const ok = await forgeCert({ key: k, ca: true, uris: ['spiffe://example.org'] });
+    expect(mintX509Svid({ id: wl, publicKey: ecKey().publicKey, issuer: { certificateDer: ok.der, privateKey: k.privateKey }, ttlSeconds: 60 }).chainDer).toHaveLength(1);
+  });
+});
