@@ -14,6 +14,7 @@ export type KeylimeErrorCode =
   | 'KEYLIME_VERSION'
   | 'KEYLIME_EVIDENCE_REJECTED'
   | 'KEYLIME_QUOTE_FORMAT'
+  | 'KEYLIME_NODE_UNTRUSTED'
   | 'KEYLIME_BAD_REQUEST';
 
 export class KeylimeError extends Error {

@@ -40,6 +40,19 @@ export interface EvidenceVerdict {
 /** Nonces Keylime puts into extraData: ASCII alphanumerics, at most 64 (the TPM's qualifyingData limit). */
 export const KEYLIME_NONCE = /^[A-Za-z0-9]{1,64}$/;
 
+/**
+ * The Keylime nonce for a binary challenge (e.g. terroir's 32-byte SHA-256 qualifying value):
+ * its lower-case hex. Keylime compares extraData with the nonce's ASCII bytes, so the agent must
+ * quote with `qualifyingData = Buffer.from(keylimeNonce(digest), 'ascii')` (64 bytes for SHA-256,
+ * exactly the TPM's limit) and the server verifies locally against the same bytes.
+ */
+export function keylimeNonce(challenge: Uint8Array): string {
+  if (challenge.length < 1 || challenge.length > 32) {
+    throw new KeylimeError('KEYLIME_BAD_REQUEST', `a Keylime nonce holds 1..32 challenge bytes as hex (TPM qualifyingData is at most 64 bytes), got ${challenge.length}`);
+  }
+  return Buffer.from(challenge).toString('hex');
+}
+
 const failure = z.object({
   type: z.string().max(1024),
   context: z.unknown(),

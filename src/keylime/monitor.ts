@@ -13,7 +13,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import { KeylimeRequestError } from './errors.js';
+import { KeylimeError, KeylimeRequestError } from './errors.js';
 import { OperationalState, type AgentStatus, type KeylimeTenant } from './tenant.js';
 
 export type MonitorFailureKind =
@@ -36,6 +36,14 @@ export interface MonitorFailure {
 }
 
 export type Verdict = 'pass' | 'pending' | 'fail';
+
+/** A node is not (or no longer) trusted; `failure` says why. */
+export class MonitorFailureError extends KeylimeError {
+  constructor(readonly nodeId: string, readonly failure: MonitorFailure) {
+    super('KEYLIME_NODE_UNTRUSTED', `node ${nodeId} is not trusted by Keylime: ${failure.message}`);
+    this.name = 'MonitorFailureError';
+  }
+}
 
 export interface MonitorEvents {
   /** The node became trusted (first verified attestation, or recovery). */
@@ -119,6 +127,32 @@ export class ContinuousAttestationMonitor extends EventEmitter<MonitorEvents> {
     const node = this.nodes.get(nodeId);
     if (node === undefined || node.verdict !== 'pass' || node.lastPassAt === undefined) return false;
     return this.now() - node.lastPassAt <= this.maxAgeMs;
+  }
+
+  /**
+   * Resolves with the status at the node's next `pass` (immediately if it is trusted now); rejects
+   * with a MonitorFailureError at its next `fail` or after timeoutMs. For "enroll, then issue only
+   * once Keylime has verified a quote".
+   */
+  awaitTrusted(nodeId: string, timeoutMs: number): Promise<AgentStatus> {
+    const node = this.nodes.get(nodeId);
+    if (node === undefined) return Promise.reject(new MonitorFailureError(nodeId, { kind: 'not_enrolled', message: 'the node is not watched' }));
+    if (this.isTrusted(nodeId) && node.lastStatus !== undefined) return Promise.resolve(node.lastStatus);
+    return new Promise((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.off('pass', onPass);
+        this.off('fail', onFail);
+      };
+      const onPass = (id: string, status: AgentStatus): void => { if (id === nodeId) { done(); resolve(status); } };
+      const onFail = (id: string, failure: MonitorFailure): void => { if (id === nodeId) { done(); reject(new MonitorFailureError(nodeId, failure)); } };
+      const timer = setTimeout(() => {
+        done();
+        reject(new MonitorFailureError(nodeId, { kind: 'pending_timeout', message: `no verified quote within ${timeoutMs} ms` }));
+      }, timeoutMs);
+      this.on('pass', onPass);
+      this.on('fail', onFail);
+    });
   }
 
   counters(): MonitorCounters {

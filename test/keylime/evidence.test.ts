@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KeylimeVerifierClient } from '../../src/keylime/client.js';
 import { KeylimeError, KeylimeEvidenceRejectedError } from '../../src/keylime/errors.js';
-import { verifyEvidence, type EvidenceInput } from '../../src/keylime/evidence.js';
+import { keylimeNonce, verifyEvidence, type EvidenceInput } from '../../src/keylime/evidence.js';
 import { decodeQuoteString, encodeQuoteString } from '../../src/keylime/quote-string.js';
 import { parseTpm2bPublic } from '../../src/tpm/index.js';
 import type { TestKeylimeVerifier } from '../doubles/keylime-verifier.js';
@@ -60,6 +60,15 @@ describe('one-shot verification (POST /verify/evidence) of swtpm quotes', () => 
     expect(Object.keys(body.data).sort()).toEqual(['hash_alg', 'mb_log', 'mb_policy', 'nonce', 'quote', 'runtime_policy', 'tpm_ak', 'tpm_ek', 'tpm_policy'].sort());
     expect(body.data.mb_log).toBe(Buffer.from('eventlog').toString('base64'));
     expect(JSON.parse(body.data.tpm_policy as string)).toEqual({ 0: [pcr0], mask: '0x1' });
+  });
+
+  it('accepts a quote over a binary challenge passed as keylimeNonce (hex as ASCII qualifyingData)', async () => {
+    const challenge = crypto.createHash('sha256').update('terroir-unified-identity-v1').update('server nonce').digest();
+    const n = keylimeNonce(challenge);
+    expect(n).toHaveLength(64);
+    const q = encodeQuoteString(await tpm.quoter.quote([0], Buffer.from(n, 'ascii')));
+    await expect(verifyEvidence(client, input({ quote: q, nonce: n }))).resolves.toBeDefined();
+    expect(() => keylimeNonce(Buffer.alloc(33))).toThrow(/1\.\.32/);
   });
 
   it('a PCR outside the allowlist is refused with the failing PCR named', async () => {

@@ -2,7 +2,7 @@
 // integration with the real verifier double and swtpm is in continuous.test.ts).
 import { describe, expect, it } from 'vitest';
 import { KeylimeRequestError } from '../../src/keylime/errors.js';
-import { ContinuousAttestationMonitor, type MonitorFailure } from '../../src/keylime/monitor.js';
+import { ContinuousAttestationMonitor, MonitorFailureError, type MonitorFailure } from '../../src/keylime/monitor.js';
 import type { AgentStatus } from '../../src/keylime/tenant.js';
 
 const T0 = 1_700_000_000_000;
@@ -111,5 +111,25 @@ describe('ContinuousAttestationMonitor', () => {
     expect(h.monitor.isTrusted('n1')).toBe(true);
     h.advance(10_001);
     expect(h.monitor.isTrusted('n1')).toBe(false);
+  });
+
+  it('awaitTrusted resolves on the first pass, rejects on fail or timeout', async () => {
+    const h = harness();
+    const waiting = h.monitor.awaitTrusted('n1', 5000);
+    await h.monitor.pollOnce(); // count 0: still pending
+    h.set(status({ attestationCount: 1, lastSuccessfulAttestation: Math.floor(h.now() / 1000) }));
+    await h.monitor.pollOnce();
+    expect((await waiting).attestationCount).toBe(1);
+    expect((await h.monitor.awaitTrusted('n1', 10)).attestationCount).toBe(1); // already trusted
+
+    h.advance(10_001); // no longer trusted (stale poll), so it waits
+    const failing = h.monitor.awaitTrusted('n1', 5000).catch((e: unknown) => e);
+    h.set(status({ operationalState: 9, attestationStatus: 'FAIL', attestationCount: 1 }));
+    await h.monitor.pollOnce();
+    const err = await failing;
+    expect(err).toBeInstanceOf(MonitorFailureError);
+    expect((err as MonitorFailureError).failure.kind).toBe('invalid_quote');
+    await expect(h.monitor.awaitTrusted('n1', 20)).rejects.toMatchObject({ failure: { kind: 'pending_timeout' } });
+    await expect(h.monitor.awaitTrusted('unknown', 20)).rejects.toMatchObject({ failure: { kind: 'not_enrolled' } });
   });
 });
