@@ -17,7 +17,7 @@ import { parseAgentConfig, type AgentConfig } from '../../src/agent/config.js';
 import { openTpmCredentialSource, type TpmSession } from '../../src/agent/tpm-session.js';
 import { splitDerCertificates } from '../../src/api/workload-api.js';
 import { parseServerConfig, startServer, type RunningServer, type ServerConfig } from '../../src/server/index.js';
-import { Bundle, BundleSet, TrustDomain, verifyX509Svid } from '../../src/spiffe/index.js';
+import { Bundle, BundleSet, TrustDomain, validateJwtSvid, verifyX509Svid } from '../../src/spiffe/index.js';
 import { freePort } from '../support/ports.js';
 import { ProcessGroup, captureOutput } from '../support/proc.js';
 import { startSwtpm, type Swtpm } from '../support/swtpm.js';
@@ -221,6 +221,34 @@ describe('agent end to end (server + swtpm + Workload API)', () => {
     const from = stream.messages.length;
     await server!.store.deleteEntries([entryIds['rot']!]);
     const msg = await stream.waitFor((m) => !ids(m).includes(`spiffe://${TD}/workload/rotating`), from);
+    expect(ids(msg)).toEqual([`spiffe://${TD}/workload/a`]);
+  });
+
+  it('JWT-SVIDs: fetched for an audience (signed by the server), validated by the agent and independently', async () => {
+    const unary = <T>(method: string, req: object) => new Promise<T>((resolve, reject) =>
+      client[method]!(req, md(), (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res))));
+    const res = await unary<{ svids: Array<{ spiffe_id: string; svid: string }> }>('FetchJWTSVID', { audience: ['db.example'] });
+    expect(res.svids.map((s) => s.spiffe_id)).toEqual([`spiffe://${TD}/workload/a`]);
+    const token = res.svids[0]!.svid;
+    const bundle = Bundle.parse(TrustDomain.parse(TD), server!.ca.bundle().bundleJson);
+    const independent = await validateJwtSvid(token, new BundleSet(bundle), 'db.example');
+    expect(independent.id.toString()).toBe(`spiffe://${TD}/workload/a`);
+    const v = await unary<{ spiffe_id: string; claims: { fields: Record<string, unknown> } }>('ValidateJWTSVID', { audience: 'db.example', svid: token });
+    expect(v.spiffe_id).toBe(`spiffe://${TD}/workload/a`);
+    expect(Object.keys(v.claims.fields)).toEqual(expect.arrayContaining(['sub', 'aud', 'exp']));
+    await expect(unary('ValidateJWTSVID', { audience: 'other', svid: token })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+  });
+
+  it('when the server drops the node, every stream loses its SVIDs at once and the agent re-attests', async () => {
+    const before = agent!.stats.attestations;
+    server!.dropNode(agent!.spiffeId!, 'test: attestation withdrawn');
+    const deadline = Date.now() + 10_000;
+    while (!stream.error && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(stream.error?.code).toBe(grpc.status.PERMISSION_DENIED);
+    while (agent!.stats.attestations === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(agent!.stats.attestations).toBe(before + 1);
+    stream = new X509Stream(client);
+    const msg = await stream.waitFor((m) => ids(m).includes(`spiffe://${TD}/workload/a`));
     expect(ids(msg)).toEqual([`spiffe://${TD}/workload/a`]);
   });
 
