@@ -10,6 +10,7 @@ import { z } from 'zod';
 import type { KeylimeVerifierClient } from './client.js';
 import { KeylimeError, KeylimeEvidenceRejectedError, type KeylimeFailure } from './errors.js';
 import { tpmPolicyJson, type TpmPolicy } from './policy.js';
+import { checkTpm2bPublic } from './tpm-public.js';
 import { decodeQuoteString, type PcrHashAlg } from './quote-string.js';
 
 export interface EvidenceInput {
@@ -73,7 +74,8 @@ export async function verifyEvidence(client: KeylimeVerifierClient, input: Evide
     throw new KeylimeError('KEYLIME_BAD_REQUEST', 'nonce must be 1..64 ASCII letters or digits (Keylime compares it byte for byte with the quote extraData)');
   }
   decodeQuoteString(input.quote); // refuse to send a malformed quote; the error says what is wrong
-  if (input.akPublic.length < 4) throw new KeylimeError('KEYLIME_BAD_REQUEST', 'akPublic must be a TPM2B_PUBLIC');
+  checkTpm2bPublic(input.akPublic, 'akPublic');
+  if (input.ekPublic !== undefined) checkTpm2bPublic(input.ekPublic, 'ekPublic');
   const tpmPolicy = typeof input.tpmPolicy === 'string' ? input.tpmPolicy : tpmPolicyJson(input.tpmPolicy);
 
   const data: Record<string, string> = {

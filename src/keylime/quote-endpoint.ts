@@ -39,6 +39,8 @@ export interface QuoteEndpointOptions {
   clientCa: string | Buffer;
   /** Agent API versions served. Default 2.0, 2.1, 2.2. */
   apiVersions?: readonly string[];
+  /** Quote requests queued at once before answering 503 (the TPM quotes one at a time). Default 8. */
+  maxPendingQuotes?: number;
   host?: string;
   /** 0 (default) picks a free port. */
   port?: number;
@@ -98,6 +100,8 @@ export function createQuoteHandler(opts: QuoteEndpointOptions): {
   const log = opts.logger?.child({ component: 'keylime-quote-endpoint' });
   const stats = { quotes: 0, rejected: 0, errors: 0 };
   let queue: Promise<unknown> = Promise.resolve();
+  let pending = 0;
+  const maxPending = opts.maxPendingQuotes ?? 8;
 
   const reply = (res: ServerResponse, code: number, status: string, results: Record<string, unknown> = {}): void => {
     const body = JSON.stringify({ code, status, results });
@@ -141,12 +145,15 @@ export function createQuoteHandler(opts: QuoteEndpointOptions): {
     if (!pcrs.includes(BINDING_PCR)) pcrs.push(BINDING_PCR);
     pcrs.sort((a, b) => a - b);
 
+    if (pending >= maxPending) return reject(res, 503, 'busy: too many quote requests in flight');
+    pending++;
     const job = queue.then(async () => {
       await opts.quoter.pcrReset(BINDING_PCR);
       await opts.quoter.pcrExtend(BINDING_PCR, binding);
       return opts.quoter.quote(pcrs, Buffer.from(nonce, 'utf8'));
     });
     queue = job.catch(() => undefined);
+    void job.finally(() => { pending--; }).catch(() => undefined);
     job.then((quote) => {
       stats.quotes++;
       const results: Record<string, unknown> = {

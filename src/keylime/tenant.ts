@@ -2,10 +2,12 @@
  * Tenant operations for continuous (pull-mode) attestation: enroll a node with the verifier, read
  * its attestation status, remove it. The verifier then pulls quotes from the node's quote endpoint.
  */
+import net from 'node:net';
 import { z } from 'zod';
 import type { KeylimeVerifierClient } from './client.js';
 import { KeylimeError } from './errors.js';
 import { tpmPolicyJson, type TpmPolicy } from './policy.js';
+import { checkTpm2bPublic } from './tpm-public.js';
 
 export interface EnrollAgentRequest {
   /** The node's AK, TPM2B_PUBLIC (verified by the caller: credential activation against the EK). */
@@ -68,6 +70,7 @@ const statusResults = z.looseObject({
 const anyResults = z.unknown();
 
 const AGENT_ID = /^[A-Za-z0-9._-]{1,255}$/;
+const HOSTNAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
 export type DeleteOutcome = 'deleted' | 'deleting' | 'not_found';
 
@@ -78,6 +81,8 @@ export class KeylimeTenant {
   async enrollAgent(agentId: string, req: EnrollAgentRequest): Promise<void> {
     checkAgentId(agentId);
     const { ip, port } = req.quoteEndpoint;
+    checkTpm2bPublic(req.akPublic, 'akPublic');
+    if (net.isIP(ip) === 0 && !HOSTNAME.test(ip)) throw new KeylimeError('KEYLIME_BAD_REQUEST', `quote endpoint address ${JSON.stringify(ip.slice(0, 64))} is neither an IP address nor a host name`);
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new KeylimeError('KEYLIME_BAD_REQUEST', `quote endpoint port ${port} is not a TCP port`);
     if (!req.quoteEndpointCert.includes('-----BEGIN CERTIFICATE-----')) throw new KeylimeError('KEYLIME_BAD_REQUEST', 'quoteEndpointCert must be a PEM certificate');
     const tpmPolicy = typeof req.tpmPolicy === 'string' ? req.tpmPolicy : tpmPolicyJson(req.tpmPolicy, [16]);

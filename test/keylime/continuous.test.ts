@@ -115,6 +115,24 @@ describe('the node quote endpoint', () => {
     expect(endpoint.counters().quotes).toBe(before);
   });
 
+  it('answers 503 instead of queueing without bound', async () => {
+    const slow = await startQuoteEndpoint({
+      quoter: { ...tpm.quoter, quote: async (pcrs, qd) => { await new Promise((r) => setTimeout(r, 300)); return tpm.quoter.quote(pcrs, qd); } },
+      pubkeyPem: nk, encAlg: 'ecc', signAlg: 'ecdsa', cert: pki.node.certPem, key: pki.node.keyPem, clientCa: pki.pullCa.certPem, maxPendingQuotes: 1,
+    });
+    const saved = endpoint;
+    endpoint = slow;
+    try {
+      const first = getQuote('/v2.2/quotes/integrity?nonce=one&mask=0x1');
+      await new Promise((r) => setTimeout(r, 100));
+      expect((await getQuote('/v2.2/quotes/integrity?nonce=two&mask=0x1')).status).toBe(503);
+      expect((await first).status).toBe(200);
+    } finally {
+      endpoint = saved;
+      await slow.close();
+    }
+  });
+
   it('requires the verifier client certificate (none, or another CA: no session)', async () => {
     await expect(getQuote('/v2.2/quotes/integrity?nonce=abc&mask=0x1', null)).rejects.toThrow();
     await expect(getQuote('/v2.2/quotes/integrity?nonce=abc&mask=0x1', pki.rogueClient)).rejects.toThrow();
@@ -130,6 +148,10 @@ describe('continuous attestation with the test verifier', () => {
     expect((err as KeylimeRequestError).status).toBe(400);
     await tenant.enrollAgent('dup', enrollment({ quoteEndpoint: { ip: '127.0.0.1', port: 1 } }));
     await expect(tenant.enrollAgent('dup', enrollment())).rejects.toMatchObject({ status: 409 });
+    await expect(tenant.enrollAgent('bad', enrollment({ akPublic: Buffer.alloc(10) }))).rejects.toThrow(/not a TPM2B_PUBLIC/);
+    await expect(tenant.enrollAgent('bad', enrollment({ quoteEndpoint: { ip: 'a b', port: 1 } }))).rejects.toThrow(/neither an IP/);
+    await expect(tenant.enrollAgent('bad', enrollment({ quoteEndpoint: { ip: '127.0.0.1', port: 70000 } }))).rejects.toThrow(/not a TCP port/);
+    await expect(tenant.enrollAgent('../x', enrollment())).rejects.toThrow(/agent id/);
     expect(await tenant.deleteAgent('dup')).toMatch(/^deleted|deleting$/);
   });
 

@@ -53,7 +53,7 @@ async function rejection(p: Promise<unknown>): Promise<KeylimeEvidenceRejectedEr
 
 describe('one-shot verification (POST /verify/evidence) of swtpm quotes', () => {
   it('accepts a good quote and sends exactly the Keylime body keys', async () => {
-    const verdict = await verifyEvidence(client, input({ mbLog: Buffer.from('eventlog'), mbPolicy: '{}', runtimePolicy: '', ekPublic: Buffer.from('ek') }));
+    const verdict = await verifyEvidence(client, input({ mbLog: Buffer.from('eventlog'), mbPolicy: '{}', runtimePolicy: '', ekPublic: tpm.ekPublic }));
     expect((verdict.claims.pcrs as Record<string, string>)['0']).toBe(pcr0);
     const body = verifier.lastEvidenceBody as { type: string; data: Record<string, unknown> };
     expect(body.type).toBe('tpm');
@@ -116,6 +116,8 @@ describe('one-shot verification (POST /verify/evidence) of swtpm quotes', () => 
     await expect(verifyEvidence(client, input({ nonce: 'x'.repeat(65) }))).rejects.toThrow(/1\.\.64/);
     await expect(verifyEvidence(client, input({ quote: quote.slice(1) }))).rejects.toThrow(/start with "r"/);
     await expect(verifyEvidence(client, input({ tpmPolicy: { 0: [] } }))).rejects.toThrow(/allows no value/);
+    await expect(verifyEvidence(client, input({ akPublic: Buffer.from('not a key') }))).rejects.toThrow(/akPublic is not a TPM2B_PUBLIC/);
+    await expect(verifyEvidence(client, input({ ekPublic: Buffer.alloc(3) }))).rejects.toThrow(/ekPublic is not a TPM2B_PUBLIC/);
     expect(verifier.counters.evidenceChecks).toBe(before);
   });
 

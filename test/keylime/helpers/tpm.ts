@@ -15,8 +15,9 @@ export const AK_HANDLE = '0x81010002';
 export interface TestTpm {
   tcti: string;
   dir: string;
-  /** TPM2B_PUBLIC of the AK. */
+  /** TPM2B_PUBLIC of the AK and of the (ECC) EK. */
   akPublic: Buffer;
+  ekPublic: Buffer;
   tools(args: string[]): Promise<string>;
   quoter: NodeQuoter;
 }
@@ -72,5 +73,6 @@ export async function startTpm(group: ProcessGroup, dir: string): Promise<TestTp
       await tools(['tpm2_pcrextend', `${index}:sha256=${Buffer.from(digest).toString('hex')}`]);
     },
   };
-  return { tcti, dir, akPublic, tools, quoter };
+  const ekPublic = fs.readFileSync(path.join(dir, 'ek.pub'));
+  return { tcti, dir, akPublic, ekPublic, tools, quoter };
 }
