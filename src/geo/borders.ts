@@ -8,13 +8,15 @@ import { assertLatLon } from './reading.js';
  * belong to one) with every boundary edge in an EdgeIndex.
  *
  * Circle classification is exact with respect to the dataset: the error circle is wholly inside
- * the allowed area when no edge of a disallowed or unclaimed area comes within its radius; wholly
- * outside when no edge of an allowed area does and its centre is outside; undecided otherwise.
- * This works because the dataset is a clean partition — every inner border edge is shared by
- * exactly two territories, so an edge present only once borders unclaimed sea (the high seas
- * beyond the territorial waters country-coder models) and counts as "disallowed on one side".
+ * the allowed area when every territory it touches is allowed; wholly outside when none is; and
+ * undecided otherwise. The territories a circle touches are the one at its centre plus, for every
+ * boundary edge within the radius, the territories on both sides of that edge. An inner border
+ * edge is stored twice (once per neighbour), so both sides are its owners. An edge stored once
+ * has, on its far side, either the high seas (beyond the territorial waters country-coder models)
+ * or a larger territory the feature is drawn on top of (country-coder's enclaves, such as the
+ * Baarle-Hertog exclaves over the Netherlands); that far side is found once, at build time, by a
+ * lookup just outside the edge's midpoint.
  */
-
 /** Index of a territory in the border map, or NO_TERRITORY for the high seas and unclaimed land. */
 export type TerritoryIndex = number;
 export const NO_TERRITORY: TerritoryIndex = -1;
@@ -34,7 +36,9 @@ interface LeafFeature {
   geometry?: { type: string; coordinates: number[][][] | number[][][][] } | null;
 }
 
-const EDGE_EXTERNAL = 1;
+// Edge tags: the territory on the far side of an edge stored once, or SHARED for inner borders.
+const SHARED = -2;
+const SEAM_LON = 179.98;
 const CELL_DEG = 0.25;
 
 export class BorderMap {
@@ -83,9 +87,26 @@ export class BorderMap {
       // The antimeridian seam and the pole line are artefacts of the lon/lat projection, not borders.
       if (Math.abs(aLon) === 180 && Math.abs(bLon) === 180) return;
       if (Math.abs(aLat) === 90 && Math.abs(bLat) === 90) return;
-      const flags = counts.get(edgeKey(a, b)) === 1 ? EDGE_EXTERNAL : 0;
-      this.index.add(aLat, aLon, bLat, bLon, owner, flags);
+      const external = counts.get(edgeKey(a, b)) === 1;
+      // Along parts of the antimeridian the dataset's seam sits up to ~0.016° short of ±180°,
+      // leaving an unassigned sliver; an outer edge that close to the seam is the seam too.
+      if (external && Math.abs(aLon) >= SEAM_LON && Math.abs(bLon) >= SEAM_LON) return;
+      const tag = external ? this.farSide(aLat, aLon, bLat, bLon, owner) : SHARED;
+      this.index.add(aLat, aLon, bLat, bLon, owner, tag);
     });
+  }
+
+  // The territory just across the midpoint of an edge that only `owner` has.
+  private farSide(aLat: number, aLon: number, bLat: number, bLon: number, owner: TerritoryIndex): TerritoryIndex {
+    const mLat = (aLat + bLat) / 2;
+    const mLon = (aLon + bLon) / 2;
+    const len = Math.hypot(bLat - aLat, bLon - aLon) || 1;
+    const eps = 1e-6;
+    const nLat = (-(bLon - aLon) / len) * eps;
+    const nLon = ((bLat - aLat) / len) * eps;
+    const left = this.lookup(mLat + nLat, mLon + nLon);
+    const right = this.lookup(mLat - nLat, mLon - nLon);
+    return left !== owner ? left : right !== owner ? right : NO_TERRITORY;
   }
 
   get edgeCount(): number {
@@ -117,16 +138,17 @@ export class BorderMap {
   classifyCircle(lat: number, lon: number, radiusM: number, allowed: Uint8Array): { verdict: CircleVerdict; territory: TerritoryIndex } {
     assertLatLon(lat, lon);
     const territory = this.territoryAt(lat, lon);
-    let touchesAllowed = territory !== NO_TERRITORY && allowed[territory] === 1;
-    let touchesOther = !touchesAllowed;
+    let touchesAllowed = false;
+    let touchesOther = false;
+    const touch = (t: TerritoryIndex): void => {
+      if (t !== NO_TERRITORY && allowed[t] === 1) touchesAllowed = true;
+      else touchesOther = true;
+    };
+    touch(territory);
     if (radiusM > 0) {
-      this.index.near(lat, lon, radiusM, (owner, flags) => {
-        if (allowed[owner] === 1) {
-          touchesAllowed = true;
-          if (flags & EDGE_EXTERNAL) touchesOther = true;
-        } else {
-          touchesOther = true;
-        }
+      this.index.near(lat, lon, radiusM, (owner, tag) => {
+        touch(owner);
+        if (tag !== SHARED) touch(tag);
       });
     }
     const verdict: CircleVerdict = !touchesAllowed ? 'outside' : touchesOther ? 'undecided' : 'inside';
@@ -140,11 +162,20 @@ export class BorderMap {
   }
 }
 
+// ISO 3166-1 statuses that name a country or territory a policy can list. Exceptionally reserved
+// codes (FX metropolitan France, EA Ceuta & Melilla, IC, EU, UN…) are not, so a point in
+// metropolitan France is "FR" and one in Ceuta is "ES"; XK (Kosovo) is user-assigned but in use.
+const COUNTRY_STATUSES = new Set(['official', 'usrAssn']);
+
+function isCountryFeature(f: { properties: { iso1A2?: string; isoStatus?: string } } | null): boolean {
+  return f !== null && f.properties.iso1A2 !== undefined && COUNTRY_STATUSES.has(f.properties.isoStatus ?? '');
+}
+
 function isoCodeOf(id: string): string | null {
   const self = cc.feature(id);
-  if (self?.properties.iso1A2) return self.properties.iso1A2;
+  if (isCountryFeature(self)) return self!.properties.iso1A2!;
   for (const f of cc.featuresContaining(id)) {
-    if (f.properties.iso1A2) return f.properties.iso1A2;
+    if (isCountryFeature(f)) return f.properties.iso1A2!;
   }
   return null;
 }
@@ -167,10 +198,10 @@ export function countryAt(lat: number, lon: number): string | null {
 
 const GROUP_LEVELS = new Set(['sharedLandform', 'intermediateRegion', 'subregion', 'region', 'subunion', 'union', 'unitedNations', 'world']);
 
-/** True when country-coder knows `code` as an ISO 3166-1 alpha-2 country or territory code. */
+/** True when `code` is an ISO 3166-1 alpha-2 country or territory code the border dataset maps. */
 export function isKnownCountryCode(code: string): boolean {
   const f = cc.feature(code);
-  return f !== null && f.properties.iso1A2 === code && !['union', 'unitedNations', 'world'].includes(f.properties.level);
+  return isCountryFeature(f) && f!.properties.iso1A2 === code;
 }
 
 /** True when country-coder knows `code` as a grouping (e.g. "EU", "150" for Europe, "UN"). */

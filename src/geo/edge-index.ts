@@ -17,10 +17,10 @@ export class EdgeIndex {
   private readonly nLat: number;
   private readonly nLon: number;
   private readonly cells = new Map<number, number[]>();
-  // Per edge: aLat, aLon, bLat, bLon in `coords`; owner and flags alongside.
+  // Per edge: aLat, aLon, bLat, bLon in `coords`; owner and a caller-defined tag alongside.
   private readonly coords: number[] = [];
   private readonly owners: number[] = [];
-  private readonly flagList: number[] = [];
+  private readonly tags: number[] = [];
 
   constructor(cellDeg: number) {
     this.cellDeg = cellDeg;
@@ -33,24 +33,24 @@ export class EdgeIndex {
   }
 
   /** Adds the lon/lat-straight edge A–B (not crossing the antimeridian) for `owner`. */
-  add(aLat: number, aLon: number, bLat: number, bLon: number, owner: number, flags = 0): void {
+  add(aLat: number, aLon: number, bLat: number, bLon: number, owner: number, tag = 0): void {
     const pieces = Math.max(1, Math.ceil(Math.max(Math.abs(bLat - aLat), Math.abs(bLon - aLon)) / MAX_PIECE_DEG));
     let pLat = aLat;
     let pLon = aLon;
     for (let i = 1; i <= pieces; i++) {
       const qLat = i === pieces ? bLat : aLat + ((bLat - aLat) * i) / pieces;
       const qLon = i === pieces ? bLon : aLon + ((bLon - aLon) * i) / pieces;
-      this.addPiece(pLat, pLon, qLat, qLon, owner, flags);
+      this.addPiece(pLat, pLon, qLat, qLon, owner, tag);
       pLat = qLat;
       pLon = qLon;
     }
   }
 
-  private addPiece(aLat: number, aLon: number, bLat: number, bLon: number, owner: number, flags: number): void {
+  private addPiece(aLat: number, aLon: number, bLat: number, bLon: number, owner: number, tag: number): void {
     const id = this.owners.length;
     this.coords.push(aLat, aLon, bLat, bLon);
     this.owners.push(owner);
-    this.flagList.push(flags);
+    this.tags.push(tag);
     // A tiny pad keeps an edge lying exactly on a cell line in both neighbouring cells.
     const pad = 1e-9;
     const la0 = this.latCell(Math.min(aLat, bLat) - pad);
@@ -81,10 +81,10 @@ export class EdgeIndex {
   }
 
   /**
-   * Calls visit(owner, flags, distanceM) for every edge within radiusM of (lat, lon); an edge that
+   * Calls visit(owner, tag, distanceM) for every edge within radiusM of (lat, lon); an edge that
    * spans several cells may be visited more than once. Returns the number of visits.
    */
-  near(lat: number, lon: number, radiusM: number, visit: (owner: number, flags: number, distM: number) => void): number {
+  near(lat: number, lon: number, radiusM: number, visit: (owner: number, tag: number, distM: number) => void): number {
     const dLat = radiusM / METRES_PER_DEGREE;
     const latMin = lat - dLat;
     const latMax = lat + dLat;
@@ -113,7 +113,7 @@ export class EdgeIndex {
           const d = distanceToSegmentM(lat, lon, c[k]!, c[k + 1]!, c[k + 2]!, c[k + 3]!);
           if (d <= radiusM) {
             visits++;
-            visit(this.owners[e]!, this.flagList[e]!, d);
+            visit(this.owners[e]!, this.tags[e]!, d);
           }
         }
       }

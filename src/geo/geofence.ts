@@ -66,6 +66,11 @@ export class PolygonFence implements Geofence {
     }
     this.bbox = [minLon, minLat, maxLon, maxLat];
     assertSimple(this.polygons, name);
+    this.polygons.forEach((poly, p) =>
+      poly.forEach((ring, r) => {
+        if (Math.abs(signedArea(ring)) < 1e-14) throw new GeofenceError(`geofence ${name}: polygon ${p} ring ${r} encloses no area`);
+      }),
+    );
     for (const poly of this.polygons) {
       for (const ring of poly) {
         for (let i = 0; i + 1 < ring.length; i++) {
@@ -168,7 +173,6 @@ function checkPolygon(p: unknown, name: string, where: string): PolygonCoords {
         fail(`[${r}][${i}]: edge crosses the antimeridian; split the shape at ±180° (RFC 7946 §3.1.9)`);
       }
     }
-    if (Math.abs(signedArea(out)) < 1e-14) fail(`[${r}]: ring encloses no area`);
     return out;
   });
 }

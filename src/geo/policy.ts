@@ -67,7 +67,7 @@ const policySchema = z
   });
 
 const fileSchema = z.strictObject({
-  policies: z.record(z.string().regex(NAME, { error: 'policy names are 1-64 letters, digits, ".", "_" or "-"' }), policySchema),
+  policies: z.record(z.string(), policySchema),
 });
 
 /** A validated, compiled sovereign-location policy. */
@@ -136,6 +136,14 @@ export function parsePolicies(text: string): PolicySet {
     doc = YAML.parse(text, { maxAliasCount: 100, uniqueKeys: true });
   } catch (err) {
     throw new PolicyError(`policy document is not valid YAML/JSON: ${(err as Error).message}`, { cause: err });
+  }
+  const named = (doc as { policies?: unknown } | null)?.policies;
+  if (named !== null && typeof named === 'object') {
+    for (const name of Object.keys(named)) {
+      if (!NAME.test(name)) {
+        throw new PolicyError(`invalid policy document: policies.${JSON.stringify(name)}: policy names are 1-64 letters, digits, ".", "_" or "-"`);
+      }
+    }
   }
   const parsed = fileSchema.safeParse(doc);
   if (!parsed.success) {
