@@ -71,8 +71,10 @@ export async function startSwtpm(opts: StartSwtpmOptions = {}): Promise<Swtpm> {
         },
       };
     } catch (err) {
-      // Another process may have taken the port between the probe and swtpm's bind: try new ports.
       lastErr = err;
+      // Never stop an instance someone else is running on this state dir.
+      if (/already running/.test(String((err as { stderr?: string }).stderr ?? err))) break;
+      // Another process may have taken the port between the probe and swtpm's bind: try new ports.
       await run(path.join(SCRIPTS, 'stop.sh'), [stateDir], { timeout: 15_000 }).catch(() => undefined);
     }
   }
