@@ -293,6 +293,21 @@ describe('Workload API server', () => {
     await expect(unary(client, 'ValidateJWTSVID', { audience: '', svid: svids[0]!.svid })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
   });
 
+  it('refuses oversized and malformed requests, and keeps serving', async () => {
+    const huge = 'a'.repeat(100 * 1024);
+    await expect(unary(client, 'ValidateJWTSVID', { audience: 'db', svid: huge })).rejects.toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED });
+    const raw = await new Promise<grpc.ServiceError | null>((resolve) => {
+      client.makeUnaryRequest('/SpiffeWorkloadAPI/ValidateJWTSVID', (b: Buffer) => b, (b: Buffer) => b,
+        Buffer.from([0x7f, 0x01]), header(), (err) => resolve(err));
+    });
+    expect(raw?.code).toBe(grpc.status.INTERNAL);
+    expect(raw?.details).toMatch(/deserializ/i);
+    const s = openStream(client, 'FetchX509SVID');
+    await s.next(1);
+    expect(s.messages).toHaveLength(1);
+    s.call.cancel();
+  });
+
   it('answers Unimplemented for the WIT-SVID profile', async () => {
     const s = openStream(client, 'FetchWITSVID');
     await s.next(1);
