@@ -139,7 +139,7 @@ export class KeylimeVerifierClient {
       ...(opts.servername !== undefined ? { servername: opts.servername } : {}),
       timeout: this.timeoutMs,
     });
-    // Wrap the connector only to count handshakes and TLS failures; the TLS work is undici's/Node's.
+    // Wrapped only to count completed handshakes; the TLS work and checks are undici's/Node's.
     const connect: buildConnector.connector = (connectOpts, callback) => {
       connectTls(connectOpts, (...args) => {
         const [err, socket] = args;
@@ -153,7 +153,7 @@ export class KeylimeVerifierClient {
     };
     this.pool = new Pool(this.origin, {
       connect,
-      connections: nonNegativeInt(opts.connections ?? 1, 'connections') || 1,
+      connections: positiveInt(opts.connections ?? 1, 'connections'),
       pipelining: 1,
       keepAliveTimeout: 30_000,
       keepAliveMaxTimeout: 60_000,
@@ -387,6 +387,11 @@ function compareVersions(a: string, b: string): number {
 
 function positive(n: number, name: string): number {
   if (!Number.isFinite(n) || n <= 0) throw new KeylimeConfigError(`${name} must be a positive number, got ${n}`);
+  return n;
+}
+
+function positiveInt(n: number, name: string): number {
+  if (!Number.isInteger(n) || n < 1) throw new KeylimeConfigError(`${name} must be a positive integer, got ${n}`);
   return n;
 }
 
