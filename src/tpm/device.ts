@@ -7,6 +7,7 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import type { Logger } from 'pino';
 import { loadTss2, ESYS_TR, type CPointer, type MarshalType, type Out, type Tss2, type UnmarshalType, type AsyncFn } from '../../native/tss2.js';
 import { TPM_ALG, digestSize, hashAlgId, type HashAlg } from './constants.js';
 import { TpmError } from './errors.js';
@@ -53,6 +54,17 @@ export interface QuoteResult {
   pcrs: PcrValues;
 }
 
+export interface OpenOptions {
+  /**
+   * Flush every transient object in the TPM at open (default true): swtpm and raw /dev/tpm0 have
+   * no resource manager, so objects left by crashed processes would fill the few slots. Set false
+   * when another process is using the same TPM without a resource manager at the same time.
+   */
+  flushTransientObjects?: boolean;
+  /** pino logger for open/flush/retry events (never key material). */
+  logger?: Logger;
+}
+
 const TPM_CAP_HANDLES = 0x00000001;
 const TPM_HT_TRANSIENT = 0x80000000;
 const TPM_SE_POLICY = 0x01;
@@ -78,6 +90,7 @@ export class TpmDevice {
     private readonly tcti: Out<CPointer>,
     /** The TCTI string, for messages. */
     readonly tctiConf: string,
+    private readonly logger?: Logger,
   ) {}
 
   /**
@@ -85,7 +98,7 @@ export class TpmDevice {
    * transient objects left behind by earlier processes (swtpm has only three slots and no
    * resource manager).
    */
-  static async open(tcti: string): Promise<TpmDevice> {
+  static async open(tcti: string, opts: OpenOptions = {}): Promise<TpmDevice> {
     // ESAPI logs errors to stderr by default; errors reach callers as exceptions instead.
     process.env.TSS2_LOG ??= 'all+NONE';
     const tss = loadTss2();
@@ -98,13 +111,17 @@ export class TpmDevice {
       tss.TctiLdr_Finalize(tctiCell);
       throw new TpmDeviceError('esys', `cannot initialise ESAPI on "${tcti}": ${tss.RC_Decode(rc)}`, rc);
     }
-    const dev = new TpmDevice(tss, esysCell, tctiCell, tcti);
+    const dev = new TpmDevice(tss, esysCell, tctiCell, tcti, opts.logger);
     try {
-      await dev.serial(() => dev.flushTransientObjects());
+      if (opts.flushTransientObjects !== false) {
+        const flushed = await dev.serial(() => dev.flushTransientObjects());
+        if (flushed > 0) dev.logger?.info({ tcti, flushed }, 'flushed transient objects left in the TPM');
+      }
     } catch (err) {
       await dev.close();
       throw err;
     }
+    dev.logger?.debug({ tcti }, 'TPM opened');
     return dev;
   }
 
@@ -172,7 +189,7 @@ export class TpmDevice {
     await this.esapi(this.tss.Esys_FlushContext, 'FlushContext', tr);
   }
 
-  private async flushTransientObjects(): Promise<void> {
+  private async flushTransientObjects(): Promise<number> {
     const more: Out<number> = [0];
     const data: Out<CPointer> = [null];
     await this.esapi(this.tss.Esys_GetCapability, 'GetCapability(handles)', ESYS_TR.NONE, ESYS_TR.NONE, ESYS_TR.NONE, TPM_CAP_HANDLES, TPM_HT_TRANSIENT, 64, more, data);
@@ -184,6 +201,7 @@ export class TpmDevice {
       const tr = await this.trFromTpm(handle);
       await this.esapi(this.tss.Esys_FlushContext, `FlushContext(0x${handle.toString(16)})`, tr);
     }
+    return count;
   }
 
   /** A TPM handle is absent (TPM_RC_HANDLE for any handle position). */
@@ -452,6 +470,7 @@ export class TpmDevice {
           return { attest, signature, pcrs };
         }
         if (attempt >= 4) throw new TpmDeviceError('pcr-race', 'quote: PCRs kept changing between PCR_Read and Quote');
+        this.logger?.debug({ attempt }, 'a quoted PCR changed between PCR_Read and Quote; quoting again');
       }
     });
   }

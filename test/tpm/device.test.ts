@@ -2,6 +2,7 @@ import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TpmDevice, TpmDeviceError, type AkHandle } from '../../src/tpm/device.js';
 import { Tss2LibraryError, loadLibrary } from '../../native/tss2.js';
@@ -254,7 +255,10 @@ describe('device behaviour', () => {
     await leaky.createAk('ecc-p256');
     await leaky.createAk('ecc-p256');
     // "crash": the handle is never closed, its two objects stay in swtpm's three slots.
-    const fresh = await TpmDevice.open(sw.tcti);
+    const logged: unknown[] = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => { logged.push(JSON.parse(line)); } });
+    const fresh = await TpmDevice.open(sw.tcti, { logger });
+    expect(logged).toContainEqual(expect.objectContaining({ flushed: 2, msg: 'flushed transient objects left in the TPM' }));
     try {
       const aks = [await fresh.createAk('ecc-p256'), await fresh.createAk('ecc-p256'), await fresh.createAk('ecc-p256')];
       expect(new Set(aks.map((a) => a.name.toString('hex'))).size).toBe(3);

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
   TpmAkPolicyError, TpmEkCertificateError, TpmParseError, TpmQuoteError, TPM_ALG, checkAkAttributes, ekHash,
-  ekPublicMatchesCertificate, kdfa, makeCredential, objectName, parseTpm2bPublic, parseTpmsAttest, parseTpmtPublic,
+  ekPublicMatchesCertificate, ekCertificateIdentity, kdfa, makeCredential, objectName, parseTpm2bPublic, parseTpmsAttest, parseTpmtPublic,
   parseTpmtSignature, publicKeyFromTpmPublic, toTpm2bPublic, verifyEkCertificate, verifyQuote, ekTemplate,
 } from '../../src/tpm/index.js';
 import { tempDir } from '../support/tmp.js';
@@ -203,6 +203,17 @@ describe('EK certificates', () => {
       expect(ekPublicMatchesCertificate(ek, fixture(crt))).toBe(true);
     }
     expect(ekPublicMatchesCertificate(parseTpm2bPublic(fixture('ek-rsa2048.pub')), fixture('ek-p384.crt'))).toBe(false);
+  });
+
+  it('reads an RSA EK key labelled id-RSAES-OAEP (a real-world quirk) as the same key', () => {
+    const der = fixture('ek-rsa2048.crt');
+    const rsaEncryption = Buffer.from('06092a864886f70d010101', 'hex');
+    const at = der.indexOf(rsaEncryption);
+    expect(at).toBeGreaterThan(0);
+    const oaep = Buffer.from(der);
+    oaep[at + rsaEncryption.length - 1] = 0x07;
+    expect(ekPublicMatchesCertificate(parseTpm2bPublic(fixture('ek-rsa2048.pub')), oaep)).toBe(true);
+    expect(ekCertificateIdentity(oaep).manufacturer).toBe('id:00001014');
   });
 
   it('works with only the issuing CA as trust anchor or with the issuer as an intermediate', () => {
