@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Logger } from 'pino';
 import { loadTss2, ESYS_TR, type CPointer, type MarshalType, type Out, type Tss2, type UnmarshalType, type AsyncFn } from '../../native/tss2.js';
-import { TPM_ALG, digestSize, hashAlgId, type HashAlg } from './constants.js';
+import { TPM_ALG, digestSize, hashAlgId, isHashAlg, type HashAlg } from './constants.js';
 import { TpmError } from './errors.js';
 import { TpmReader, TpmWriter, tpm2b } from './reader.js';
 import { objectName, parseTpm2bPublic, type TpmPublic } from './public.js';
@@ -397,6 +397,8 @@ export class TpmDevice {
 
   /** Reads any PCR selection (in as many PCR_Read calls as needed, 8 PCRs each). */
   pcrRead(selection: PcrSelection[]): Promise<PcrValues> {
+    const bad = selectionProblem(selection);
+    if (bad !== undefined) return Promise.reject(new TpmDeviceError('bad-argument', `pcrRead: ${bad}`));
     return this.serial(() => this.pcrReadNow(selection));
   }
 
@@ -446,6 +448,8 @@ export class TpmDevice {
    */
   quote(ak: AkHandle, selection: PcrSelection[], qualifyingData: Buffer): Promise<QuoteResult> {
     if (qualifyingData.length > 64) return Promise.reject(new TpmDeviceError('bad-argument', `quote: qualifyingData is ${qualifyingData.length} bytes; at most 64 (hash it first)`));
+    const bad = selectionProblem(selection);
+    if (bad !== undefined) return Promise.reject(new TpmDeviceError('bad-argument', `quote: ${bad}`));
     return this.serial(async () => {
       const qd = this.toC('TPM2B_DATA', tpm2b(qualifyingData));
       const scheme = this.toC('TPMT_SIG_SCHEME', Buffer.from([0x00, TPM_ALG.NULL]));
@@ -513,6 +517,21 @@ export class TpmDevice {
     this.tss.Esys_Finalize(this.esys);
     this.tss.TctiLdr_Finalize(this.tcti);
   }
+}
+
+/** Why a PCR selection cannot be sent to a TPM, or undefined when it can. */
+function selectionProblem(selection: PcrSelection[]): string | undefined {
+  if (selection.length === 0) return 'the PCR selection is empty';
+  const seen = new Set<string>();
+  for (const s of selection) {
+    if (!isHashAlg(s.alg)) return `PCR bank ${String(s.alg)} is not one of sha1, sha256, sha384, sha512`;
+    if (seen.has(s.alg)) return `PCR bank ${s.alg} is selected twice`;
+    seen.add(s.alg);
+    if (s.pcrs.length === 0) return `no PCRs selected in bank ${s.alg}`;
+    for (const p of s.pcrs) if (!Number.isInteger(p) || p < 0 || p > 23) return `PCR ${String(p)} is out of range 0..23`;
+    if (new Set(s.pcrs).size !== s.pcrs.length) return `a PCR is selected twice in bank ${s.alg}`;
+  }
+  return undefined;
 }
 
 /** NV areas can be larger than the certificate in them (padding): keep exactly the DER element. */

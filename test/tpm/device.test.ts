@@ -229,6 +229,10 @@ describe('PCRs', () => {
     await expect(dev.quote(eccAk, SEL, Buffer.alloc(65))).rejects.toThrow(/at most 64/);
     await expect(dev.pcrExtend(16, 'sha256', Buffer.alloc(20))).rejects.toThrow(/32 bytes/);
     await expect(dev.pcrReset(24)).rejects.toThrow(/out of range/);
+    await expect(dev.pcrRead([{ alg: 'sha256', pcrs: [24] }])).rejects.toThrow(/PCR 24 is out of range/);
+    await expect(dev.pcrRead([{ alg: 'md5' as 'sha1', pcrs: [0] }])).rejects.toThrow(/not one of/);
+    await expect(dev.quote(eccAk, [], Buffer.alloc(0))).rejects.toThrow(/empty/);
+    await expect(dev.quote(eccAk, [{ alg: 'sha256', pcrs: [1, 1] }], Buffer.alloc(0))).rejects.toThrow(/twice/);
   });
 
   it('a non-resettable PCR gives a decoded TPM error', async () => {
