@@ -14,6 +14,7 @@ import { Bundle, BundleSet, TrustDomain, pemToDer, validateJwtSvid } from '../sp
 import { IdentityCache, type CacheEntry, type CachedSvid, type TrustBundle } from './cache.js';
 import type { AgentConfig } from './config.js';
 import { createCsr, generateKeyPair, pkcs8Der } from './csr.js';
+import { fingerprint, presentedServerChain } from './insecure-bootstrap.js';
 import { attestNode, NodeAttestationError, type TpmCredentialSource } from './node-attestor.js';
 import { connectToServer, unaryCall, type AgentClient } from './server-conn.js';
 import { SvidStore, type StoredAgentState } from './svid-store.js';
@@ -121,7 +122,7 @@ export class Agent {
       this.log.info({ spiffeId: stored.spiffeId, expires: new Date(stored.notAfter).toISOString() },
         'resuming with the stored agent SVID; no node attestation needed');
     } else {
-      await this.attestWithRetry(this.bootstrapRoots());
+      await this.attestWithRetry(await this.bootstrapRoots());
     }
     try {
       await this.syncOnce();
@@ -153,12 +154,16 @@ export class Agent {
   // ------------------------------------------------------------------ trust
 
   /** CA certificates to trust the server with before the first attestation. */
-  private bootstrapRoots(): Buffer[] {
+  private async bootstrapRoots(): Promise<Buffer[]> {
     const file = this.config.trustBundlePath;
     if (!file) {
       if (!this.config.insecureBootstrap) throw new AgentStartError('no trustBundlePath configured');
-      throw new AgentStartError('insecureBootstrap: true was set, but terroir never attests without verifying the server: ' +
-        'give the agent the server bundle (terroir-server bundle show > bundle.json; trustBundlePath: bundle.json)');
+      const chain = await presentedServerChain(this.config.serverAddress, this.config.serverPort);
+      const root = chain[chain.length - 1] as Buffer;
+      this.log.error({ server: `${this.config.serverAddress}:${this.config.serverPort}`, trustedCaSha256: fingerprint(root) },
+        'INSECURE BOOTSTRAP: trusting the CA of whichever server answered, without verification. For development only: ' +
+        'anyone on the network path could impersonate the server. Configure trustBundlePath instead.');
+      return [root];
     }
     let text: Buffer;
     try {
