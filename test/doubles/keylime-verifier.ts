@@ -41,6 +41,8 @@ export interface TestVerifierOptions {
   retryIntervalMs?: number;
   maxRetries?: number;
   pullTimeoutMs?: number;
+  /** Highest TLS version offered (default TLSv1.3). */
+  maxTlsVersion?: 'TLSv1.2' | 'TLSv1.3';
 }
 
 export interface AgentRecord {
@@ -81,13 +83,15 @@ const REQUIRED_AGENT_FIELDS = [
 export class TestKeylimeVerifier {
   readonly counters = { requests: 0, tlsSessions: 0, droppedUntrustedClients: 0, evidenceChecks: 0, quotesPulled: 0, pullErrors: 0 };
   readonly agents = new Map<string, AgentRecord>();
+  /** TLS version of the last session. */
+  lastTlsProtocol: string | null = null;
   fault: Fault = { mode: 'none' };
   /** The last body POSTed to /verify/evidence, for asserting the exact keys sent. */
   lastEvidenceBody: unknown;
   port = 0;
   private readonly server: https.Server;
   private readonly sockets = new Set<Socket>();
-  private readonly opts: Required<Omit<TestVerifierOptions, 'port'>>;
+  private readonly opts: Required<Omit<TestVerifierOptions, 'port' | 'maxTlsVersion'>>;
   private up = false;
 
   private constructor(opts: TestVerifierOptions) {
@@ -102,10 +106,12 @@ export class TestKeylimeVerifier {
     // Client certificates are optional (requested, verified by us below), as on Keylime's verifier.
     this.server = https.createServer({
       cert: opts.cert, key: opts.key, ca: opts.clientCa, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2',
+      maxVersion: opts.maxTlsVersion ?? 'TLSv1.3',
     }, (req, res) => { void this.handle(req, res); });
     // Runs before the HTTP layer sees the socket, so an untrusted client never gets a request read.
     this.server.prependListener('secureConnection', (socket: TLSSocket) => {
       this.counters.tlsSessions++;
+      this.lastTlsProtocol = socket.getProtocol();
       if (hasPeerCert(socket) && !socket.authorized) {
         this.counters.droppedUntrustedClients++;
         socket.destroy();

@@ -1,9 +1,10 @@
 import https from 'node:https';
+import { z } from 'zod';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { KeylimeVerifierClient } from '../../src/keylime/client.js';
 import { KeylimeConfigError, KeylimeRequestError } from '../../src/keylime/errors.js';
 import { KeylimeTenant } from '../../src/keylime/tenant.js';
-import type { TestKeylimeVerifier } from '../doubles/keylime-verifier.js';
+import { TestKeylimeVerifier } from '../doubles/keylime-verifier.js';
 import { tempDir } from '../support/tmp.js';
 import { clientFor, createPki, startVerifier, type KeylimePki } from './helpers/fixture.js';
 
@@ -72,11 +73,21 @@ describe('strict mTLS', () => {
     expect(c.counters().handshakes).toBe(1);
     expect(verifier.counters.tlsSessions - before).toBe(0); // the /version connection carried all 20 calls
     expect(c.counters().requests).toBe(21);
+    expect(verifier.lastTlsProtocol).toBe('TLSv1.3');
+  });
+
+  it('also works with a TLS 1.2-only verifier', async () => {
+    const v12 = await startVerifier(pki, { maxTlsVersion: 'TLSv1.2' });
+    try {
+      expect(await client({ url: `https://localhost:${v12.port}` }).apiVersion()).toBe('2.6');
+      expect(v12.lastTlsProtocol).toBe('TLSv1.2');
+    } finally {
+      await v12.close();
+    }
   });
 
   it('refuses a verifier whose certificate is not from the pinned CA', async () => {
-    const rogue = await startVerifier(pki, {});
-    const impostor = await (await import('../doubles/keylime-verifier.js')).TestKeylimeVerifier.start({
+    const impostor = await TestKeylimeVerifier.start({
       cert: pki.rogueServer.certPem, key: pki.rogueServer.keyPem, clientCa: pki.clientCa.certPem, pullCert: pki.pull.certPem, pullKey: pki.pull.keyPem,
     });
     try {
@@ -89,13 +100,12 @@ describe('strict mTLS', () => {
       expect(c.counters().retries).toBe(0); // certificate failures are not retried
     } finally {
       await impostor.close();
-      await rogue.close();
     }
   });
 
   it('refuses a verifier certificate for another host name', async () => {
     const other = await pki.serverCa.issue('elsewhere', { dns: ['verifier.other.example'] });
-    const v = await (await import('../doubles/keylime-verifier.js')).TestKeylimeVerifier.start({
+    const v = await TestKeylimeVerifier.start({
       cert: other.certPem, key: other.keyPem, clientCa: pki.clientCa.certPem, pullCert: pki.pull.certPem, pullKey: pki.pull.keyPem,
     });
     try {
@@ -153,7 +163,7 @@ describe('failures fail closed with a clear error and a counter, and the client 
     expect(get.status).toBe(503);
     expect(c.counters().retries).toBe(2);
     const before = verifier.counters.requests;
-    const post = await requestError(c.call({ method: 'POST', path: '/agents/n1', body: {}, results: (await import('zod')).z.unknown(), idempotent: false }));
+    const post = await requestError(c.call({ method: 'POST', path: '/agents/n1', body: {}, results: z.unknown(), idempotent: false }));
     expect(post.status).toBe(503);
     expect(verifier.counters.requests - before).toBe(1);
     expect(c.counters().failures.http).toBe(4);

@@ -4,6 +4,7 @@
 import crypto from 'node:crypto';
 import https from 'node:https';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import type { KeylimeVerifierClient } from '../../src/keylime/client.js';
 import { KeylimeRequestError } from '../../src/keylime/errors.js';
 import { ContinuousAttestationMonitor, type MonitorFailure } from '../../src/keylime/monitor.js';
@@ -141,7 +142,6 @@ describe('the node quote endpoint', () => {
 
 describe('continuous attestation with the test verifier', () => {
   it('enrollment: missing fields are a 400, a second enrollment a 409', async () => {
-    const z = (await import('zod')).z;
     const err = await client.call({ method: 'POST', path: '/agents/incomplete', body: { cloudagent_ip: '127.0.0.1' }, results: z.unknown(), idempotent: false })
       .then(() => undefined, (e: unknown) => e);
     expect(err).toBeInstanceOf(KeylimeRequestError);
