@@ -13,6 +13,7 @@ import {
 import { freePortPair } from '../support/ports.js';
 import { startSwtpm, type Swtpm } from '../support/swtpm.js';
 import { tempDir } from '../support/tmp.js';
+import { fixture } from './fixtures.js';
 
 let sw: Swtpm;
 let dev: TpmDevice;
@@ -96,6 +97,23 @@ describe('EK', () => {
 });
 
 describe('quotes: the project and tpm2-tools verify each other', () => {
+  it('the project verifies an RSAPSS quote from tpm2-tools', () => {
+    const nonce = crypto.randomBytes(32);
+    tool('tpm2_createak', ['-C', '0x81010001', '-c', file('pss.ctx'), '-G', 'rsa', '-s', 'rsapss', '-g', 'sha256', '-u', file('pss.pub')]);
+    flushToolObjects();
+    tool('tpm2_quote', ['-c', file('pss.ctx'), '--scheme', 'rsapss', '-l', 'sha256:0,16', '-q', nonce.toString('hex'), '-m', file('pss.msg'), '-s', file('pss.sig'), '-o', file('pss.pcrs'), '-F', 'values', '-g', 'sha256']);
+    flushToolObjects();
+    const akPublic = parseTpm2bPublic(fs.readFileSync(file('pss.pub')));
+    expect(akPublic.parameters.scheme?.alg).toBe('rsapss');
+    const raw = fs.readFileSync(file('pss.pcrs'));
+    const pcrs: PcrValues = [{ alg: 'sha256', values: new Map([[0, raw.subarray(0, 32)], [16, raw.subarray(32, 64)]]) }];
+    const signature = fs.readFileSync(file('pss.sig'));
+    expect(verifyQuote({ akPublic, attest: fs.readFileSync(file('pss.msg')), signature, pcrs, expectedExtraData: nonce }).hashAlg).toBe('sha256');
+    const attest = fs.readFileSync(file('pss.msg'));
+    attest[attest.length - 3] = (attest[attest.length - 3] as number) ^ 0x40;
+    expect(() => verifyQuote({ akPublic, attest, signature, pcrs, expectedExtraData: nonce })).toThrow(expect.objectContaining({ code: 'bad-signature' }));
+  });
+
   for (const which of ['ecc', 'rsa'] as const) {
     it(`tpm2_checkquote accepts the project's ${which} quote, and rejects it with another nonce`, async () => {
       const ak = which === 'ecc' ? eccAk : rsaAk;
@@ -190,7 +208,12 @@ describe('credential activation: the project and tpm2-tools activate each other'
     const tampered = Buffer.from(good.credentialBlob);
     tampered[tampered.length - 1] = (tampered[tampered.length - 1] as number) ^ 1;
     await expect(dev.activateCredential(eccAk, 'rsa2048', tampered, good.encryptedSecret)).rejects.toBeInstanceOf(TpmDeviceError);
-    // Still works afterwards: the failure changed nothing.
+    // A credential made for another TPM's EK (a fixture from another swtpm) cannot be activated here.
+    const otherEk = parseTpm2bPublic(fixture('ek-rsa2048.pub'));
+    expect(otherEk.raw.equals(ek.raw)).toBe(false);
+    const forOther = makeCredential(otherEk, eccAk.name, crypto.randomBytes(32));
+    await expect(dev.activateCredential(eccAk, 'rsa2048', forOther.credentialBlob, forOther.encryptedSecret)).rejects.toBeInstanceOf(TpmDeviceError);
+    // Still works afterwards: the failures changed nothing.
     const secret = crypto.randomBytes(32);
     const ok = makeCredential(ek, eccAk.name, secret);
     const got = await dev.activateCredential(eccAk, 'rsa2048', ok.credentialBlob, ok.encryptedSecret);
