@@ -247,9 +247,14 @@ describe('agent end to end (server + swtpm + Workload API)', () => {
     expect(stream.error?.code).toBe(grpc.status.PERMISSION_DENIED);
     while (agent!.stats.attestations === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     expect(agent!.stats.attestations).toBe(before + 1);
-    stream = new X509Stream(client);
-    const msg = await stream.waitFor((m) => ids(m).includes(`spiffe://${TD}/workload/a`));
-    expect(ids(msg)).toEqual([`spiffe://${TD}/workload/a`]);
+    // Like any Workload API client, retry PermissionDenied until the re-signed SVIDs are there.
+    let msg: X509Msg | undefined;
+    while (!msg && Date.now() < deadline + 10_000) {
+      stream = new X509Stream(client);
+      msg = await stream.waitFor((m) => ids(m).includes(`spiffe://${TD}/workload/a`)).catch(() => undefined);
+      if (!msg) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(ids(msg!)).toEqual([`spiffe://${TD}/workload/a`]);
   });
 
   it('a restarted agent resumes from its stored SVID without attesting again', async () => {
@@ -273,4 +278,13 @@ describe('agent end to end (server + swtpm + Workload API)', () => {
     // The open stream is not broken either.
     expect(stream.error).toBeUndefined();
   });
+
+  it('when the server comes back, the agent reconnects by itself and picks up changes', async () => {
+    await new Promise((r) => setTimeout(r, 1000)); // a few failed retries, so backoff is in play
+    server = await startServer(serverConfig, { logger: silent });
+    await addEntry('c', `spiffe://${TD}/workload/c`, [`uid:${uid}`]);
+    const msg = await stream.waitFor((m) => ids(m).includes(`spiffe://${TD}/workload/c`), 0, 30_000);
+    expect(ids(msg)).toEqual([`spiffe://${TD}/workload/a`, `spiffe://${TD}/workload/c`]);
+    expect(agent!.stats.attestations).toBe(0);
+  }, 40_000);
 });
