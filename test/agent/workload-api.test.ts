@@ -3,6 +3,7 @@
 import crypto from 'node:crypto';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
@@ -302,6 +303,16 @@ describe('Workload API server', () => {
     });
     expect(raw?.code).toBe(grpc.status.INTERNAL);
     expect(raw?.details).toMatch(/deserializ/i);
+    // Not HTTP/2 at all, and a connection reset mid-way: the agent drops them and carries on.
+    await new Promise<void>((resolve) => {
+      const junk = net.connect(socket, () => junk.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+      junk.on('error', () => undefined);
+      junk.on('close', () => resolve());
+      junk.resume();
+    });
+    const reset = net.connect(socket, () => reset.end('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00'));
+    reset.on('error', () => undefined);
+    await new Promise((r) => setTimeout(r, 50));
     const s = openStream(client, 'FetchX509SVID');
     await s.next(1);
     expect(s.messages).toHaveLength(1);

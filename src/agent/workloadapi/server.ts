@@ -103,8 +103,11 @@ export class WorkloadApiServer {
       }
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
+      // A workload resetting its connection must not take the agent down; the HTTP/2 session cleans up.
+      socket.on('error', () => undefined);
       injector.injectConnection(socket);
     });
+    this.netServer.on('error', (err) => opts.logger.error({ err: err.message }, 'Workload API listener error'));
     this.unsubscribe = opts.cache.subscribe(() => this.broadcast());
   }
 
