@@ -1,4 +1,4 @@
-import { TPM_ALG, TPM_ST, algName, hashAlgFromId, hashAlgId, type HashAlg } from './constants.js';
+import { TPM_ALG, TPM_ST, algName, digestSize, hashAlgFromId, hashAlgId, type HashAlg } from './constants.js';
 import { TpmParseError } from './errors.js';
 import { TpmReader, TpmWriter } from './reader.js';
 
@@ -130,7 +130,7 @@ export function parseTpmtSignature(buf: Buffer): TpmtSignature {
   if (name === 'rsassa' || name === 'rsapss') {
     sig = { sigAlg: name, hashAlg, sig: r.tpm2b('signature.sig', 512), raw: buf };
   } else if (name === 'hmac') {
-    sig = { sigAlg: 'hmac', hashAlg, digest: r.bytes(hashSize(hashAlg), 'signature.digest'), raw: buf };
+    sig = { sigAlg: 'hmac', hashAlg, digest: r.bytes(digestSize(hashAlg), 'signature.digest'), raw: buf };
   } else {
     const rr = r.tpm2b('signature.signatureR', 128);
     const ss = r.tpm2b('signature.signatureS', 128);
@@ -138,8 +138,4 @@ export function parseTpmtSignature(buf: Buffer): TpmtSignature {
   }
   r.end();
   return sig;
-}
-
-function hashSize(alg: HashAlg): number {
-  return alg === 'sha1' ? 20 : alg === 'sha256' ? 32 : alg === 'sha384' ? 48 : 64;
 }

@@ -129,8 +129,7 @@ function checkSignature(pub: TpmPublic, sig: TpmtSignature, data: Buffer): HashA
   }
   let ok = false;
   try {
-    if (sig.sigAlg === 'ecdsa') {
-      if (pub.type !== 'ecc') throw new Error('unreachable');
+    if (sig.sigAlg === 'ecdsa' && pub.type === 'ecc') {
       const n = curveInfo(pub.parameters.curve).bytes;
       if (sig.r.length > n || sig.s.length > n) throw new Error('r or s is longer than the curve order');
       const rs = Buffer.concat([leftPad(sig.r, n), leftPad(sig.s, n)]);

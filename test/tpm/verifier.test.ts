@@ -283,3 +283,24 @@ describe('EK templates', () => {
     }
   });
 });
+
+describe('module boundary', () => {
+  it('the verifier side (src/tpm/index.ts) never reaches libtss2: no import of device.ts or native/', () => {
+    const root = path.resolve(import.meta.dirname, '../../src/tpm');
+    const seen = new Set<string>();
+    const visit = (file: string): void => {
+      if (seen.has(file)) return;
+      seen.add(file);
+      const src = fs.readFileSync(file, 'utf8');
+      for (const m of src.matchAll(/from '(\.[^']+)'/g)) {
+        const target = path.resolve(path.dirname(file), (m[1] as string).replace(/\.js$/, '.ts'));
+        expect(target.startsWith(root), `${file} imports ${m[1]}`).toBe(true);
+        expect(path.basename(target)).not.toBe('device.ts');
+        visit(target);
+      }
+      expect(src).not.toMatch(/from 'koffi'/);
+    };
+    visit(path.join(root, 'index.ts'));
+    expect(seen.size).toBeGreaterThan(8);
+  });
+});
