@@ -20,6 +20,7 @@ import { startAgentApiServer, type AgentApiServer } from './agentapi/server.js';
 import { startBundleEndpoint, type BundleEndpoint } from './federation/endpoint.js';
 import { BundleFetcher } from './federation/fetcher.js';
 import { startHealthServer, type HealthServer } from './health.js';
+import { createAdminService, startAdminServer } from './admin/index.js';
 
 export interface StartServerOptions {
   logger?: Logger;
@@ -148,6 +149,18 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
     }
     cleanups.push(() => agentApi.close());
 
+    const adminService = createAdminService({
+      store,
+      trustDomain: td,
+      logger,
+      bundleProvider: () => Bundle.parse(td, ca.bundle().bundleJson),
+      // Banned or evicted: the agent's watch streams get DROP_SVIDS at once, not at the next poll.
+      onNodeEvicted: (id) => agentService.watchHub.dropNode(id, `agent ${id} was banned or evicted by an operator`),
+      onEntriesChanged: () => void agentService.watchHub.poll(),
+    });
+    const admin = await startAdminServer(config.adminApi.socketPath, adminService, { logger: logger.child({ component: 'admin' }) });
+    cleanups.push(() => admin.close());
+
     // Federation: configured relationships are upserted; their bootstrap bundles seed https_spiffe trust.
     const webCas = new Map<string, Buffer>();
     for (const f of config.federation.federatesWith) {
@@ -217,7 +230,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       agentApiPort: agentApi.port,
       healthPort: health?.port,
       bundleEndpointPort: endpoint?.port,
-      adminSocketPath: undefined,
+      adminSocketPath: admin.socketPath,
       store,
       ca,
       agentService,

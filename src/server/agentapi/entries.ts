@@ -5,6 +5,7 @@
 import crypto from 'node:crypto';
 import type { DataStore, RegistrationEntry, Selector } from '../datastore/types.js';
 import type * as api from '../../api/agent-api.js';
+import { agentServiceDefinition } from '../../api/agent-api.js';
 
 export interface AuthorizedSet {
   /** Opaque per-agent revision (digest of entry ids and revisions). */
@@ -12,6 +13,37 @@ export interface AuthorizedSet {
   byId: Map<string, RegistrationEntry>;
   /** The entries in wire form, built once per change. */
   wire: api.RegistrationEntry[];
+  /** The `entries` field of SyncEntriesResponse, protobuf-encoded (see syncResponseBytes). */
+  encodedEntries: Buffer;
+}
+
+// Each entry is encoded once per revision, as the bytes a one-entry SyncEntriesResponse consists of
+// (field 3, length-delimited). Protobuf concatenation merges repeated fields, so a full response is
+// a small header plus these cached pieces — 10,000 entries cost a Buffer.concat, not 10,000 encodes.
+const encodedById = new Map<string, { revision: bigint; bytes: Buffer }>();
+const MAX_ENCODED = 500_000;
+
+function syncSerializer(): (v: api.SyncEntriesResponse) => Buffer {
+  const m = agentServiceDefinition().SyncEntries;
+  if (!m) throw new Error('agent.proto has no SyncEntries');
+  return m.responseSerialize as (v: api.SyncEntriesResponse) => Buffer;
+}
+
+function encodeEntry(e: RegistrationEntry, wire: api.RegistrationEntry): Buffer {
+  const hit = encodedById.get(e.id);
+  if (hit && hit.revision === e.revision) return hit.bytes;
+  // Only field 3: protobufjs writes any field present in the object, even proto3 defaults.
+  const bytes = syncSerializer()({ entries: [wire] } as api.SyncEntriesResponse);
+  if (encodedById.size >= MAX_ENCODED) encodedById.clear();
+  encodedById.set(e.id, { revision: e.revision, bytes });
+  return bytes;
+}
+
+/** A complete encoded SyncEntriesResponse carrying every entry of `set`. */
+export function syncResponseBytes(set: AuthorizedSet): Buffer {
+  // The scalar fields go last: for a scalar field the last occurrence wins.
+  const tail = syncSerializer()({ revision: set.revision, unchanged: false } as api.SyncEntriesResponse);
+  return Buffer.concat([set.encodedEntries, tail]);
 }
 
 interface CacheSlot {
@@ -76,7 +108,9 @@ export class AuthorizedEntriesCache {
       byId.set(e.id, e);
       h.update(`${e.id}@${e.revision}\n`);
     }
-    const set: AuthorizedSet = { revision: h.digest('hex').slice(0, 32), byId, wire: entries.map(toWireEntry) };
+    const wire = entries.map(toWireEntry);
+    const encodedEntries = Buffer.concat(entries.map((e, i) => encodeEntry(e, wire[i] as api.RegistrationEntry)));
+    const set: AuthorizedSet = { revision: h.digest('hex').slice(0, 32), byId, wire, encodedEntries };
     this.slots.delete(agentId);
     this.slots.set(agentId, { globalRevision: rev, selectorsKey: key, set });
     if (this.slots.size > this.maxAgents) {

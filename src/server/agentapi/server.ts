@@ -51,6 +51,16 @@ class ServerTlsProvider implements experimental.CertificateProvider {
   }
 }
 
+/** The service definition, with SyncEntries accepting an already encoded response (Buffer) as is. */
+function preEncodedDefinition(): grpc.ServiceDefinition {
+  const def = { ...agentServiceDefinition() };
+  const sync = def.SyncEntries;
+  if (!sync) throw new Error('agent.proto has no SyncEntries');
+  const encode = sync.responseSerialize;
+  def.SyncEntries = { ...sync, responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : encode(v)) };
+  return def;
+}
+
 export interface AgentApiServerOptions {
   host: string;
   port: number;
@@ -114,7 +124,7 @@ export async function startAgentApiServer(o: AgentApiServerOptions): Promise<Age
     'grpc.max_send_message_length': AGENT_API_MAX_MESSAGE_BYTES,
     'grpc.keepalive_permit_without_calls': 1,
   });
-  server.addService(agentServiceDefinition(), o.service.handlers);
+  server.addService(preEncodedDefinition(), o.service.handlers);
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(`${o.host.includes(':') ? `[${o.host}]` : o.host}:${o.port}`, creds, (err, p) => (err ? reject(err) : resolve(p)));
   });

@@ -18,7 +18,7 @@ import { attestJoinToken } from '../attestation/join-token.js';
 import type { TpmAttestor, PendingTpmAttestation } from '../attestation/tpm.js';
 import type { AttestationOutcome } from '../attestation/types.js';
 import { AgentAuthenticator, type AuthenticatedAgent } from './auth.js';
-import { AuthorizedEntriesCache } from './entries.js';
+import { AuthorizedEntriesCache, syncResponseBytes } from './entries.js';
 import { csrRequestedNames } from './csr-names.js';
 import { rpcError, toRpcError, RpcError } from './status.js';
 import { WatchHub } from './watch.js';
@@ -254,10 +254,11 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
     return { svid: x509ToWire(svid) };
   });
 
-  const syncEntries = authed<api.SyncEntriesRequest, api.SyncEntriesResponse>('SyncEntries', async (agent, req) => {
+  // A full answer is sent pre-encoded (a Buffer; see preEncodedDefinition in server.ts).
+  const syncEntries = authed<api.SyncEntriesRequest, api.SyncEntriesResponse | Buffer>('SyncEntries', async (agent, req) => {
     const set = await entries.get(agent.id.toString(), agent.node.selectors);
     if (req.knownRevision !== '' && req.knownRevision === set.revision) return { revision: set.revision, unchanged: true, entries: [] };
-    return { revision: set.revision, unchanged: false, entries: set.wire };
+    return syncResponseBytes(set);
   });
 
   const fetchBundles = authed<api.FetchBundlesRequest, api.FetchBundlesResponse>('FetchBundles', async () => {
