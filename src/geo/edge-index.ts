@@ -1,4 +1,4 @@
-import { distanceToSegmentM, METRES_PER_DEGREE } from './spherical.js';
+import { distanceToSegmentM, EARTH_RADIUS_M, METRES_PER_DEGREE } from './spherical.js';
 
 /**
  * A uniform lon/lat grid of boundary edges, so a "which boundaries come within r metres of this
@@ -21,6 +21,8 @@ export class EdgeIndex {
   private readonly coords: number[] = [];
   private readonly owners: number[] = [];
   private readonly tags: number[] = [];
+  // Per edge: its lon/lat bounding box (padded), for a cheap reject before the spherical maths.
+  private readonly boxes: number[] = [];
 
   constructor(cellDeg: number) {
     this.cellDeg = cellDeg;
@@ -51,6 +53,9 @@ export class EdgeIndex {
     this.coords.push(aLat, aLon, bLat, bLon);
     this.owners.push(owner);
     this.tags.push(tag);
+    // Pad by ~1 m: a ≤0.1° great-circle piece bulges far less than that beyond its end points.
+    const bpad = 1e-5;
+    this.boxes.push(Math.min(aLat, bLat) - bpad, Math.max(aLat, bLat) + bpad, Math.min(aLon, bLon) - bpad, Math.max(aLon, bLon) + bpad);
     // A tiny pad keeps an edge lying exactly on a cell line in both neighbouring cells.
     const pad = 1e-9;
     const la0 = this.latCell(Math.min(aLat, bLat) - pad);
@@ -85,31 +90,39 @@ export class EdgeIndex {
    * spans several cells may be visited more than once. Returns the number of visits.
    */
   near(lat: number, lon: number, radiusM: number, visit: (owner: number, tag: number, distM: number) => void): number {
+    // The exact lon/lat bounding box of a spherical cap (cf. J. P. Matuschek, "Finding Points
+    // Within a Distance of a Latitude/Longitude Using Bounding Coordinates").
     const dLat = radiusM / METRES_PER_DEGREE;
     const latMin = lat - dLat;
     const latMax = lat + dLat;
     const i0 = this.latCell(Math.max(-90, latMin));
     const i1 = this.latCell(Math.min(90, latMax));
-    let j0: number;
-    let j1: number;
-    const maxAbsLat = Math.max(Math.abs(latMin), Math.abs(latMax));
-    const cosLat = Math.cos((Math.min(90, maxAbsLat) * Math.PI) / 180);
-    const dLon = cosLat <= 1e-12 ? 360 : dLat / cosLat;
-    if (maxAbsLat >= 90 || dLon >= 180) {
-      j0 = 0;
-      j1 = this.nLon - 1;
-    } else {
-      j0 = this.lonCellUnwrapped(lon - dLon);
-      j1 = this.lonCellUnwrapped(lon + dLon);
+    const sinDelta = Math.sin(Math.min(Math.PI, radiusM / EARTH_RADIUS_M));
+    const cosLat = Math.cos((lat * Math.PI) / 180);
+    let allLon = latMin <= -90 || latMax >= 90 || sinDelta >= cosLat;
+    let lonMin = -180;
+    let lonMax = 180;
+    if (!allLon) {
+      const dLon = (Math.asin(sinDelta / cosLat) * 180) / Math.PI;
+      lonMin = lon - dLon;
+      lonMax = lon + dLon;
+      if (dLon >= 180) allLon = true;
     }
+    const j0 = allLon ? 0 : this.lonCellUnwrapped(lonMin);
+    const j1 = allLon ? this.nLon - 1 : this.lonCellUnwrapped(lonMax);
+    // Longitude rejects only when the window does not wrap around ±180°.
+    const lonFilter = !allLon && lonMin >= -180 && lonMax <= 180;
     let visits = 0;
     const c = this.coords;
+    const b = this.boxes;
     for (let i = i0; i <= i1; i++) {
       for (let j = j0; j <= j1; j++) {
         const list = this.cells.get(i * this.nLon + (((j % this.nLon) + this.nLon) % this.nLon));
         if (list === undefined) continue;
         for (const e of list) {
           const k = e * 4;
+          if (b[k]! > latMax || b[k + 1]! < latMin) continue;
+          if (lonFilter && (b[k + 2]! > lonMax || b[k + 3]! < lonMin)) continue;
           const d = distanceToSegmentM(lat, lon, c[k]!, c[k + 1]!, c[k + 2]!, c[k + 3]!);
           if (d <= radiusM) {
             visits++;

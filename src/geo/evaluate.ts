@@ -135,6 +135,9 @@ export function evaluatePolicy(policy: LocationPolicy, readings: LocationReading
     if (op === undefined) {
       undecided = true;
       reasons.push(`policy ${policy.name} requires mobile-operator verification; none was performed`);
+    } else if (op.lastLocationTime !== undefined && (nowMs - op.lastLocationTime.getTime()) / 1000 > policy.maxReadingAgeS) {
+      undecided = true;
+      reasons.push(`mobile operator's location is ${Math.round((nowMs - op.lastLocationTime.getTime()) / 1000)} s old; policy allows ${policy.maxReadingAgeS} s`);
     } else if (op.result === 'FALSE') {
       deny = true;
       reasons.push('mobile operator reports the device outside the area');

@@ -145,6 +145,8 @@ describe('evaluatePolicy', () => {
     const low = evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now, operatorResult: { result: 'PARTIAL', matchRate: 60 } });
     expect(low.decision).toBe('undecided');
     expect(low.reasons).toContain('mobile operator reports only a partial match of 60 %; policy needs ≥ 80 %');
+    const stale = evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now, operatorResult: { result: 'TRUE', lastLocationTime: new Date(now.getTime() - 600_000) } });
+    expect(stale).toMatchObject({ decision: 'undecided', reasons: expect.arrayContaining(["mobile operator's location is 600 s old; policy allows 60 s"]) });
   });
 
   it('ignores stale, future, imprecise and unattested readings, saying why', () => {

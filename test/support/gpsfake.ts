@@ -17,25 +17,32 @@ export interface Gpsfake {
  * then stops its own gpsd.
  */
 export async function startGpsfake(logPath: string, cycleS = 0.1): Promise<Gpsfake> {
-  const port = await freePort();
-  const group = new ProcessGroup();
-  const child = group.start('gpsfake', ['-q', '-P', String(port), '-1', '-c', String(cycleS), logPath]);
-  const output = captureOutput(child);
-  try {
-    await waitForPort(port, '127.0.0.1', 10_000);
-    await waitForDevice(port, 10_000);
-  } catch (err) {
-    await group.stopAll();
-    throw new Error(`gpsfake did not start on port ${port}: ${(err as Error).message}\n${output()}`, { cause: err });
+  // On a busy machine a port found free can be taken before gpsd binds it (gpsd then exits, or we
+  // would talk to a stranger): a fresh port and a fresh gpsfake are then the cure.
+  const failures: string[] = [];
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    const group = new ProcessGroup();
+    const child = group.start('gpsfake', ['-q', '-P', String(port), '-1', '-c', String(cycleS), logPath]);
+    const output = captureOutput(child);
+    try {
+      await waitForPort(port, '127.0.0.1', 10_000);
+      await waitForDevice(port, child, 8_000);
+      return { port, process: child, output, stop: () => group.stopAll() };
+    } catch (err) {
+      await group.stopAll();
+      failures.push(`port ${port}: ${(err as Error).message} ${output().trim()}`);
+    }
   }
-  return { port, process: child, output, stop: () => group.stopAll() };
+  throw new Error(`gpsfake did not start: ${failures.join(' | ')}`);
 }
 
 // gpsfake registers its pty with gpsd a moment after gpsd starts listening; a client that WATCHes
 // before that may never see the device opened. `?DEVICES;` asks without activating anything.
-async function waitForDevice(port: number, timeoutMs: number): Promise<void> {
+async function waitForDevice(port: number, child: ChildProcess, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`gpsfake exited (${child.exitCode ?? child.signalCode})`);
     const count = await new Promise<number>((resolve) => {
       const s = net.connect(port, '127.0.0.1', () => s.write('?DEVICES;\n'));
       let buf = '';
