@@ -73,6 +73,7 @@ export class Agent {
   private agentRotateAt = 0;
   private bundles = new BundleSet();
   private bundleSequence = 0;
+  private bundlesDigest = '';
   private revision = '';
   private readonly rotateAt = new Map<string, number>();
   private readonly jwtCache = new Map<string, { token: string; refreshAt: number; expiresAt: number }>();
@@ -391,6 +392,11 @@ export class Agent {
   private async syncBundles(): Promise<void> {
     const res = await unaryCall<{ knownSequence: number }, FetchBundlesResponse>(this.serverClient(), 'FetchBundles', { knownSequence: this.bundleSequence });
     if (res.bundle.length === 0) return;
+    // Nothing changed: nothing to parse or publish (workloads are only told about real changes).
+    const digest = crypto.createHash('sha256').update(res.bundle);
+    for (const name of Object.keys(res.federatedBundles ?? {}).sort()) digest.update(`\n${name}\n`).update(res.federatedBundles[name] as Buffer);
+    const d = digest.digest('hex');
+    if (d === this.bundlesDigest) return;
     const own = this.parseOwnBundle(res.bundle, 'bundle from FetchBundles');
     const set = new BundleSet(own);
     for (const [name, json] of Object.entries(res.federatedBundles ?? {})) {
@@ -405,6 +411,7 @@ export class Agent {
     const rootsChanged = !sameDers(own.x509Authorities(), this.ownRoots());
     this.bundles = set;
     this.bundleSequence = res.sequence;
+    this.bundlesDigest = d;
     this.publishBundles();
     if (rootsChanged) {
       // Keep the stored bundle current, so a restart trusts the server's current CAs.

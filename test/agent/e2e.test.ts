@@ -22,6 +22,7 @@ import { freePort } from '../support/ports.js';
 import { ProcessGroup, captureOutput } from '../support/proc.js';
 import { startSwtpm, type Swtpm } from '../support/swtpm.js';
 import { tempDir } from '../support/tmp.js';
+import { makeCa } from './fixtures.js';
 
 const run = promisify(execFile);
 const SPEC_PROTO = path.resolve(import.meta.dirname, '../../../shared/spec/workloadapi.proto');
@@ -222,6 +223,22 @@ describe('agent end to end (server + swtpm + Workload API)', () => {
     await server!.store.deleteEntries([entryIds['rot']!]);
     const msg = await stream.waitFor((m) => !ids(m).includes(`spiffe://${TD}/workload/rotating`), from);
     expect(ids(msg)).toEqual([`spiffe://${TD}/workload/a`]);
+  });
+
+  it('federated bundles reach the workloads whose entries federate with that trust domain', async () => {
+    const partner = makeCa('partner.test');
+    const pb = new Bundle(TrustDomain.parse('partner.test'));
+    pb.addX509Authority(partner.der);
+    pb.sequenceNumber = 3n;
+    await server!.store.setBundle({ trustDomain: 'partner.test', bundleJson: pb.toJSON(), sequence: 3n });
+    await addEntry('fed', `spiffe://${TD}/workload/federated`, [`uid:${uid}`], { federatesWith: ['partner.test'] });
+    const from = stream.messages.length;
+    const msg = await stream.waitFor((m) => ids(m).includes(`spiffe://${TD}/workload/federated`) && 'spiffe://partner.test' in m.federated_bundles, from);
+    expect(msg.federated_bundles['spiffe://partner.test']!.equals(partner.der)).toBe(true);
+    await server!.store.deleteEntries([entryIds['fed']!]);
+    const after = await stream.waitFor((m) => !ids(m).includes(`spiffe://${TD}/workload/federated`), stream.messages.indexOf(msg) + 1);
+    expect(after.federated_bundles).toEqual({});
+    partner.cleanup();
   });
 
   it('JWT-SVIDs: fetched for an audience (signed by the server), validated by the agent and independently', async () => {
