@@ -350,7 +350,11 @@ export class Agent {
   private async syncPass(): Promise<void> {
     if (this.stopped || !this.state) return;
     this.stats.syncs++;
-    if (Date.now() >= this.agentRotateAt) {
+    if (Date.now() >= this.state.notAfter) {
+      // The server was out of reach for longer than the SVID lived: only a new attestation helps.
+      this.log.warn('the agent SVID has expired: attesting again');
+      await this.attest(this.ownRoots());
+    } else if (Date.now() >= this.agentRotateAt) {
       try {
         await this.renewAgentSvid();
       } catch (e) {
