@@ -121,7 +121,8 @@ export class BorderMap {
   /** The territory containing the point, or NO_TERRITORY at sea / on unclaimed land. */
   territoryAt(lat: number, lon: number): TerritoryIndex {
     const key = this.index.cellKey(lat, lon);
-    if (this.index.cellIsEmpty(key)) {
+    // Cells on the antimeridian or at the poles may hide skipped seam edges, so are never cached.
+    if (this.index.cellIsEmpty(key) && Math.abs(lon) < 180 - CELL_DEG && Math.abs(lat) < 90 - CELL_DEG) {
       const cached = this.emptyCellTerritory.get(key);
       if (cached !== undefined) return cached;
       const t = this.lookup(lat, lon);

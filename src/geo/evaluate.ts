@@ -125,9 +125,11 @@ export function evaluatePolicy(policy: LocationPolicy, readings: LocationReading
       reasons.push(`policy ${policy.name} requires an attested ${kind} reading inside the area; none qualifies`);
     }
   }
-  if (inside.length < policy.minAgreeingSensors) {
+  // Agreement counts sensors, not readings: one receiver reporting twice is still one witness.
+  const witnesses = new Set(inside.map((p) => p.reading.sensorId)).size;
+  if (witnesses < policy.minAgreeingSensors) {
     undecided = true;
-    reasons.push(`${inside.length} usable reading(s) inside the area; policy ${policy.name} needs ${policy.minAgreeingSensors}`);
+    reasons.push(`${witnesses} sensor(s) with a usable reading inside the area; policy ${policy.name} needs ${policy.minAgreeingSensors}`);
   }
 
   if (policy.operatorRequired) {

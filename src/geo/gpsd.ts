@@ -91,8 +91,8 @@ export class GpsdSensor implements SensorPlugin {
     if (this.socket !== undefined) return;
     const s = net.connect({ host: this.host, port: this.port });
     this.socket = s;
+    // The jump guard survives reconnects: dropping the connection must not launder a jump.
     this.buf = '';
-    this.guard.reset();
     s.setEncoding('utf8');
     s.setNoDelay(true);
     s.on('connect', () => s.write('?WATCH={"enable":true,"json":true};\n'));

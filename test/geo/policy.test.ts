@@ -133,9 +133,14 @@ describe('evaluatePolicy', () => {
     const noMobile = evaluatePolicy(set.get('eu-strict'), [reading()], { now, operatorResult: op });
     expect(noMobile).toMatchObject({ allowed: false, decision: 'undecided' });
     expect(noMobile.reasons).toContain('policy eu-strict requires an attested mobile reading inside the area; none qualifies');
-    expect(noMobile.reasons).toContain('1 usable reading(s) inside the area; policy eu-strict needs 2');
+    expect(noMobile.reasons).toContain('1 sensor(s) with a usable reading inside the area; policy eu-strict needs 2');
     expect(noMobile.claims).toBeUndefined();
     const noOp = evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now });
+    // Two readings from the same receiver are one witness, not two agreeing sensors.
+    const twice = evaluatePolicy(set.get('eu-strict'), [reading(), reading(), mobile], { now, operatorResult: op });
+    expect(twice.decision).toBe('allow');
+    const sameSensor = evaluatePolicy(set.get('eu-strict'), [reading(), reading({ kind: 'mobile', sensorId: 'gps0' })], { now, operatorResult: op });
+    expect(sameSensor).toMatchObject({ decision: 'undecided', reasons: expect.arrayContaining(['1 sensor(s) with a usable reading inside the area; policy eu-strict needs 2']) });
     expect(noOp).toMatchObject({ decision: 'undecided', reasons: expect.arrayContaining([expect.stringMatching(/requires mobile-operator verification/)]) });
   });
 
@@ -200,7 +205,7 @@ describe('evaluatePolicy', () => {
   });
 
   it('is undecided without readings, and when sensors place the node in two countries', () => {
-    expect(evaluatePolicy(set.get('dev'), [], { now })).toMatchObject({ decision: 'undecided', reasons: ['no location readings', '0 usable reading(s) inside the area; policy dev needs 1'] });
+    expect(evaluatePolicy(set.get('dev'), [], { now })).toMatchObject({ decision: 'undecided', reasons: ['no location readings', '0 sensor(s) with a usable reading inside the area; policy dev needs 1'] });
     const d = evaluatePolicy(set.get('dev'), [reading(), reading({ sensorId: 'gps1', lat: 48.8566, lon: 2.3522 })], { now });
     expect(d).toMatchObject({ decision: 'undecided', reasons: expect.arrayContaining(['sensors place the node in different countries (DE, FR)']) });
   });
