@@ -69,7 +69,9 @@ export class AgentAuthenticator {
       } catch (err) {
         throw rpcError(grpc.status.UNAUTHENTICATED, `client certificate is not a valid X.509-SVID of this trust domain: ${(err as Error).message}`);
       }
-      if (!id.memberOf(this.td) || !id.path.startsWith('/agent/')) {
+      // Any ID of our trust domain may belong to an agent (join tokens can name one); what makes it an
+      // agent is the attested-node record and its current serial, checked below.
+      if (!id.memberOf(this.td) || id.path === '/spire/server') {
         throw rpcError(grpc.status.PERMISSION_DENIED, `${id.toString()} is not an agent of trust domain ${this.ca.trustDomain}`);
       }
       leaf = { id, serial: normalizeSerial(new crypto.X509Certificate(peer.raw).serialNumber), notAfter };

@@ -23,6 +23,9 @@ export async function attestJoinToken(store: Pick<DataStore, 'consumeJoinToken'>
   } catch (err) {
     throw new AttestationError('failed_precondition', `join token was created for an invalid SPIFFE ID: ${(err as Error).message}`, { cause: err });
   }
+  if (agentId.path === '' || agentId.path === '/spire/server') {
+    throw new AttestationError('failed_precondition', `join token was created for ${agentId.toString()}, which cannot be an agent ID`);
+  }
   if (!agentId.memberOf(td)) {
     throw new AttestationError('failed_precondition', `join token was created for ${agentId.toString()}, outside trust domain ${td.name}`);
   }

@@ -253,3 +253,18 @@ describe('authenticated RPCs (mTLS with the agent SVID)', () => {
       .rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED, details: expect.stringMatching(/not attested \(evicted/) });
   });
 });
+
+describe('join tokens naming an agent ID', () => {
+  it('gives the agent that ID, which then authenticates; the server ID is refused', async () => {
+    const token = crypto.randomBytes(8).toString('hex');
+    await ts.server.store.createJoinToken({ token, expiresAt: new Date(Date.now() + 60_000), spiffeId: `spiffe://${TD}/host/rack1` });
+    const k = newKey();
+    const r = (await attest(client(ts.server), { params: { joinToken: { token }, csr: k.csr } }))[0]!.result!;
+    expect(r.spiffeId).toBe(`spiffe://${TD}/host/rack1`);
+    await expect(unary(client(ts.server, { chain: r.svidChain, key: k.privateKey }), 'SyncEntries', { knownRevision: '' })).resolves.toMatchObject({ unchanged: false });
+    const bad = crypto.randomBytes(8).toString('hex');
+    await ts.server.store.createJoinToken({ token: bad, expiresAt: new Date(Date.now() + 60_000), spiffeId: `spiffe://${TD}/spire/server` });
+    await expect(attest(client(ts.server), { params: { joinToken: { token: bad }, csr: newKey().csr } }))
+      .rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/cannot be an agent ID/) });
+  });
+});

@@ -120,3 +120,29 @@ describe('health', () => {
     expect(await ready.json()).toEqual({ ready: true });
   });
 });
+
+describe('federation from the config file', () => {
+  it('seeds the bootstrap bundle and then fetches the partner bundle on its own', async () => {
+    const boot = JSON.parse(b.server.ca.bundle().bundleJson) as Record<string, unknown>;
+    boot.spiffe_sequence = 0;
+    const bootFile = path.join(a.dir, 'partner-bootstrap.json');
+    fs.writeFileSync(bootFile, JSON.stringify(boot));
+    const c = await startTestServer({ federation: { federatesWith: [{
+      trustDomain: 'partner.org', bundleEndpointUrl: `https://127.0.0.1:${b.server.bundleEndpointPort}/`, profile: 'https_spiffe',
+      endpointSpiffeId: 'spiffe://partner.org/spire/server', bootstrapBundleFile: bootFile,
+    }] } });
+    try {
+      expect(await c.server.store.getFederationRelationship('partner.org')).toMatchObject({ profile: 'https_spiffe' });
+      const deadline = Date.now() + 5000;
+      let stored = await c.server.store.getBundle('partner.org');
+      while (stored?.sequence === 0n && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        stored = await c.server.store.getBundle('partner.org');
+      }
+      expect(stored?.sequence).toBe(b.server.ca.bundle().sequence);
+      expect(c.audit.some((r) => r.action === 'federation_refresh' && r.result === 'ok' && r.subject === 'partner.org')).toBe(true);
+    } finally {
+      await c.stop();
+    }
+  });
+});
