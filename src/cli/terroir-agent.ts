@@ -11,6 +11,7 @@ import {
 import { Agent } from '../agent/agent.js';
 import { AgentConfigError, loadAgentConfig } from '../agent/config.js';
 import { openTpmCredentialSource, type TpmSession } from '../agent/tpm-session.js';
+import { FlagError, FlagSet, str, type FlagSpec, type ParsedFlags } from './flags.js';
 
 const HELP = `terroir-agent — proves its node (TPM, location) and serves the SPIFFE Workload API
 
@@ -26,45 +27,37 @@ Commands:
   help                                                show this help
 
 The Workload API socket defaults to $${ENDPOINT_SOCKET_ENV} (unix:///path) or /run/terroir/agent.sock.
-Flags may be written -flag value, -flag=value or --flag value.
+Flags may be written -flag value, -flag=value or --flag value; "<command> -h" lists its flags.
 `;
 
 class UsageError extends Error {}
 
-/** Go/SPIRE-style flags: -name value | -name=value | --name value; boolean flags take no value. */
-function parseFlags(args: string[], spec: Record<string, 'string' | 'bool'>): Record<string, string | boolean> {
-  const out: Record<string, string | boolean> = {};
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] as string;
-    if (!a.startsWith('-')) throw new UsageError(`unexpected argument "${a}"`);
-    const body = a.replace(/^--?/, '');
-    const eq = body.indexOf('=');
-    const name = eq >= 0 ? body.slice(0, eq) : body;
-    const kind = spec[name];
-    if (!kind) throw new UsageError(`unknown flag -${name} (known: ${Object.keys(spec).map((k) => `-${k}`).join(', ')})`);
-    if (kind === 'bool') {
-      out[name] = eq >= 0 ? body.slice(eq + 1) !== 'false' : true;
-      continue;
-    }
-    if (eq >= 0) out[name] = body.slice(eq + 1);
-    else {
-      const v = args[++i];
-      if (v === undefined) throw new UsageError(`flag -${name} needs a value`);
-      out[name] = v;
-    }
+type Flags = ParsedFlags;
+
+const SOCKET_FLAG: FlagSpec = { name: 'socketPath', type: 'string', usage: 'Workload API socket path or unix:// / tcp:// endpoint', defaultText: `$${ENDPOINT_SOCKET_ENV} or /run/terroir/agent.sock` };
+const TIMEOUT_FLAG: FlagSpec = { name: 'timeout', type: 'string', usage: 'how long to wait for the agent (e.g. 5s, 500ms)', defaultText: '5s' };
+
+/** Parses a command's flags (Go/SPIRE style, src/cli/flags.ts); `-h` prints the command's flags. */
+function parseCommand(command: string, argv: string[], specs: FlagSpec[]): Flags | undefined {
+  const set = new FlagSet(specs);
+  const f = set.parse(argv);
+  if (f.help) {
+    process.stdout.write(`Usage of terroir-agent ${command}:\n${set.usage()}`);
+    return undefined;
   }
-  return out;
+  if (f.args.length > 0) throw new UsageError(`unexpected argument "${f.args[0]}" for ${command}`);
+  return f;
 }
 
-function socketFrom(flags: Record<string, string | boolean>): string {
-  const s = flags['socketPath'];
-  if (typeof s === 'string') return s.startsWith('unix:') || s.startsWith('tcp:') ? s : path.resolve(s);
+function socketFrom(flags: Flags): string {
+  const s = str(flags, 'socketPath');
+  if (s !== undefined) return s.startsWith('unix:') || s.startsWith('tcp:') ? s : path.resolve(s);
   return process.env[ENDPOINT_SOCKET_ENV] ?? '/run/terroir/agent.sock';
 }
 
-function timeoutFrom(flags: Record<string, string | boolean>): number {
-  const t = flags['timeout'];
-  if (typeof t !== 'string') return 5_000;
+function timeoutFrom(flags: Flags): number {
+  const t = str(flags, 'timeout');
+  if (t === undefined) return 5_000;
   const m = /^(\d+)(ms|s|m)?$/.exec(t);
   if (!m) throw new UsageError(`-timeout "${t}" must look like 5s, 500ms or 1m`);
   return Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000);
@@ -94,13 +87,15 @@ function firstX509(client: WorkloadApiClient, timeoutMs: number): Promise<X509Sv
 }
 
 async function fetchX509(args: string[]): Promise<number> {
-  const flags = parseFlags(args, { socketPath: 'string', write: 'string', timeout: 'string', silent: 'bool' });
+  const flags = parseCommand('api fetch x509', args, [SOCKET_FLAG, TIMEOUT_FLAG,
+    { name: 'write', type: 'string', usage: 'write svid.N.pem, svid.N.key, bundle.N.pem (and federated bundles) to this directory' }]);
+  if (!flags) return 0;
   const client = createWorkloadClient(socketFrom(flags));
   try {
     const t0 = performance.now();
     const res = await firstX509(client, timeoutFrom(flags));
     const ms = performance.now() - t0;
-    const dir = flags['write'];
+    const dir = str(flags, 'write');
     if (typeof dir === 'string') fs.mkdirSync(dir, { recursive: true });
     process.stdout.write(`Received ${res.svids.length} svid after ${ms.toFixed(3)}ms\n`);
     res.svids.forEach((s, i) => {
@@ -137,13 +132,16 @@ function unary<T>(fn: (cb: (err: grpc.ServiceError | null, res?: T) => void) => 
 }
 
 async function fetchJwt(args: string[]): Promise<number> {
-  const flags = parseFlags(args, { socketPath: 'string', audience: 'string', spiffeID: 'string', timeout: 'string' });
-  const audience = flags['audience'];
-  if (typeof audience !== 'string' || audience === '') throw new UsageError('-audience is required');
+  const flags = parseCommand('api fetch jwt', args, [SOCKET_FLAG, TIMEOUT_FLAG,
+    { name: 'audience', type: 'string', usage: 'comma-separated audience values (required)' },
+    { name: 'spiffeID', type: 'string', usage: 'only the JWT-SVID of this SPIFFE ID' }]);
+  if (!flags) return 0;
+  const audience = str(flags, 'audience');
+  if (audience === undefined || audience === '') throw new UsageError('-audience is required');
   const client = createWorkloadClient(socketFrom(flags));
   try {
     const res = await unary<{ svids: Array<{ spiffe_id: string; svid: string }> }>((cb) =>
-      client.FetchJWTSVID({ audience: audience.split(','), spiffe_id: typeof flags['spiffeID'] === 'string' ? flags['spiffeID'] : '' },
+      client.FetchJWTSVID({ audience: audience.split(','), spiffe_id: str(flags, 'spiffeID') ?? '' },
         workloadMetadata(), { deadline: Date.now() + timeoutFrom(flags) }, cb));
     for (const s of res.svids) process.stdout.write(`token(${s.spiffe_id}):\n\t${s.svid}\n`);
     return 0;
@@ -153,11 +151,14 @@ async function fetchJwt(args: string[]): Promise<number> {
 }
 
 async function validateJwt(args: string[]): Promise<number> {
-  const flags = parseFlags(args, { socketPath: 'string', audience: 'string', svid: 'string', timeout: 'string' });
-  const audience = flags['audience'];
-  const svid = flags['svid'];
-  if (typeof audience !== 'string' || audience === '') throw new UsageError('-audience is required');
-  if (typeof svid !== 'string' || svid === '') throw new UsageError('-svid is required');
+  const flags = parseCommand('api validate jwt', args, [SOCKET_FLAG, TIMEOUT_FLAG,
+    { name: 'audience', type: 'string', usage: 'the audience the token must carry (required)' },
+    { name: 'svid', type: 'string', usage: 'the JWT-SVID to validate (required)' }]);
+  if (!flags) return 0;
+  const audience = str(flags, 'audience');
+  const svid = str(flags, 'svid');
+  if (audience === undefined || audience === '') throw new UsageError('-audience is required');
+  if (svid === undefined || svid === '') throw new UsageError('-svid is required');
   const client = createWorkloadClient(socketFrom(flags));
   try {
     const res = await unary<{ spiffe_id: string; claims: Parameters<typeof fromProtoStruct>[0] | null }>((cb) =>
@@ -170,7 +171,8 @@ async function validateJwt(args: string[]): Promise<number> {
 }
 
 async function watch(args: string[]): Promise<number> {
-  const flags = parseFlags(args, { socketPath: 'string' });
+  const flags = parseCommand('api watch', args, [SOCKET_FLAG]);
+  if (!flags) return 0;
   const client = createWorkloadClient(socketFrom(flags));
   return new Promise((resolve) => {
     const call = client.FetchX509SVID({}, workloadMetadata());
@@ -197,7 +199,10 @@ async function watch(args: string[]): Promise<number> {
 }
 
 async function healthcheck(args: string[]): Promise<number> {
-  const flags = parseFlags(args, { socketPath: 'string', timeout: 'string', shallow: 'bool', verbose: 'bool' });
+  const flags = parseCommand('healthcheck', args, [SOCKET_FLAG, TIMEOUT_FLAG,
+    { name: 'shallow', type: 'bool', usage: 'accepted for SPIRE compatibility; the check is always the Workload API answering' },
+    { name: 'verbose', type: 'bool', usage: 'accepted for SPIRE compatibility' }]);
+  if (!flags) return 0;
   const client = createWorkloadClient(socketFrom(flags));
   try {
     await new Promise<void>((resolve, reject) => {
@@ -223,8 +228,9 @@ async function healthcheck(args: string[]): Promise<number> {
 }
 
 async function runAgent(args: string[]): Promise<number> {
-  const flags = parseFlags(args, { c: 'string', config: 'string' });
-  const file = (flags['c'] ?? flags['config']) as string | undefined;
+  const flags = parseCommand('run', args, [{ name: 'config', type: 'string', usage: 'path to agent.yaml (required)', aliases: ['c'] }]);
+  if (!flags) return 0;
+  const file = str(flags, 'config');
   if (!file) throw new UsageError('run needs -c agent.yaml');
   const config = loadAgentConfig(file);
   let tpm: TpmSession | undefined;
@@ -256,7 +262,7 @@ async function main(argv: string[]): Promise<number> {
       throw new UsageError(`unknown api command "${[sub, kind].filter(Boolean).join(' ')}"`);
     }
   } catch (e) {
-    if (e instanceof UsageError) {
+    if (e instanceof UsageError || e instanceof FlagError) {
       process.stderr.write(`terroir-agent: ${e.message}; run "terroir-agent help" for usage\n`);
       return 2;
     }
