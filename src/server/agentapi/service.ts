@@ -153,6 +153,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
     let pending: { tpm: PendingTpmAttestation; csrKey: KeyObject } | undefined;
     let method = 'unknown';
     let timer: NodeJS.Timeout | undefined;
+    let clientEnded = false;
 
     const finish = (err: unknown, subject?: string): void => {
       if (state === 'done') return;
@@ -201,6 +202,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
             if (!o.tpm) throw rpcError(grpc.status.FAILED_PRECONDITION, 'TPM attestation is disabled on this server (nodeAttestation.tpm.enabled)');
             const tpm = o.tpm.begin(p.tpm);
             pending = { tpm, csrKey };
+            if (clientEnded) { endedEarly(); return; }
             state = 'challenge';
             arm(Math.max(0, tpm.challenge.expiresAt.getTime() - now().getTime()), 'the challenge response');
             call.write({
@@ -232,8 +234,12 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
         ? 'the first AttestAgent message must be params'
         : 'unexpected AttestAgent message: send challenge_response once, after the challenge'));
     });
+    // A client may half-close after its last message; only a half-close while we still wait for a
+    // message from it ends the exchange.
+    const endedEarly = (): void => finish(rpcError(grpc.status.CANCELLED, 'the agent closed the attestation stream before it finished'));
     call.on('end', () => {
-      if (state !== 'done') finish(rpcError(grpc.status.CANCELLED, 'the agent closed the attestation stream before it finished'));
+      clientEnded = true;
+      if (state === 'params' || state === 'challenge') endedEarly();
     });
     call.on('cancelled', () => { state = 'done'; clearTimeout(timer); });
     call.on('error', () => { clearTimeout(timer); });

@@ -268,3 +268,27 @@ describe('join tokens naming an agent ID', () => {
       .rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/cannot be an agent ID/) });
   });
 });
+
+describe('AttestAgent stream handling', () => {
+  it('finishes an attestation whose client half-closed after its last message', async () => {
+    const token = await createJoinToken(ts.server);
+    const c = client(ts.server);
+    const call = (c.AttestAgent as () => grpc.ClientDuplexStream<unknown, { result?: { spiffeId: string } }>).call(c);
+    const got = new Promise<string>((resolve, reject) => {
+      call.on('data', (r) => { if (r.result) resolve(r.result.spiffeId); });
+      call.on('error', reject);
+    });
+    call.write({ params: { joinToken: { token }, csr: newKey().csr } });
+    call.end();
+    expect(await got).toBe(`spiffe://${TD}/agent/join_token/${token}`);
+  });
+
+  it('ends with CANCELLED when the client half-closes before sending params', async () => {
+    const c = client(ts.server);
+    const call = (c.AttestAgent as () => grpc.ClientDuplexStream<unknown, unknown>).call(c);
+    const err = new Promise<grpc.ServiceError>((resolve) => call.on('error', resolve));
+    call.on('data', () => undefined);
+    call.end();
+    expect((await err).code).toBe(grpc.status.CANCELLED);
+  });
+});
