@@ -58,9 +58,6 @@ function json<T>(v: unknown): T | undefined {
 function sha256Hex(v: string | Uint8Array): string {
   return createHash('sha256').update(v).digest('hex');
 }
-function placeholders(n: number): string {
-  return Array.from({ length: n }, () => '?').join(', ');
-}
 function chunks<T>(items: T[], size = IN_CHUNK): T[][] {
   const out: T[][] = [];
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
@@ -183,6 +180,8 @@ export class SqlDataStore implements DataStore {
     items: I[],
     options: BatchOptions | undefined,
     item: (conn: SqlConn, it: I, revision: bigint) => Promise<T>,
+    /** Items whose SQL can fail after a partial write need a savepoint; the others save two round trips. */
+    savepoints: boolean,
   ): Promise<BatchResult<T>[]> {
     const results: BatchResult<T>[] = [];
     if (items.length === 0) return results;
@@ -192,14 +191,18 @@ export class SqlDataStore implements DataStore {
       const cur = await conn.query(`SELECT value FROM counters WHERE name = 'entries'${lock}`);
       const revision = big(cur[0]?.value) + 1n;
       for (const it of items) {
-        await conn.run('SAVEPOINT item');
+        if (savepoints) await conn.run('SAVEPOINT item');
         try {
           const value = await item(conn, it, revision);
-          await conn.run('RELEASE SAVEPOINT item');
+          if (savepoints) await conn.run('RELEASE SAVEPOINT item');
           results.push({ ok: true, value });
         } catch (err) {
-          await conn.run('ROLLBACK TO SAVEPOINT item');
-          await conn.run('RELEASE SAVEPOINT item');
+          if (savepoints) {
+            await conn.run('ROLLBACK TO SAVEPOINT item');
+            await conn.run('RELEASE SAVEPOINT item');
+          }
+          // Without a savepoint only refusals raised before any write may be skipped; anything
+          // else aborts the whole batch (the transaction rolls back).
           if (!(err instanceof DataStoreError)) throw err;
           results.push({ ok: false, code: err.code, message: err.message });
         }
@@ -220,7 +223,7 @@ export class SqlDataStore implements DataStore {
 
   createEntries(entries: NewRegistrationEntry[], options?: BatchOptions): Promise<BatchResult<RegistrationEntry>[]> {
     return this.batch(entries, options, async (conn, input, revision) => {
-      const e = { ...input, id: input.id ?? randomUUID(), selectors: canonicalSelectors(input.selectors) };
+      const e = { ...input, id: (input.id ?? randomUUID()).toLowerCase(), selectors: canonicalSelectors(input.selectors) };
       checkEntry(e);
       const createdAt = Date.now();
       // DO NOTHING on any unique conflict (id or identity) turns a duplicate into "0 rows", not an error.
@@ -235,7 +238,7 @@ export class SqlDataStore implements DataStore {
       }
       await this.insertSelectors(conn, e.id, e.selectors);
       return { ...e, revision, createdAt: new Date(createdAt) } as RegistrationEntry;
-    });
+    }, false);
   }
 
   private async insertSelectors(conn: SqlConn, id: string, selectors: Selector[]): Promise<void> {
@@ -272,7 +275,7 @@ export class SqlDataStore implements DataStore {
         await this.insertSelectors(conn, u.id, next.selectors);
       }
       return next;
-    });
+    }, true);
   }
 
   deleteEntries(ids: string[], options?: BatchOptions): Promise<BatchResult<RegistrationEntry>[]> {
@@ -283,7 +286,7 @@ export class SqlDataStore implements DataStore {
       // SQLite enforces ON DELETE CASCADE only with foreign_keys on; delete explicitly for both.
       await conn.run('DELETE FROM entry_selectors WHERE entry_id = ?', [id]);
       return rowToEntry(row);
-    });
+    }, false);
   }
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
@@ -320,28 +323,20 @@ export class SqlDataStore implements DataStore {
     const td = /^spiffe:\/\/([^/]+)/.exec(agentId)?.[1];
     if (td === undefined) throw invalid(`agent ID must be a SPIFFE ID, got "${agentId}"`);
     return this.db.transaction(async (conn) => {
-      const found = new Map<string, RegistrationEntry>();
       const aliases = (await conn.query(`SELECT ${ENTRY_COLUMNS} FROM entries WHERE parent_id = ?`, [serverSpiffeId(td)]))
         .map(rowToEntry)
         .filter((e) => selectorsMatch(e.selectors, agentSelectors, 'subset'));
-      const visited = new Set<string>([agentId, ...aliases.map((a) => a.spiffeId)]);
-      let frontier = [...visited];
-      // Breadth-first down the parent → child chain; `visited` stops cycles.
-      while (frontier.length > 0) {
-        const next: string[] = [];
-        for (const part of chunks(frontier)) {
-          const rows = await conn.query(
-            `SELECT ${ENTRY_COLUMNS} FROM entries WHERE parent_id IN (${placeholders(part.length)})`, part);
-          for (const r of rows) {
-            const e = rowToEntry(r);
-            if (found.has(e.id)) continue;
-            found.set(e.id, e);
-            if (!visited.has(e.spiffeId)) { visited.add(e.spiffeId); next.push(e.spiffeId); }
-          }
-        }
-        frontier = next;
-      }
-      return [...found.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      const seeds = [...new Set([agentId, ...aliases.map((a) => a.spiffeId)])];
+      // One recursive query walks parent → child down from the agent and its aliases; UNION (not
+      // UNION ALL) drops IDs already seen, so a cycle ends the walk instead of looping.
+      const rows = await conn.query(
+        `WITH RECURSIVE parents(pid) AS (
+           ${seeds.map(() => 'SELECT CAST(? AS TEXT)').join(' UNION ')}
+           UNION
+           SELECT e.spiffe_id FROM entries e JOIN parents p ON e.parent_id = p.pid
+         )
+         SELECT ${ENTRY_COLUMNS} FROM entries WHERE parent_id IN (SELECT pid FROM parents) ORDER BY id`, seeds);
+      return rows.map(rowToEntry);
     });
   }
 
