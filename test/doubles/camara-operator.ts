@@ -50,9 +50,12 @@ interface Token {
 export class CamaraOperatorDouble {
   tokensIssued = 0;
   verifyCalls = 0;
+  /** /verify calls refused with 401 (missing, unknown or expired token). */
+  unauthenticated = 0;
   lastCorrelator: string | undefined;
   private readonly tokens = new Map<string, Token>();
   private failStatus: number | undefined;
+  private canned: { status: number; body: string; contentType: string } | undefined;
 
   private constructor(
     private readonly server: https.Server,
@@ -91,6 +94,14 @@ export class CamaraOperatorDouble {
   /** Answers the next /verify with this status and a CAMARA error body (e.g. 503). */
   failNext(status: number): void {
     this.failStatus = status;
+  }
+
+  /**
+   * Answers the next authenticated /verify with exactly this (possibly off-spec) response, to test
+   * how the client copes with a misbehaving operator.
+   */
+  answerNext(status: number, body: string, contentType = 'application/json'): void {
+    this.canned = { status, body, contentType };
   }
 
   async stop(): Promise<void> {
@@ -153,9 +164,17 @@ export class CamaraOperatorDouble {
     const auth = String(req.headers.authorization ?? '');
     const tok = auth.startsWith('Bearer ') ? this.tokens.get(auth.slice(7)) : undefined;
     if (tok === undefined || tok.expiresAt <= Date.now()) {
+      this.unauthenticated++;
       return camaraError(res, 401, 'UNAUTHENTICATED', 'Request not authenticated due to missing, invalid, or expired credentials. A new authentication is required.');
     }
     if (!tok.scopes.includes(SCOPE)) return camaraError(res, 403, 'PERMISSION_DENIED', 'Client does not have sufficient permissions to perform this action.');
+    if (this.canned !== undefined) {
+      const c = this.canned;
+      this.canned = undefined;
+      res.writeHead(c.status, { 'content-type': c.contentType });
+      res.end(c.body);
+      return;
+    }
     if (this.failStatus !== undefined) {
       const s = this.failStatus;
       this.failStatus = undefined;

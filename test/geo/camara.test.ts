@@ -6,6 +6,7 @@ import {
   CamaraError,
   CamaraLocationError,
   CamaraLocationVerifier,
+  CamaraProtocolError,
   CamaraRequestError,
   CamaraUnavailableError,
   mobileReading,
@@ -128,10 +129,12 @@ describe('CamaraLocationVerifier against the CAMARA operator double (real TLS)',
   it('fetches a fresh token once when the operator revokes the cached one', async () => {
     await v.verify({ phoneNumber: '+4915112345678' }, { ...FRA, radiusM: 5000 });
     const before = op.tokensIssued;
+    const refused = op.unauthenticated;
     op.revokeAllTokens();
     const r = await v.verify({ phoneNumber: '+4915112345678' }, { ...FRA, radiusM: 5000 });
     expect(r.result).toBe('TRUE');
     expect(op.tokensIssued).toBe(before + 1);
+    expect(op.unauthenticated).toBe(refused + 1);
   });
 
   it('refreshes an expired token (operator lifetime 1 s)', async () => {
@@ -143,8 +146,10 @@ describe('CamaraLocationVerifier against the CAMARA operator double (real TLS)',
       await x.verify({ phoneNumber: '+4915112345678' }, { ...FRA, radiusM: 5000 });
       await new Promise((r) => setTimeout(r, 1100));
       await x.verify({ phoneNumber: '+4915112345678' }, { ...FRA, radiusM: 5000 });
-      // The 1 s token is refreshed 100 ms early (10 % of its life), so each call after expiry re-fetches.
+      // The 1 s token is refreshed 100 ms before it expires: a new one is fetched up front, so the
+      // operator never sees an expired token (no 401 and retry).
       expect(shortOp.tokensIssued).toBeGreaterThanOrEqual(2);
+      expect(shortOp.unauthenticated).toBe(0);
       expect(shortOp.verifyCalls).toBe(3);
     } finally {
       await shortOp.stop();
@@ -162,6 +167,31 @@ describe('CamaraLocationVerifier against the CAMARA operator double (real TLS)',
     const err = await v.verify({ phoneNumber: '+4915112345678' }, { ...FRA, radiusM: 5000 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CamaraUnavailableError);
     expect(err).toMatchObject({ code: 'GEO_OPERATOR_UNAVAILABLE', status: 503 });
+  });
+
+  it('refuses off-spec answers: PARTIAL without matchRate, non-JSON, oversized, wrong types', async () => {
+    const area = { ...FRA, radiusM: 5000 };
+    const dev = { phoneNumber: '+4915112345678' };
+    const cases: [number, string, string | undefined, RegExp][] = [
+      [200, '{"verificationResult":"PARTIAL","lastLocationTime":"2026-11-22T12:00:00Z"}', undefined, /matchRate must be present exactly when/],
+      [200, '{"verificationResult":"TRUE","matchRate":50,"lastLocationTime":"2026-11-22T12:00:00Z"}', undefined, /matchRate must be present exactly when/],
+      [200, '{"verificationResult":"MAYBE","lastLocationTime":"2026-11-22T12:00:00Z"}', undefined, /verificationResult/],
+      [200, '{"verificationResult":"TRUE","lastLocationTime":"yesterday"}', undefined, /lastLocationTime/],
+      [200, '<html>ok</html>', 'text/html', /is not JSON/],
+      [200, '{"verificationResult":"TRUE",', undefined, /is not JSON/],
+    ];
+    for (const [status, body, type, re] of cases) {
+      op.answerNext(status, body, type);
+      const err = await v.verify(dev, area).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(CamaraProtocolError);
+      expect((err as Error).message).toMatch(re);
+    }
+    op.answerNext(200, JSON.stringify({ verificationResult: 'TRUE', lastLocationTime: '2026-11-22T12:00:00Z', padding: 'x'.repeat(70_000) }));
+    const big = await v.verify(dev, area).catch((e: unknown) => e);
+    expect(big).toMatchObject({ code: 'GEO_OPERATOR_PROTOCOL', message: expect.stringMatching(/\/verify exceeds 65536 bytes/) });
+    // An error status with a body that is not CAMARA's ErrorInfo still maps by status.
+    op.answerNext(422, 'nope', 'text/plain');
+    expect(await v.verify(dev, area).catch((e: unknown) => e)).toMatchObject({ code: 'GEO_OPERATOR_IDENTIFIER_REJECTED', status: 422, apiCode: undefined });
   });
 
   it('verifies the operator certificate: an unrelated CA or the system roots fail the handshake', async () => {
