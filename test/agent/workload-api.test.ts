@@ -319,6 +319,31 @@ describe('Workload API server', () => {
     s.call.cancel();
   });
 
+  it('allowUnauthenticatedVerifiers: bundles for a caller with no identity, but still no SVID', async () => {
+    const other = new IdentityCache('example.org');
+    other.setBundles(ca.bundle(5), [fed.bundle(1)]);
+    other.setEntries([entry('x', 'spiffe://example.org/x', ['uid:4242'], { federatesWith: ['partner.test'] })]);
+    other.putSvids(new Map([['x', makeSvid(ca, 'spiffe://example.org/x')]]));
+    const sock = path.join(socketDir, 'verifiers.sock');
+    const srv = await WorkloadApiServer.start({
+      socketPath: sock, cache: other, attestor: new UnixAttestor(), jwt, logger: pino({ level: 'silent' }), allowUnauthenticatedVerifiers: true,
+    });
+    const c = specClient(sock);
+    try {
+      const b = openStream(c, 'FetchX509Bundles');
+      await b.next(1);
+      // Only the own trust domain: federated bundles follow the caller's entries, and it has none.
+      expect(Object.keys((b.messages[0] as { bundles: Record<string, Buffer> }).bundles)).toEqual(['spiffe://example.org']);
+      b.call.cancel();
+      const x = openStream(c, 'FetchX509SVID');
+      await x.next(1);
+      expect(x.error?.code).toBe(grpc.status.PERMISSION_DENIED);
+    } finally {
+      c.close();
+      await srv.close();
+    }
+  });
+
   it('answers Unimplemented for the WIT-SVID profile', async () => {
     const s = openStream(client, 'FetchWITSVID');
     await s.next(1);
