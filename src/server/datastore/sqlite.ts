@@ -82,7 +82,12 @@ class SqliteDriver implements SqlDriver {
 export async function openSqliteDataStore(file: string): Promise<SqlDataStore> {
   let db: Database.Database;
   try {
-    if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 });
+    if (file !== ':memory:') {
+      fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 });
+      // Created 0600 before SQLite opens it (SQLite gives the -wal/-shm files the same mode):
+      // attestation data and node records are nobody else's business.
+      fs.closeSync(fs.openSync(file, 'a', 0o600));
+    }
     db = new Database(file);
   } catch (err) {
     throw new DataStoreError('unavailable', `cannot open SQLite database ${file}: ${(err as Error).message}`, { cause: err });

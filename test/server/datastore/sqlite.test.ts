@@ -22,11 +22,14 @@ runDataStoreSuite('sqlite', async () => {
 });
 
 describe('SQLite datastore specifics', () => {
-  it('runs in WAL mode', async () => {
+  it('runs in WAL mode with files only the server user can read', async () => {
     const { dir, cleanup } = tempDir('terroir-ds-');
     try {
       const file = path.join(dir, 'ds.sqlite3');
       const store = await openDataStore({ type: 'sqlite', path: file });
+      await store.createEntries([{ spiffeId: 'spiffe://td/x', parentId: 'spiffe://td/a', selectors: [{ type: 't', value: 'v' }], federatesWith: [] }]);
+      expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+      expect(fs.statSync(`${file}-wal`).mode & 0o777).toBe(0o600);
       await store.close();
       const db = new Database(file, { readonly: true });
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
