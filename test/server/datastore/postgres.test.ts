@@ -40,10 +40,11 @@ describe('PostgreSQL datastore specifics', () => {
     const url = await server.createDatabase(`ds_${process.pid}_rev`);
     const stores = await Promise.all([1, 2, 3].map(() => openDataStore({ type: 'postgres', connectionString: url, poolSize: 3 })));
     try {
-      const batches = await Promise.all(stores.flatMap((s, i) => [0, 1, 2, 3].map((j) => s.createEntries([0, 1, 2].map((k) => ({
+      const batch = (i: number, j: number) => [0, 1, 2].map((k) => ({
         spiffeId: `spiffe://example.org/w/${i}-${j}-${k}`, parentId: 'spiffe://example.org/agent/a',
         selectors: [{ type: 'unix', value: `uid:${k}` }], federatesWith: [],
-      })))))));
+      }));
+      const batches = await Promise.all(stores.flatMap((s, i) => [0, 1, 2, 3].map((j) => s.createEntries(batch(i, j)))));
       const revisions = batches.map((b) => {
         const first = b[0]!;
         if (!first.ok) throw new Error(first.message);
