@@ -181,9 +181,12 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
     cleanups.push(() => fetcher.stop());
 
     let endpoint: BundleEndpoint | undefined;
+    // https_spiffe endpoint identity: re-issued when the bundle changes and at half-life (from tick).
+    let refreshEndpointSvid = (): void => undefined;
     if (config.federation.bundleEndpoint.enabled) {
       const be = config.federation.bundleEndpoint;
       let svid = issuer.mintServerSvid(config.agentApi.dnsNames, config.agentApi.ipAddresses, config.ca.x509SvidTtl);
+      let issuedAt = now().getTime();
       endpoint = await startBundleEndpoint({
         host: be.bindAddress, port: be.port, profile: be.profile, certFile: be.certFile, keyFile: be.keyFile,
         spiffeIdentity: () => ({ certPem: Buffer.from(svid.certChainPem), keyPem: Buffer.from(svid.keyPem) }),
@@ -191,11 +194,17 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
         logger: logger.child({ component: 'bundle-endpoint' }),
       });
       const ep = endpoint;
-      const unsub = ca.onBundleChange(() => {
-        if (be.profile !== 'https_spiffe') return;
+      const reissue = (): void => {
         svid = issuer.mintServerSvid(config.agentApi.dnsNames, config.agentApi.ipAddresses, config.ca.x509SvidTtl);
+        issuedAt = now().getTime();
         ep.reloadTls();
-      });
+      };
+      if (be.profile === 'https_spiffe') {
+        refreshEndpointSvid = () => {
+          if (now().getTime() >= issuedAt + (svid.notAfter.getTime() - issuedAt) / 2) reissue();
+        };
+      }
+      const unsub = ca.onBundleChange(() => { if (be.profile === 'https_spiffe') reissue(); });
       cleanups.push(async () => { unsub(); await ep.close(); });
     }
 
@@ -213,6 +222,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       try {
         await ca.tick();
         agentApi.refreshIdentity();
+        refreshEndpointSvid();
         await store.pruneNonces(now());
         await store.pruneJoinTokens(now());
       } catch (err) {

@@ -20,13 +20,18 @@ export class WatchHub {
   private timer: NodeJS.Timeout | undefined;
   private lastGlobal: bigint | undefined;
   private polling = false;
+  private lastStandingCheck = 0;
+  /** How often node standing (banned/evicted) is re-read (10 watch intervals); bans through this server's admin API arrive at once via dropNode. */
+  private readonly standingIntervalMs: number;
 
   constructor(
     private readonly store: Pick<DataStore, 'entriesRevision' | 'getNode'>,
     private readonly entries: AuthorizedEntriesCache,
     private readonly intervalMs: number,
     private readonly logger?: Logger,
-  ) {}
+  ) {
+    this.standingIntervalMs = intervalMs * 10;
+  }
 
   start(): void {
     this.timer ??= setInterval(() => { void this.poll(); }, this.intervalMs);
@@ -85,6 +90,9 @@ export class WatchHub {
       const global = await this.store.entriesRevision();
       const entriesChanged = this.lastGlobal !== global;
       this.lastGlobal = global;
+      const checkStanding = Date.now() - this.lastStandingCheck >= this.standingIntervalMs;
+      if (checkStanding) this.lastStandingCheck = Date.now();
+      if (!entriesChanged && !checkStanding) return;
       for (const [agentId, set] of [...this.watchers]) {
         const node = await this.store.getNode(agentId);
         if (!node) { this.dropNode(agentId, `agent ${agentId} was evicted; attest again`, grpc.status.UNAUTHENTICATED); continue; }
