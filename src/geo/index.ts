@@ -2,8 +2,8 @@
 // operator client, and sovereign-location policies.
 export { GeoError, InvalidReadingError, SensorError, ClaimsError, PolicyError, UnknownPolicyError, GeofenceError } from './errors.js';
 export type { SensorErrorCode } from './errors.js';
-export { assertValidReading, assertLatLon, SENSOR_KINDS } from './reading.js';
-export type { LocationReading, SensorKind } from './reading.js';
+export { assertValidReading, assertLatLon, readingFromJson, readingToJson, SENSOR_KINDS } from './reading.js';
+export type { LocationReading, LocationReadingJson, SensorKind } from './reading.js';
 export type { SensorPlugin, ReadOptions } from './sensor.js';
 export { createSensor, sensorConfigSchema } from './create-sensor.js';
 export type { SensorConfig } from './create-sensor.js';

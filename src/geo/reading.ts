@@ -49,3 +49,66 @@ export function assertLatLon(lat: number, lon: number, who = 'position'): void {
     throw new InvalidReadingError(`${who}: longitude must be a finite number in [-180, 180], got ${String(lon)}`);
   }
 }
+
+/** A reading as plain JSON (time as an ISO 8601 string), for claims documents and the wire. */
+export interface LocationReadingJson {
+  kind: SensorKind;
+  sensorId: string;
+  time: string;
+  lat: number;
+  lon: number;
+  horizontalErrorM: number;
+  attested: boolean;
+  evidence?: unknown;
+}
+
+export function readingToJson(r: LocationReading): LocationReadingJson {
+  assertValidReading(r);
+  const out: LocationReadingJson = {
+    kind: r.kind,
+    sensorId: r.sensorId,
+    time: r.time.toISOString(),
+    lat: r.lat,
+    lon: r.lon,
+    horizontalErrorM: r.horizontalErrorM,
+    attested: r.attested,
+  };
+  if (r.evidence !== undefined) out.evidence = r.evidence;
+  return out;
+}
+
+// Exactly Date.prototype.toISOString's form, so parsing and re-serialising give the same bytes
+// (and the same claims digest).
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+const KNOWN_FIELDS = new Set(['kind', 'sensorId', 'time', 'lat', 'lon', 'horizontalErrorM', 'attested', 'evidence']);
+
+/**
+ * Parses a reading received as JSON (e.g. from an agent), refusing anything malformed with an
+ * InvalidReadingError. Unknown fields are refused too: a reading is signed over as a whole.
+ */
+export function readingFromJson(v: unknown): LocationReading {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new InvalidReadingError('reading must be a JSON object');
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o)) {
+    if (!KNOWN_FIELDS.has(k)) throw new InvalidReadingError(`reading has an unknown field ${JSON.stringify(k)}`);
+  }
+  if (typeof o.time !== 'string' || !ISO_TIME.test(o.time)) {
+    throw new InvalidReadingError('reading time must be an ISO 8601 UTC time like 2026-11-22T12:00:00.000Z');
+  }
+  const time = new Date(o.time);
+  if (Number.isNaN(time.getTime()) || time.toISOString() !== o.time) {
+    throw new InvalidReadingError(`reading time ${JSON.stringify(o.time)} is not a valid calendar time`);
+  }
+  const r = {
+    kind: o.kind,
+    sensorId: o.sensorId,
+    time,
+    lat: o.lat,
+    lon: o.lon,
+    horizontalErrorM: o.horizontalErrorM,
+    attested: o.attested,
+  } as LocationReading;
+  if (o.evidence !== undefined) r.evidence = o.evidence;
+  assertValidReading(r);
+  return r;
+}

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { canonicalClaims, claimsDigest, ClaimsError } from '../../src/geo/index.js';
+import { canonicalClaims, claimsDigest, ClaimsError, readingFromJson, readingToJson } from '../../src/geo/index.js';
 
 describe('canonical claims (RFC 8785)', () => {
   const claims = { country: 'DE', region: 'EU', policy: 'eu-gnss', sensorKinds: ['gnss', 'mobile'], readingTime: '2026-11-22T12:00:00.000Z' };
@@ -48,5 +48,29 @@ describe('canonical claims (RFC 8785)', () => {
     const a: Record<string, unknown> = { x: 1 };
     a.self = a;
     expect(() => claimsDigest(a)).toThrow(/circular reference/);
+  });
+});
+
+describe('readings as JSON', () => {
+  const r = { kind: 'gnss' as const, sensorId: 'gps0', time: new Date('2026-11-22T12:00:00.250Z'), lat: 47.697, lon: 8.69, horizontalErrorM: 4.5, attested: true, evidence: { mode: 3 } };
+
+  it('round-trips through canonical JSON with a stable digest', () => {
+    const json = readingToJson(r);
+    expect(json.time).toBe('2026-11-22T12:00:00.250Z');
+    const back = readingFromJson(JSON.parse(canonicalClaims(json).toString('utf8')));
+    expect(back).toEqual(r);
+    expect(claimsDigest(readingToJson(back))).toEqual(claimsDigest(json));
+  });
+
+  it.each([
+    ['not an object', [], /must be a JSON object/],
+    ['an unknown field', { ...readingToJson(r), extra: 1 }, /unknown field "extra"/],
+    ['a time without zone', { ...readingToJson(r), time: '2026-11-22T12:00:00' }, /ISO 8601 UTC time like/],
+    ['a time with an offset', { ...readingToJson(r), time: '2026-11-22T13:00:00.000+01:00' }, /ISO 8601 UTC time like/],
+    ['an impossible date', { ...readingToJson(r), time: '2026-02-30T12:00:00.000Z' }, /not a valid calendar time/],
+    ['a latitude string', { ...readingToJson(r), lat: '47.697' }, /latitude must be a finite number/],
+    ['attested as a string', { ...readingToJson(r), attested: 'yes' }, /attested must be a boolean/],
+  ])('refuses %s', (_what, value, re) => {
+    expect(() => readingFromJson(value)).toThrow(re);
   });
 });
