@@ -199,11 +199,12 @@ export function createAdminService(deps: AdminServiceDeps): AdminService {
       }
       const token = req.pageToken ?? '';
       if (token !== '') checkEntryId(token);
-      // Entries come ordered by id; a page token is the last id of the previous page.
-      const all = await store.listEntries(filter);
-      const start = token === '' ? 0 : all.findIndex((e) => e.id > token);
-      const page = start < 0 ? [] : all.slice(start, start + (size || ADMIN_API_MAX_PAGE));
-      const more = start >= 0 && start + page.length < all.length;
+      // Entries come ordered by id; a page token is the last id of the previous page. One extra
+      // entry is fetched to learn whether another page follows.
+      const pageSize = size || ADMIN_API_MAX_PAGE;
+      const got = await store.listEntries({ ...filter, ...(token ? { afterId: token } : {}), limit: pageSize + 1 });
+      const page = got.slice(0, pageSize);
+      const more = got.length > pageSize;
       return { entries: page.map(toApiEntry), nextPageToken: more ? page[page.length - 1]!.id : '' };
     },
 

@@ -310,12 +310,17 @@ export class SqlDataStore implements DataStore {
       where.push(`id IN (SELECT entry_id FROM entry_selectors WHERE ${given.map(() => '(type = ? AND value = ?)').join(' OR ')})`);
       for (const s of given) params.push(s.type, s.value);
     }
-    const sql = `SELECT ${ENTRY_COLUMNS} FROM entries${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY id`;
+    if (filter.afterId !== undefined) { where.push('id > ?'); params.push(filter.afterId.toLowerCase()); }
+    // LIMIT can go to the database only when no filter is left to apply here.
+    const postFilter = sel !== undefined || filter.federatesWith !== undefined;
+    const limit = filter.limit !== undefined && !postFilter ? ` LIMIT ${Math.max(0, Math.floor(filter.limit))}` : '';
+    const sql = `SELECT ${ENTRY_COLUMNS} FROM entries${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY id${limit}`;
     const rows = await this.db.connection((c) => c.query(sql, params));
     let entries = rows.map(rowToEntry);
     if (sel !== undefined) entries = entries.filter((e) => selectorsMatch(e.selectors, sel.selectors, sel.match));
     const fed = filter.federatesWith;
     if (fed !== undefined) entries = entries.filter((e) => e.federatesWith.includes(fed));
+    if (filter.limit !== undefined && postFilter) entries = entries.slice(0, filter.limit);
     return entries;
   }
 

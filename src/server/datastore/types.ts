@@ -89,6 +89,10 @@ export interface EntryFilter {
   federatesWith?: string;
   /** Only entries whose revision is greater than this (incremental sync). */
   revisionAfter?: bigint;
+  /** Paging: only entries whose id sorts after this one. */
+  afterId?: string;
+  /** Paging: at most this many entries. */
+  limit?: number;
 }
 
 export type AttestationType = 'join_token' | 'tpm';

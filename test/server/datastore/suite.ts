@@ -163,6 +163,12 @@ export function runDataStoreSuite(name: string, factory: () => Promise<StoreHarn
         expect(ids(await store.listEntries({ selectors: { selectors: s('k8s:ns:a', 'k8s:sa:x'), match: 'superset' } }))).toEqual(ids([e1!, e3!]));
         expect(ids(await store.listEntries({ selectors: { selectors: s('k8s:pod:p', 'unix:uid:0'), match: 'any' } }))).toEqual(ids([e3!, e4!]));
         expect(await store.listEntries({ selectors: { selectors: s('k8s:ns:zzz'), match: 'any' } })).toEqual([]);
+        const sorted = ids([e1!, e2!, e3!, e4!]);
+        expect(ids(await store.listEntries({ limit: 2 }))).toEqual(sorted.slice(0, 2));
+        expect(ids(await store.listEntries({ afterId: sorted[1], limit: 5 }))).toEqual(sorted.slice(2));
+        const anyNs = await store.listEntries({ selectors: { selectors: s('k8s:ns:a'), match: 'superset' }, limit: 2 });
+        expect(anyNs).toHaveLength(2);
+        expect(anyNs.every((e) => e.selectors.some((x) => x.value === 'ns:a'))).toBe(true);
         const rev = await store.entriesRevision();
         values(await store.updateEntries([{ id: e2!.id, hint: 'later' }]));
         expect(ids(await store.listEntries({ revisionAfter: rev }))).toEqual([e2!.id]);
