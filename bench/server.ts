@@ -143,6 +143,13 @@ async function main(): Promise<void> {
       if (r.entries.length !== 10_000) throw new Error(`expected 10000 entries, got ${r.entries.length}`);
       rev = r.revision;
     }
+    const warm: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      // An agent that restarted asks for everything while nothing changed: the cached encoding is sent.
+      t = process.hrtime.bigint();
+      await unary<SyncEntriesResponse>(sc, 'SyncEntries', { knownRevision: '' });
+      warm.push(Number(process.hrtime.bigint() - t) / 1e6);
+    }
     for (let i = 0; i < 200; i++) {
       t = process.hrtime.bigint();
       const r = await unary<SyncEntriesResponse>(sc, 'SyncEntries', { knownRevision: rev });
@@ -152,13 +159,14 @@ async function main(): Promise<void> {
     console.log('\n[2] SyncEntries for an agent authorized for 10,000 entries (round trip over TLS gRPC, decode included)');
     console.log(`    creating the 10,000 entries: ${(createSecs * 1000).toFixed(0)} ms (batches of 1000, SQLite)`);
     console.log(`    full sync after a change:  median ${median(full).toFixed(1)} ms, max ${Math.max(...full).toFixed(1)} ms over ${full.length} (goal <= 200 ms)`);
+    console.log(`    full sync, nothing changed: median ${median(warm).toFixed(1)} ms (an agent restarting; the set is cached)`);
     console.log(`    unchanged sync:            median ${median(unchanged).toFixed(2)} ms, p99 ${[...unchanged].sort((a, b) => a - b)[Math.floor(unchanged.length * 0.99)]!.toFixed(2)} ms over ${unchanged.length} (goal <= 5 ms)`);
     sc.close();
     c.close();
 
     // ---- 3. RSS with 100,000 entries
     const other = await attestAgent(server);
-    await createEntries(server, other.id, 100_000 - 10_010, 'mass');
+    await createEntries(server, other.id, 100_000 - (await server.store.listEntries()).length, 'mass');
     const total = (await server.store.listEntries()).length;
     const oc = client(server, syncAgent);
     await unary<SyncEntriesResponse>(oc, 'SyncEntries', { knownRevision: '' });
