@@ -9,7 +9,9 @@ import {
   CamaraProtocolError,
   CamaraRequestError,
   CamaraUnavailableError,
+  evaluatePolicy,
   mobileReading,
+  parsePolicies,
 } from '../../src/geo/index.js';
 
 // Network positions: a device in Frankfurt located to ±500 m, one that cannot be located, one
@@ -200,6 +202,30 @@ describe('CamaraLocationVerifier against the CAMARA operator double (real TLS)',
       expect(err).toBeInstanceOf(CamaraUnavailableError);
       expect(String((err as Error).message)).toMatch(/certificate|self.signed|issuer/i);
     }
+  });
+
+  it('feeds a server-side policy decision: GNSS reading + operator TRUE → allow with gnss and mobile claims', async () => {
+    const policies = parsePolicies(`
+policies:
+  de-gnss-operator:
+    area: { countries: [DE] }
+    sensors: { required: [gnss, mobile], minAgreeing: 2 }
+    maxSensorDistanceM: 5000
+    maxHorizontalErrorM: 5000   # the mobile reading's error circle is the area asked about
+    operator: { required: true }
+`);
+    const nowDate = new Date();
+    const gnss = { kind: 'gnss' as const, sensorId: 'gps0', time: new Date(nowDate.getTime() - 2000), lat: FRA.lat + 0.001, lon: FRA.lon, horizontalErrorM: 8, attested: true };
+    // The server asks the operator about a circle around the node's own GNSS fix.
+    const area = { lat: gnss.lat, lon: gnss.lon, radiusM: 2000 };
+    const verdict = await v.verify({ phoneNumber: '+4915112345678' }, area, { maxAgeS: 120 });
+    const mobile = mobileReading(verdict, area, 'operator:test');
+    expect(mobile).not.toBeNull();
+    const d = evaluatePolicy(policies.get('de-gnss-operator'), [gnss, mobile!], { now: nowDate, operatorResult: verdict });
+    expect(d).toMatchObject({ decision: 'allow', claims: { country: 'DE', sensorKinds: ['gnss', 'mobile'], policy: 'de-gnss-operator' } });
+    // The same node whose SIM the operator places 20 km away is denied.
+    const far = await v.verify({ phoneNumber: '+4915112345678' }, { lat: FRA.lat + 0.18, lon: FRA.lon, radiusM: 2000 });
+    expect(evaluatePolicy(policies.get('de-gnss-operator'), [gnss], { now: nowDate, operatorResult: far }).decision).toBe('deny');
   });
 
   it('insists on https URLs', () => {
