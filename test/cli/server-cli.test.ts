@@ -6,6 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FlagError, FlagSet } from '../../src/cli/flags.js';
+import { ProcessGroup, captureOutput } from '../support/proc.js';
+import { tempDir } from '../support/tmp.js';
 import { formatTable } from '../../src/cli/output.js';
 import { TrustDomain } from '../../src/spiffe/index.js';
 import { caCertificate, startAdminFixture, type AdminFixture } from '../server/admin/fixtures.js';
@@ -150,6 +152,50 @@ describe('terroir-server CLI against a real admin socket', () => {
 
   it('reports health', async () => {
     expect(await cli('healthcheck')).toMatchObject({ code: 0, stdout: 'Server is healthy.\n' });
+  });
+});
+
+describe('terroir-server run', () => {
+  const procs = new ProcessGroup();
+  const tmp = tempDir('terroir-cli-run-');
+  afterAll(async () => {
+    await procs.stopAll();
+    tmp.cleanup();
+  });
+
+  it('runs a server from a config file; the CLI finds its socket through -config; SIGTERM stops it', async () => {
+    const config = path.join(tmp.dir, 'server.yaml');
+    fs.writeFileSync(config, [
+      'trustDomain: run.example', 'dataDir: ./data', 'logLevel: warn', 'ca:', '  keyStore: memory',
+      'agentApi:', '  bindAddress: 127.0.0.1', '  port: 0', 'health:', '  enabled: false', '',
+    ].join('\n'));
+    const child = procs.start(process.execPath, ['--import', 'tsx', 'src/cli/terroir-server.ts', 'run', '-c', config]);
+    const output = captureOutput(child);
+    const socket = path.join(tmp.dir, 'data', 'admin.sock');
+    const deadline = Date.now() + 20_000;
+    while (!fs.existsSync(socket)) {
+      if (child.exitCode !== null) throw new Error(`server exited early: ${output()}`);
+      if (Date.now() > deadline) throw new Error(`no admin socket after 20 s: ${output()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const health = await new Promise<Run>((resolve) => {
+      execFile(process.execPath, ['--import', 'tsx', 'src/cli/terroir-server.ts', 'healthcheck', '-config', config, '-output', 'json'],
+        { timeout: 20_000 }, (err, stdout, stderr) => resolve({ code: err ? 1 : 0, stdout, stderr }));
+    });
+    expect(health.stderr).toBe('');
+    expect(JSON.parse(health.stdout)).toEqual({ status: 'SERVING', trustDomain: 'run.example' });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(fs.existsSync(socket)).toBe(false);
+  });
+
+  it('says what is missing when run has no config', async () => {
+    const r = await new Promise<Run>((resolve) => {
+      execFile(process.execPath, ['--import', 'tsx', 'src/cli/terroir-server.ts', 'run'], { timeout: 20_000 },
+        (err, stdout, stderr) => resolve({ code: err && typeof err.code === 'number' ? err.code : 0, stdout, stderr }));
+    });
+    expect(r).toMatchObject({ code: 2, stderr: 'Error: run needs the config file: terroir-server run -c server.yaml\n' });
   });
 });
 
