@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -83,6 +84,28 @@ describe('admin API over a real Unix socket', () => {
     const err = await rpcError(client.call('BatchCreateEntry', { entries: [entry('/big', { hint: 'x'.repeat(5 * 1024 * 1024) })] }));
     expect(err.code).toBe(status.RESOURCE_EXHAUSTED);
     expect(await fx.store.listEntries({ spiffeId: 'spiffe://example.org/big' })).toEqual([]);
+  });
+
+  it('refuses a malformed protobuf request and writes nothing', async () => {
+    const rev = await fx.store.entriesRevision();
+    const Raw = grpc.makeGenericClientConstructor({
+      BatchCreateEntry: {
+        path: '/terroir.admin.v1.Admin/BatchCreateEntry', requestStream: false, responseStream: false,
+        requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b,
+        responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b,
+      },
+    }, 'Raw');
+    const raw = new Raw(`unix:${fx.socketPath}`, grpc.credentials.createInsecure());
+    // Field 1 (entries) as length-delimited, claiming 100 bytes but carrying 3.
+    const garbage = Buffer.from([0x0a, 0x64, 0x01, 0x02, 0x03]);
+    const err = await new Promise<grpc.ServiceError>((resolve) => {
+      (raw as unknown as { BatchCreateEntry: (req: Buffer, cb: (e: grpc.ServiceError | null) => void) => void })
+        .BatchCreateEntry(garbage, (e) => resolve(e!));
+    });
+    raw.close();
+    expect(err.code).toBe(status.INTERNAL);
+    expect(err.details).toMatch(/deserializ/i);
+    expect(await fx.store.entriesRevision()).toBe(rev);
   });
 
   it('lists with filters and pages', async () => {
