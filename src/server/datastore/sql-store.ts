@@ -171,8 +171,9 @@ export class SqlDataStore implements DataStore {
   // --- registration entries ---
 
   /**
-   * Runs a batch in one transaction, each item under a savepoint so a failing item (say, a
-   * duplicate) is undone alone; with allOrNothing the first failure rolls back everything.
+   * Runs a batch in one transaction. A failing item (say, a duplicate) is skipped alone: updates run
+   * under a savepoint because their UPDATE can fail after a partial write; creates and deletes refuse
+   * before writing anything, so they do without. With allOrNothing any failure rolls back everything.
    * Every changed entry gets the batch's revision, and the global counter moves only if
    * something changed (a batch that fails entirely leaves the revision where it was).
    */
