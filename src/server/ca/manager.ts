@@ -275,19 +275,25 @@ export class CaManager {
     } catch (err) {
       throw new CaError('bundle_store_failed', `cannot read the bundle of ${td} from the datastore: ${(err as Error).message}`, { cause: err });
     }
+    let storedKeys: ReturnType<typeof parseStoredKeys> = [];
+    try {
+      storedKeys = stored ? parseStoredKeys(stored.bundleJson) : [];
+    } catch (err) {
+      throw new CaError('bundle_store_failed', `the stored bundle of ${td} is not valid JSON (${(err as Error).message}); fix or delete it in the datastore`, { cause: err });
+    }
     const own = this.ownKeys().map(bundleKeyToJwk);
     const ownIds = new Set(own.map(jwkIdentity));
     const droppedIds = new Set(dropped.map((a) => jwkIdentity(a.kind === 'x509'
       ? bundleKeyToJwk({ use: 'x509-svid', certificateDer: a.certificateDer, notAfter: a.notAfter })
       : bundleKeyToJwk({ use: 'jwt-svid', kid: a.kid, publicKey: a.publicKey, notAfter: a.notAfter }))));
-    const foreign = stored ? parseStoredKeys(stored.bundleJson).filter((k) => {
+    const foreign = storedKeys.filter((k) => {
       const id = jwkIdentity(k);
       if (ownIds.has(id) || droppedIds.has(id)) return false;
       const exp = jwkNotAfter(k);
       return exp === undefined || exp > now;
-    }) : [];
+    });
     const wanted = [...foreign, ...own];
-    const storedIds = stored ? parseStoredKeys(stored.bundleJson).map(jwkIdentity).sort().join('\n') : undefined;
+    const storedIds = stored ? storedKeys.map(jwkIdentity).sort().join('\n') : undefined;
     const wantedIds = wanted.map(jwkIdentity).sort().join('\n');
     if (stored && storedIds === wantedIds) {
       // Nothing of ours to change; adopt what is stored (maybe another server's newer write).

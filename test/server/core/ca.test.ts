@@ -150,4 +150,14 @@ describe('CA rotation', () => {
     expect(() => loadUpstream(fs.readFileSync(path.join(dir, 'up.crt')), Buffer.from(badKey as string), undefined, clock.now()))
       .toThrow(/does not match/);
   });
+
+  it('refuses to publish over a corrupt stored bundle, saying so', async () => {
+    const store = mapStore();
+    await store.setBundle({ trustDomain: 'example.org', bundleJson: '{not json', sequence: 4n });
+    await expect(CaManager.start({
+      trustDomain: 'example.org', keyType: 'ec-p256', ttlSeconds: 600, subject: { commonName: 't' },
+      keyStore: memoryKeyStore(), store, refreshHintSeconds: 60,
+    })).rejects.toMatchObject({ code: 'bundle_store_failed', message: expect.stringMatching(/not valid JSON/) });
+    expect((await store.getBundle('example.org'))?.sequence).toBe(4n);
+  });
 });

@@ -172,6 +172,21 @@ describe('authenticated RPCs (mTLS with the agent SVID)', () => {
     expect(v.leaf.subjectAltName).toContain('DNS:web.example.org');
     expect(v.leaf.publicKey.export({ format: 'der', type: 'spki' }).equals(k.publicKey.export({ format: 'der', type: 'spki' }))).toBe(true);
     expect((Date.parse(v.leaf.validTo) - Date.parse(v.leaf.validFrom)) / 1000).toBeLessThanOrEqual(911);
+    // openssl as an independent CSR maker: a granted DNS name passes, an IP SAN is refused.
+    const dir = fs.mkdtempSync(path.join(ts.dir, 'csr-'));
+    const mk = (san: string, name: string): Buffer => {
+      execFileSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', path.join(dir, `${name}.key`),
+        '-outform', 'DER', '-out', path.join(dir, `${name}.csr`), '-subj', '/CN=w', '-addext', `subjectAltName=${san}`], { stdio: 'ignore' });
+      return fs.readFileSync(path.join(dir, `${name}.csr`));
+    };
+    const viaOpenssl = await unary<BatchNewX509SvidResponse>(c, 'BatchNewX509Svid', { params: [
+      { entryId: mineId, csr: mk('DNS:web.example.org', 'dns') },
+      { entryId: mineId, csr: mk('DNS:web.example.org,IP:10.0.0.1', 'ip') },
+      { entryId: mineId, csr: mk('DNS:evil.example.org', 'evil') },
+    ] });
+    expect(viaOpenssl.results.map((r) => r.errorCode)).toEqual([0, grpc.status.INVALID_ARGUMENT, grpc.status.INVALID_ARGUMENT]);
+    expect(viaOpenssl.results[1]?.errorMessage).toMatch(/asks for ip SANs/);
+    expect(viaOpenssl.results[2]?.errorMessage).toMatch(/evil\.example\.org/);
     await expect(unary(c, 'BatchNewX509Svid', { params: [] })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
     await expect(unary(c, 'BatchNewX509Svid', { params: Array.from({ length: 501 }, () => ({ entryId: mineId, csr: k.csr })) }))
       .rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/at most 500/) });
