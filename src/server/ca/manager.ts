@@ -275,7 +275,7 @@ export class CaManager {
     } catch (err) {
       throw new CaError('bundle_store_failed', `cannot read the bundle of ${td} from the datastore: ${(err as Error).message}`, { cause: err });
     }
-    let storedKeys: ReturnType<typeof parseStoredKeys> = [];
+    let storedKeys: ReturnType<typeof parseStoredKeys>;
     try {
       storedKeys = stored ? parseStoredKeys(stored.bundleJson) : [];
     } catch (err) {
