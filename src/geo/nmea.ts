@@ -134,7 +134,16 @@ export class NmeaSensor implements SensorPlugin {
     this.stream = stream;
     stream.setEncoding?.('latin1');
     stream.on('data', (chunk: string | Buffer) => this.onData(typeof chunk === 'string' ? chunk : chunk.toString('latin1')));
-    stream.on('error', (err: Error) => this.waiters.failAll(new SensorError('GEO_SENSOR_IO', this.id, `reading ${this.device}: ${err.message}`, { cause: err })));
+    stream.on('error', (err: Error) => {
+      // Forget the broken stream so the next read() reopens the device.
+      if (this.stream === stream) {
+        this.stream = undefined;
+        this.opening = undefined;
+        this.buf = '';
+      }
+      stream.destroy();
+      this.waiters.failAll(new SensorError('GEO_SENSOR_IO', this.id, `reading ${this.device}: ${err.message}`, { cause: err }));
+    });
     stream.on('end', () => {
       this.ended = true;
       this.waiters.failAll(new SensorError('GEO_SENSOR_CLOSED', this.id, `end of input on ${this.device} (${this.describeWait()})`));
