@@ -471,6 +471,7 @@ export class Agent {
         this.rotateAt.set(r.entryId, rotationTime(notBefore, notAfter));
       }
       this.stats.svidsSigned += fresh.size;
+      this.log.info({ count: fresh.size, requested: batch.length }, 'workload SVIDs signed');
       this.cache.putSvids(fresh);
     }
   }

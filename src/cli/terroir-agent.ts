@@ -8,9 +8,8 @@ import {
   ENDPOINT_SOCKET_ENV, createWorkloadClient, fromProtoStruct, splitDerCertificates, workloadMetadata,
   type WorkloadApiClient, type X509SvidResponse,
 } from '../api/workload-api.js';
-import { Agent } from '../agent/agent.js';
 import { AgentConfigError, loadAgentConfig } from '../agent/config.js';
-import { openTpmCredentialSource, type TpmSession } from '../agent/tpm-session.js';
+import type { TpmSession } from '../agent/tpm-session.js';
 import { FlagError, FlagSet, str, type FlagSpec, type ParsedFlags } from './flags.js';
 
 const HELP = `terroir-agent — proves its node (TPM, location) and serves the SPIFFE Workload API
@@ -233,8 +232,13 @@ async function runAgent(args: string[]): Promise<number> {
   const file = str(flags, 'config');
   if (!file) throw new UsageError('run needs -c agent.yaml');
   const config = loadAgentConfig(file);
+  // Loaded only for `run`: the api commands stay light, and the TPM stack loads only when configured.
+  const { Agent } = await import('../agent/agent.js');
   let tpm: TpmSession | undefined;
-  if (config.nodeAttestor.tpm) tpm = await openTpmCredentialSource(config.nodeAttestor.tpm);
+  if (config.nodeAttestor.tpm) {
+    const { openTpmCredentialSource } = await import('../agent/tpm-session.js');
+    tpm = await openTpmCredentialSource(config.nodeAttestor.tpm);
+  }
   const agent = await Agent.start(config, tpm ? { tpm } : {});
   await new Promise<void>((resolve) => {
     process.once('SIGINT', () => resolve());
