@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import type { ServiceError } from '@grpc/grpc-js';
 import {
+  ADMIN_API_MAX_BATCH,
   AdminClient,
   DEFAULT_ADMIN_SOCKET,
   type Agent,
@@ -79,6 +80,7 @@ const COMMANDS: Record<string, Record<string, FlagSet>> = {
   entry: {
     create: sub(...ENTRY_FIELDS,
       { name: 'entryID', type: 'string', usage: 'UUID to give the entry (default: generated)' },
+      { name: 'data', type: 'string', usage: 'JSON file with {"entries": [...]} to create in batches (SPIRE\'s format; "-" = stdin)' },
       { name: 'node', type: 'bool', usage: 'a node-alias entry: parent is the server, selectors match agents' }),
     show: sub(
       { name: 'entryID', type: 'string', usage: 'show only this entry' },
@@ -202,7 +204,10 @@ function reportBatch(results: EntryResult[], verb: string, out: OutputFormat, io
   if (out === 'json') io.out(formatJson({ results }));
   else if (ok.length > 0 && verb !== 'delete') io.out(entryTable(ok));
   else if (ok.length > 0) io.out(ok.map((e) => `Deleted entry ${e.id}\n`).join(''));
-  for (const r of failed) io.err(`Failed to ${verb} entry${r.entry?.id ? ` ${r.entry.id}` : ''}: ${r.status.message}\n`);
+  for (const r of failed) {
+    const which = r.entry?.id || r.entry?.spiffeId || '';
+    io.err(`Failed to ${verb} entry${which ? ` ${which}` : ''}: ${r.status.message}\n`);
+  }
   return failed.length > 0 ? 1 : 0;
 }
 
@@ -233,8 +238,66 @@ function entryFromFlags(f: ParsedFlags): { entry: Partial<Entry>; mask: EntryMas
   return { entry, mask };
 }
 
+/** Reads SPIRE's `entry create -data` JSON: snake_case or camelCase keys, IDs as strings or {trust_domain, path}. */
+function entriesFromData(file: string): Partial<Entry>[] {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(fs.readFileSync(file === '-' ? 0 : file, 'utf8'));
+  } catch (err) {
+    throw new CliError(`cannot read entries from ${file}: ${(err as Error).message}`);
+  }
+  const list = (doc as { entries?: unknown } | null)?.entries;
+  if (!Array.isArray(list)) throw new CliError(`${file}: expected a JSON object with an "entries" array`);
+  return list.map((raw, i) => {
+    if (raw === null || typeof raw !== 'object') throw new CliError(`${file}: entries[${i}] is not an object`);
+    const r = raw as Record<string, unknown>;
+    const pick = (...keys: string[]): unknown => keys.map((k) => r[k]).find((v) => v !== undefined);
+    const id = (v: unknown, what: string): string | undefined => {
+      if (v === undefined || typeof v === 'string') return v;
+      const o = v as { trust_domain?: unknown; trustDomain?: unknown; path?: unknown };
+      const td = o.trust_domain ?? o.trustDomain;
+      if (typeof td === 'string' && typeof (o.path ?? '') === 'string') return `spiffe://${td}${(o.path as string | undefined) ?? ''}`;
+      throw new CliError(`${file}: entries[${i}].${what} must be a SPIFFE ID string or {trust_domain, path}`);
+    };
+    const e: Partial<Entry> = {};
+    const assign = <K extends keyof Entry>(k: K, v: unknown, type: 'string' | 'number' | 'boolean' | 'array'): void => {
+      if (v === undefined) return;
+      const ok = type === 'array' ? Array.isArray(v) : typeof v === type;
+      if (!ok) throw new CliError(`${file}: entries[${i}].${k} must be ${type === 'array' ? 'an array' : `a ${type}`}`);
+      (e as Record<string, unknown>)[k] = v;
+    };
+    assign('id', pick('id', 'entry_id', 'entryId'), 'string');
+    assign('spiffeId', id(pick('spiffe_id', 'spiffeId'), 'spiffe_id'), 'string');
+    assign('parentId', id(pick('parent_id', 'parentId'), 'parent_id'), 'string');
+    assign('selectors', pick('selectors'), 'array');
+    assign('x509SvidTtl', pick('x509_svid_ttl', 'x509SvidTtl'), 'number');
+    assign('jwtSvidTtl', pick('jwt_svid_ttl', 'jwtSvidTtl'), 'number');
+    assign('dnsNames', pick('dns_names', 'dnsNames'), 'array');
+    assign('federatesWith', pick('federates_with', 'federatesWith'), 'array');
+    assign('admin', pick('admin'), 'boolean');
+    assign('downstream', pick('downstream'), 'boolean');
+    assign('storeSvid', pick('store_svid', 'storeSvid'), 'boolean');
+    assign('hint', pick('hint'), 'string');
+    assign('locationPolicy', pick('location_policy', 'locationPolicy'), 'string');
+    if (e.federatesWith) e.federatesWith = e.federatesWith.map((t) => trustDomainName(String(t)));
+    return e;
+  });
+}
+
 const HANDLERS: Record<string, Handler> = {
   async 'entry create'(f, client, out, io) {
+    const data = str(f, 'data');
+    if (data !== undefined) {
+      if ([...f.values.keys()].some((k) => !['data', 'socketPath', 'config', 'output'].includes(k))) {
+        throw new CliError('-data takes the entries from the file; do not combine it with entry flags', 2);
+      }
+      const all = entriesFromData(data);
+      const results: EntryResult[] = [];
+      for (let i = 0; i < all.length; i += ADMIN_API_MAX_BATCH) {
+        results.push(...(await client.call('BatchCreateEntry', { entries: all.slice(i, i + ADMIN_API_MAX_BATCH) })).results);
+      }
+      return reportBatch(results, 'create', out, io);
+    }
     const { entry } = entryFromFlags(f);
     if (!entry.spiffeId) throw new CliError('-spiffeID is required', 2);
     if (bool(f, 'node')) {

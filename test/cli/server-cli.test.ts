@@ -85,6 +85,27 @@ describe('terroir-server CLI against a real admin socket', () => {
     expect(unknownFlag.stderr).toMatch(/^terroir-server entry create: flag provided but not defined: -colour/);
   });
 
+  it('creates entries in batches from a SPIRE-style -data file', async () => {
+    const file = path.join(fx.dir, 'entries.json');
+    fs.writeFileSync(file, JSON.stringify({
+      entries: [
+        { spiffe_id: 'spiffe://example.org/data/1', parent_id: AGENT, selectors: [{ type: 'unix', value: 'uid:501' }], x509_svid_ttl: 200 },
+        { spiffe_id: { trust_domain: 'example.org', path: '/data/2' }, parent_id: { trust_domain: 'example.org', path: '/agent/x' },
+          selectors: [{ type: 'unix', value: 'uid:502' }], federates_with: ['spiffe://partner.org'], admin: true },
+        { spiffe_id: 'spiffe://example.org/data/1', parent_id: AGENT, selectors: [{ type: 'unix', value: 'uid:501' }] },
+      ],
+    }));
+    const r = await cli('entry', 'create', '-data', file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^Failed to create entry spiffe:\/\/example.org\/data\/1: an entry with id .* already exists\n$/);
+    expect(await fx.store.listEntries({ spiffeId: 'spiffe://example.org/data/2' })).toMatchObject([
+      { parentId: 'spiffe://example.org/agent/x', federatesWith: ['partner.org'], admin: true },
+    ]);
+    expect((await fx.store.listEntries({ spiffeId: 'spiffe://example.org/data/1' }))[0]!.x509SvidTtl).toBe(200);
+    fs.writeFileSync(file, '{"entries": [{"spiffe_id": 5}]}');
+    expect(await cli('entry', 'create', '-data', file)).toMatchObject({ code: 1, stderr: `Error: ${file}: entries[0].spiffe_id must be a SPIFFE ID string or {trust_domain, path}\n` });
+  });
+
   it('creates node-alias entries with -node', async () => {
     const r = await cli('entry', 'create', '-node', '-spiffeID', 'spiffe://example.org/nodes/eu', '-selector', 'tpm:ek-issuer:CN=Mfr');
     expect(r.code).toBe(0);

@@ -10,6 +10,7 @@ import {
   type AdminMethods,
   type Agent,
   type Bundle as ApiBundle,
+  type Entry as ApiEntry,
 } from '../../api/admin-api.js';
 import { Bundle, TrustDomain } from '../../spiffe/index.js';
 import { pinoAuditor, type Auditor } from '../audit.js';
@@ -97,23 +98,19 @@ function toApiBundle(b: Bundle): ApiBundle {
   };
 }
 
-function batchResults(results: BatchResult<RegistrationEntry>[], ids?: string[]): AdminMethods['BatchCreateEntry'][1] {
+/** Per-item results; a failed item echoes what identifies it (id, SPIFFE ID, parent) so callers can say which. */
+function batchResults(results: BatchResult<RegistrationEntry>[], echo: Partial<ApiEntry>[]): AdminMethods['BatchCreateEntry'][1] {
   return {
     results: results.map((r, i) => r.ok
       ? { status: { code: GrpcStatus.OK, message: 'OK' }, entry: toApiEntry(r.value) }
-      : {
-        status: { code: STORE_TO_GRPC[r.code], message: r.message },
-        entry: ids?.[i] === undefined ? null : { ...emptyEntryWithId(ids[i]!) },
-      }),
+      : { status: { code: STORE_TO_GRPC[r.code], message: r.message }, entry: { ...EMPTY_ENTRY, ...echo[i] } }),
   };
 }
 
-function emptyEntryWithId(id: string): ReturnType<typeof toApiEntry> {
-  return {
-    id, spiffeId: '', parentId: '', selectors: [], x509SvidTtl: 0, jwtSvidTtl: 0, dnsNames: [], federatesWith: [],
-    admin: false, downstream: false, hint: '', storeSvid: false, locationPolicy: '', revision: 0, createdAt: 0,
-  };
-}
+const EMPTY_ENTRY: ApiEntry = {
+  id: '', spiffeId: '', parentId: '', selectors: [], x509SvidTtl: 0, jwtSvidTtl: 0, dnsNames: [], federatesWith: [],
+  admin: false, downstream: false, hint: '', storeSvid: false, locationPolicy: '', revision: 0, createdAt: 0,
+};
 
 type Handler<M extends AdminMethod> = (req: AdminMethods[M][0], caller: string) => Promise<AdminMethods[M][1]>;
 export type AdminHandlers = { [M in AdminMethod]: Handler<M> };
@@ -158,7 +155,7 @@ export function createAdminService(deps: AdminServiceDeps): AdminService {
       });
       const results = await store.createEntries(entries, { allOrNothing: req.allOrNothing ?? false });
       entriesChanged(results);
-      return batchResults(results);
+      return batchResults(results, entries.map((e) => ({ id: e.id ?? '', spiffeId: e.spiffeId, parentId: e.parentId })));
     },
 
     async BatchUpdateEntry(req) {
@@ -172,7 +169,7 @@ export function createAdminService(deps: AdminServiceDeps): AdminService {
       });
       const results = await store.updateEntries(updates, { allOrNothing: req.allOrNothing ?? false });
       entriesChanged(results);
-      return batchResults(results, updates.map((u) => u.id));
+      return batchResults(results, updates.map((u) => ({ id: u.id })));
     },
 
     async BatchDeleteEntry(req) {
@@ -180,7 +177,7 @@ export function createAdminService(deps: AdminServiceDeps): AdminService {
       const ids = req.ids.map((id) => checkEntryId(id));
       const results = await store.deleteEntries(ids, { allOrNothing: req.allOrNothing ?? false });
       entriesChanged(results);
-      return batchResults(results, ids);
+      return batchResults(results, ids.map((id) => ({ id })));
     },
 
     async ListEntries(req) {
