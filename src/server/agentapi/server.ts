@@ -20,6 +20,9 @@ class ServerTlsProvider implements experimental.CertificateProvider {
   private identity: { certificate: Buffer; privateKey: Buffer } | undefined;
   private readonly caListeners = new Set<CaListener>();
   private readonly idListeners = new Set<IdentityListener>();
+  private deliveredResolve!: () => void;
+  /** Resolves once grpc-js has received the first identity (it drops connections until then). */
+  readonly delivered = new Promise<void>((resolve) => { this.deliveredResolve = resolve; });
 
   setCa(pem: Buffer): void {
     this.ca = pem;
@@ -43,7 +46,10 @@ class ServerTlsProvider implements experimental.CertificateProvider {
 
   addIdentityCertificateListener(l: IdentityListener): void {
     this.idListeners.add(l);
-    setImmediate(() => { if (this.identity && this.idListeners.has(l)) l(this.identity); });
+    setImmediate(() => {
+      if (this.identity && this.idListeners.has(l)) l(this.identity);
+      this.deliveredResolve();
+    });
   }
 
   removeIdentityCertificateListener(l: IdentityListener): void {
@@ -128,6 +134,8 @@ export async function startAgentApiServer(o: AgentApiServerOptions): Promise<Age
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(`${o.host.includes(':') ? `[${o.host}]` : o.host}:${o.port}`, creds, (err, p) => (err ? reject(err) : resolve(p)));
   });
+  // Listening is not serving: wait until the TLS identity reached the server.
+  await provider.delivered;
   o.logger.info({ host: o.host, port }, 'agent API listening');
 
   return {

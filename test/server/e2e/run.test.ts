@@ -23,6 +23,24 @@ describe('running server', () => {
     }
   });
 
+  it('presents a server SVID with the configured DNS names and IP addresses', async () => {
+    const ts = await startTestServer({ agentApi: { dnsNames: ['terroir.example.org'], ipAddresses: ['127.0.0.1', '::1'] } });
+    try {
+      const served = await new Promise<crypto.X509Certificate>((resolve, reject) => {
+        const sock = tls.connect({
+          host: '127.0.0.1', port: ts.server.agentApiPort, ALPNProtocols: ['h2'],
+          ca: ts.server.ca.x509Roots().map((d) => new crypto.X509Certificate(d).toString()),
+          // Host-name verification (Node's default check) against the IP SAN.
+        }, () => { resolve(new crypto.X509Certificate(sock.getPeerCertificate().raw)); sock.end(); });
+        sock.on('error', reject);
+      });
+      expect(served.subjectAltName).toBe('URI:spiffe://example.org/spire/server, DNS:terroir.example.org, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1');
+      expect(served.checkIP('127.0.0.1')).toBe('127.0.0.1');
+    } finally {
+      await ts.stop();
+    }
+  });
+
   it('rotates its CA on schedule: agents are told, the server SVID moves to the new CA, old SVIDs stay valid', async () => {
     // CA TTL 12 s: prepare at ~6 s, activate at ~10 s (SVID TTL <= 2 s, CA TTL / 6).
     const ts = await startTestServer({ ca: { keyStore: 'memory', ttl: 12, x509SvidTtl: 2, jwtSvidTtl: 2 } });
