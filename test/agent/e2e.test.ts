@@ -3,11 +3,10 @@
 // socket with a client built from the normative spec proto, and a real mutual-TLS handshake
 // between two workloads (one of them another user) using the SVIDs they got.
 import crypto from 'node:crypto';
-import { execFile, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
-import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import pino from 'pino';
@@ -19,12 +18,12 @@ import { splitDerCertificates } from '../../src/api/workload-api.js';
 import { parseServerConfig, startServer, type RunningServer, type ServerConfig } from '../../src/server/index.js';
 import { Bundle, BundleSet, TrustDomain, validateJwtSvid, verifyX509Svid } from '../../src/spiffe/index.js';
 import { freePort } from '../support/ports.js';
-import { ProcessGroup, captureOutput } from '../support/proc.js';
+import { captureOutput, stopChild } from '../support/proc.js';
 import { startSwtpm, type Swtpm } from '../support/swtpm.js';
 import { tempDir } from '../support/tmp.js';
 import { makeCa } from './fixtures.js';
+import { installWireClient, runWireClientAs, spawnWireClientAs } from './as-user.js';
 
-const run = promisify(execFile);
 const SPEC_PROTO = path.resolve(import.meta.dirname, '../../../shared/spec/workloadapi.proto');
 const TD = 'e2e.test';
 const uid = process.getuid!();
@@ -78,7 +77,6 @@ const pemOf = (ders: Buffer[]) => ders.map((d) => new crypto.X509Certificate(d).
 
 describe('agent end to end (server + swtpm + Workload API)', () => {
   const tmp = tempDir('terroir-e2e-agent-');
-  const procs = new ProcessGroup();
   let swtpm: Swtpm;
   let tpm: TpmSession | undefined;
   let serverConfig: ServerConfig;
@@ -89,6 +87,8 @@ describe('agent end to end (server + swtpm + Workload API)', () => {
   let stream: X509Stream;
   const socket = path.join(tmp.dir, 'public', 'agent.sock');
   const entryIds: Record<string, string> = {};
+  const children: ChildProcess[] = [];
+  let wireClient: string;
 
   async function addEntry(name: string, spiffeId: string, selectors: string[], extra: Record<string, unknown> = {}): Promise<void> {
     const [res] = await server!.store.createEntries([{
@@ -100,6 +100,7 @@ describe('agent end to end (server + swtpm + Workload API)', () => {
 
   beforeAll(async () => {
     fs.chmodSync(tmp.dir, 0o755);
+    wireClient = installWireClient(path.join(tmp.dir, 'client'));
     swtpm = await startSwtpm();
     serverConfig = parseServerConfig({
       trustDomain: TD,
@@ -133,7 +134,7 @@ describe('agent end to end (server + swtpm + Workload API)', () => {
   afterAll(async () => {
     stream?.close();
     client?.close();
-    await procs.stopAll(1000);
+    await Promise.all(children.map((c) => stopChild(c, 1000)));
     await agent?.stop();
     await tpm?.close();
     await server?.stop();
@@ -162,27 +163,25 @@ describe('agent end to end (server + swtpm + Workload API)', () => {
   });
 
   it('another uid with no entry gets PermissionDenied', async () => {
-    const script = path.resolve(import.meta.dirname, 'clients/fetch-x509.mjs');
-    const { stdout } = await run('setpriv', ['--reuid=4242', '--regid=4242', '--clear-groups', process.execPath, script, socket, SPEC_PROTO], { timeout: 15_000 });
-    const res = JSON.parse(stdout.trim()) as { ok: boolean; uid: number; code: number };
+    const res = await runWireClientAs<{ ok: boolean; uid: number; code: number }>(4242, wireClient, [socket, 'fetch']);
     expect(res).toMatchObject({ ok: false, uid: 4242, code: grpc.status.PERMISSION_DENIED });
   });
 
   it('two workloads (two users) do mutual TLS with their SVIDs', async () => {
     await addEntry('b', `spiffe://${TD}/workload/b`, ['uid:65534']);
-    const script = path.resolve(import.meta.dirname, 'clients/mtls-server.mjs');
     // The server workload runs as nobody and accepts only workload a.
     let child: ChildProcess | undefined;
     let line = '';
     for (let attempt = 0; attempt < 50 && !line; attempt++) {
       // Until the agent has synced the new entry, nobody is refused; retry.
-      child = procs.start('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, script, socket, SPEC_PROTO, `spiffe://${TD}/workload/a`]);
+      child = spawnWireClientAs(65534, wireClient, [socket, 'mtls', `spiffe://${TD}/workload/a`]);
+      children.push(child);
       const out = captureOutput(child);
       line = await new Promise<string>((resolve) => {
         child!.stdout!.on('data', () => { if (out().includes('\n')) resolve(out().split('\n')[0]!); });
         child!.once('exit', () => resolve(''));
       });
-      if (line.includes('"error"')) line = '';
+      if (!line.includes('"port"')) line = '';
       if (!line) await new Promise((r) => setTimeout(r, 200));
     }
     const { port, id } = JSON.parse(line) as { port: number; id: string };

@@ -1,11 +1,9 @@
 // Workload API conformance, with an independent client built from the normative spec proto
 // (../shared/spec/workloadapi.proto), over the real Unix socket, with the real unix attestor.
 import crypto from 'node:crypto';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import * as jose from 'jose';
@@ -15,9 +13,9 @@ import { IdentityCache, type CacheEntry } from '../../src/agent/cache.js';
 import { UnixAttestor } from '../../src/agent/attestor/unix.js';
 import { WorkloadApiServer, WorkloadApiError, type JwtProvider } from '../../src/agent/workloadapi/server.js';
 import { tempDir } from '../support/tmp.js';
+import { installWireClient, runWireClientAs } from './as-user.js';
 import { makeCa, makeSvid, type TestCa } from './fixtures.js';
 
-const run = promisify(execFile);
 const SPEC_PROTO = path.resolve(import.meta.dirname, '../../../shared/spec/workloadapi.proto');
 const uid = process.getuid!();
 const gid = process.getgid!();
@@ -351,9 +349,8 @@ describe('Workload API server', () => {
   });
 
   it('another uid with no entry gets PermissionDenied (a real process running as nobody)', async () => {
-    const script = path.resolve(import.meta.dirname, 'clients/fetch-x509.mjs');
-    const { stdout } = await run('runuser', ['-u', 'nobody', '--', process.execPath, script, socket, SPEC_PROTO], { timeout: 15_000 });
-    const res = JSON.parse(stdout.trim()) as { ok: boolean; uid: number; code: number; details: string };
+    const script = installWireClient(path.join(tmp.dir, 'client'));
+    const res = await runWireClientAs<{ ok: boolean; uid: number; code: number; details: string }>(65534, script, [socket, 'fetch']);
     expect(res.uid).toBe(65534);
     expect(res.ok).toBe(false);
     expect(res.code).toBe(grpc.status.PERMISSION_DENIED);
@@ -364,9 +361,8 @@ describe('Workload API server', () => {
     const entries = cache.entryList();
     cache.setEntries([...entries, entry('e-nobody', 'spiffe://example.org/nobody', ['uid:65534', 'user:nobody'])]);
     cache.putSvids(new Map([['e-nobody', makeSvid(ca, 'spiffe://example.org/nobody')]]));
-    const script = path.resolve(import.meta.dirname, 'clients/fetch-x509.mjs');
-    const { stdout } = await run('runuser', ['-u', 'nobody', '--', process.execPath, script, socket, SPEC_PROTO], { timeout: 15_000 });
-    expect(JSON.parse(stdout.trim())).toEqual({ ok: true, uid: 65534, svids: ['spiffe://example.org/nobody'] });
+    const script = installWireClient(path.join(tmp.dir, 'client'));
+    expect(await runWireClientAs(65534, script, [socket, 'fetch'])).toEqual({ ok: true, uid: 65534, svids: ['spiffe://example.org/nobody'] });
     cache.setEntries(entries);
   });
 });
