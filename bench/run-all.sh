@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every benchmark in turn; each prints its own figures. Benchmarks are not tests: run them on
+# an otherwise idle machine for meaningful numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for b in spiffe tpm keylime geo datastore server agent; do
+  [ -f "bench/$b.ts" ] || continue
+  printf '\n===== bench/%s.ts =====\n' "$b"
+  npx tsx "bench/$b.ts"
+done
