@@ -67,6 +67,16 @@ describe('unix workload attestor', () => {
       .rejects.toMatchObject({ code: 'process_changed' });
   });
 
+  it('uses the effective ids, as SO_PEERCRED does (real and effective differ)', async () => {
+    const child = spawn('setpriv', ['--ruid=0', '--euid=65534', '--rgid=0', '--egid=65534', '--clear-groups', '/bin/sleep', '30'], { stdio: 'ignore' });
+    children.push(child);
+    await waitForExe(child.pid!, sleepPath);
+    const start = processStartTime(child.pid!);
+    const sel = await new UnixAttestor({ sha256: false }).attest({ pid: child.pid!, uid: 65534, gid: 65534 }, start);
+    expect(sel.map((x) => x.value)).toContain('uid:65534');
+    await expect(new UnixAttestor().attest({ pid: child.pid!, uid: 0, gid: 0 }, start)).rejects.toMatchObject({ code: 'process_changed' });
+  });
+
   it('refuses a pid that has exited', async () => {
     const child = startSleep();
     await waitForExe(child.pid!, sleepPath);

@@ -79,10 +79,12 @@ export class UnixAttestor {
     const { pid, uid, gid } = cred;
     this.checkSameProcess(pid, startTime);
 
+    // SO_PEERCRED reports the effective ids at connect(); /proc/<pid>/status lists real, effective,
+    // saved and filesystem ids. The effective ones are what the process acts as.
     const status = this.readProc(pid, 'status');
-    const realUid = /^Uid:\s+(\d+)/m.exec(status)?.[1];
-    const realGid = /^Gid:\s+(\d+)/m.exec(status)?.[1];
-    if (realUid !== String(uid) || realGid !== String(gid)) {
+    const effectiveUid = /^Uid:\s+\d+\s+(\d+)/m.exec(status)?.[1];
+    const effectiveGid = /^Gid:\s+\d+\s+(\d+)/m.exec(status)?.[1];
+    if (effectiveUid !== String(uid) || effectiveGid !== String(gid)) {
       // The process changed identity since it connected: attest neither identity.
       throw new WorkloadAttestationError('process_changed', `process ${pid} changed its uid/gid after connecting`);
     }
