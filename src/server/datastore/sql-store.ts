@@ -171,9 +171,24 @@ export class SqlDataStore implements DataStore {
   // --- registration entries ---
 
   /**
-   * Runs a batch in one transaction. A failing item (say, a duplicate) is skipped alone: updates run
-   * under a savepoint because their UPDATE can fail after a partial write; creates and deletes refuse
-   * before writing anything, so they do without. With allOrNothing any failure rolls back everything.
+   * The revision the current transaction's changes will carry. On PostgreSQL the counter row stays
+   * locked until commit, which serialises entry writers across servers so revisions never interleave.
+   */
+  private async nextRevision(conn: SqlConn): Promise<bigint> {
+    const lock = this.db.dialect === 'postgres' ? ' FOR UPDATE' : '';
+    const cur = await conn.query(`SELECT value FROM counters WHERE name = 'entries'${lock}`);
+    return big(cur[0]?.value) + 1n;
+  }
+
+  private async setRevision(conn: SqlConn, revision: bigint): Promise<void> {
+    await conn.run("UPDATE counters SET value = ? WHERE name = 'entries'", [revision]);
+  }
+
+  /**
+   * Runs an update or delete batch in one transaction, item by item. A failing item (a conflict, a
+   * missing entry) is skipped alone: updates run under a savepoint because their UPDATE can fail after
+   * a partial write; deletes refuse before writing anything, so they do without. With allOrNothing
+   * any failure rolls back everything.
    * Every changed entry gets the batch's revision, and the global counter moves only if
    * something changed (a batch that fails entirely leaves the revision where it was).
    */
@@ -186,11 +201,8 @@ export class SqlDataStore implements DataStore {
   ): Promise<BatchResult<T>[]> {
     const results: BatchResult<T>[] = [];
     if (items.length === 0) return results;
-    const lock = this.db.dialect === 'postgres' ? ' FOR UPDATE' : '';
     const run = async (conn: SqlConn): Promise<void> => {
-      // Locking the counter row serialises entry writers across servers, so revisions never interleave.
-      const cur = await conn.query(`SELECT value FROM counters WHERE name = 'entries'${lock}`);
-      const revision = big(cur[0]?.value) + 1n;
+      const revision = await this.nextRevision(conn);
       for (const it of items) {
         if (savepoints) await conn.run('SAVEPOINT item');
         try {
@@ -209,7 +221,7 @@ export class SqlDataStore implements DataStore {
         }
       }
       if (options?.allOrNothing && results.some((r) => !r.ok)) throw new Aborted();
-      if (results.some((r) => r.ok)) await conn.run("UPDATE counters SET value = ? WHERE name = 'entries'", [revision]);
+      if (results.some((r) => r.ok)) await this.setRevision(conn, revision);
     };
     try {
       await this.db.transaction(run);
@@ -222,24 +234,74 @@ export class SqlDataStore implements DataStore {
     return results;
   }
 
-  createEntries(entries: NewRegistrationEntry[], options?: BatchOptions): Promise<BatchResult<RegistrationEntry>[]> {
-    return this.batch(entries, options, async (conn, input, revision) => {
+  /**
+   * Creates a batch with multi-row INSERTs (one round trip per 200 entries, not several per entry):
+   * items are checked first, then inserted with ON CONFLICT DO NOTHING … RETURNING id, and an item
+   * whose id does not come back collided with an existing entry.
+   */
+  async createEntries(entries: NewRegistrationEntry[], options?: BatchOptions): Promise<BatchResult<RegistrationEntry>[]> {
+    const results: BatchResult<RegistrationEntry>[] = new Array(entries.length);
+    const todo: { i: number; e: Omit<RegistrationEntry, 'revision' | 'createdAt'> }[] = [];
+    const ids = new Set<string>();
+    entries.forEach((input, i) => {
       const e = { ...input, id: (input.id ?? randomUUID()).toLowerCase(), selectors: canonicalSelectors(input.selectors) };
-      checkEntry(e);
-      const createdAt = Date.now();
-      // DO NOTHING on any unique conflict (id or identity) turns a duplicate into "0 rows", not an error.
-      const n = await conn.run(
-        `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selectors_key, x509_svid_ttl, jwt_svid_ttl, dns_names,
-          federates_with, admin, downstream, hint, store_svid, location_policy, revision, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-        [e.id, ...entryParams(e), revision, createdAt]);
-      if (n === 0) {
-        throw new DataStoreError('already_exists',
-          `an entry with id ${e.id} or with the same SPIFFE ID, parent ID and selectors already exists`);
+      try {
+        checkEntry(e);
+      } catch (err) {
+        const ds = err as DataStoreError;
+        results[i] = { ok: false, code: ds.code, message: ds.message };
+        return;
       }
-      await this.insertSelectors(conn, e.id, e.selectors);
-      return { ...e, revision, createdAt: new Date(createdAt) } as RegistrationEntry;
-    }, false);
+      if (ids.has(e.id)) {
+        results[i] = { ok: false, code: 'already_exists', message: `entry id ${e.id} appears twice in this batch` };
+        return;
+      }
+      ids.add(e.id);
+      todo.push({ i, e });
+    });
+    // Array.from, not map: map skips the holes of items not decided yet.
+    const abort = (): BatchResult<RegistrationEntry>[] => Array.from(results, (r) => (r === undefined || r.ok
+      ? { ok: false, code: 'aborted', message: 'not applied: another item in this all-or-nothing batch failed' }
+      : r));
+    if (todo.length === 0) return results;
+    if (options?.allOrNothing && todo.length < entries.length) return abort();
+    try {
+      await this.db.transaction(async (conn) => {
+        const revision = await this.nextRevision(conn);
+        const createdAt = Date.now();
+        const inserted = new Set<string>();
+        for (const part of chunks(todo, 200)) {
+          const rows = await conn.query(
+            `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selectors_key, x509_svid_ttl, jwt_svid_ttl, dns_names,
+              federates_with, admin, downstream, hint, store_svid, location_policy, revision, created_at)
+             VALUES ${part.map(() => '(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ')}
+             ON CONFLICT DO NOTHING RETURNING id`,
+            part.flatMap(({ e }) => [e.id, ...entryParams(e), revision, createdAt]));
+          for (const r of rows) inserted.add(String(r.id));
+        }
+        const created: Omit<RegistrationEntry, 'revision' | 'createdAt'>[] = [];
+        for (const { i, e } of todo) {
+          if (inserted.has(e.id)) {
+            results[i] = { ok: true, value: { ...e, revision, createdAt: new Date(createdAt) } };
+            created.push(e);
+          } else {
+            results[i] = { ok: false, code: 'already_exists',
+              message: `an entry with id ${e.id} or with the same SPIFFE ID, parent ID and selectors already exists` };
+          }
+        }
+        if (options?.allOrNothing && created.length < todo.length) throw new Aborted();
+        const selectorRows = created.flatMap((e) => e.selectors.map((s) => [e.id, s.type, s.value]));
+        for (const part of chunks(selectorRows, 300)) {
+          await conn.run(`INSERT INTO entry_selectors (entry_id, type, value) VALUES ${part.map(() => '(?, ?, ?)').join(', ')}`,
+            part.flat());
+        }
+        if (created.length > 0) await this.setRevision(conn, revision);
+      });
+    } catch (err) {
+      if (err instanceof Aborted) return abort();
+      throw err;
+    }
+    return results;
   }
 
   private async insertSelectors(conn: SqlConn, id: string, selectors: Selector[]): Promise<void> {

@@ -77,6 +77,22 @@ export function runDataStoreSuite(name: string, factory: () => Promise<StoreHarn
         expect(await store.entriesRevision()).toBe(before + 2n);
       });
 
+      it('refuses duplicates inside one batch (same id, or same identity) and keeps the first', async () => {
+        const id = '11111111-2222-4333-8444-555555555555';
+        const results = await store.createEntries([
+          entry('/w/1', AGENT, ['unix:uid:1'], { id }),
+          entry('/w/2', AGENT, ['unix:uid:2'], { id: id.toUpperCase() }),
+          entry('/w/3', AGENT, ['unix:uid:3']),
+          entry('/w/3', AGENT, ['unix:uid:3']),
+        ]);
+        expect(results.map((r) => (r.ok ? 'ok' : r.code))).toEqual(['ok', 'already_exists', 'ok', 'already_exists']);
+        expect((await store.listEntries()).map((e) => e.spiffeId).sort()).toEqual([`spiffe://${TD}/w/1`, `spiffe://${TD}/w/3`]);
+        expect((await store.listEntries({ selectors: { selectors: [sel('unix:uid:3')], match: 'exact' } }))).toHaveLength(1);
+        const mixed = await store.createEntries([entry('/w/4', AGENT, ['unix:uid:4']), entry('/w/5', AGENT, [])], { allOrNothing: true });
+        expect(mixed).toMatchObject([{ ok: false, code: 'aborted' }, { ok: false, code: 'invalid_argument' }]);
+        expect(await store.listEntries()).toHaveLength(2);
+      });
+
       it('all-or-nothing batches roll back entirely and leave the revision alone', async () => {
         values(await store.createEntries([entry('/w/a', AGENT, ['unix:uid:1'])]));
         const rev = await store.entriesRevision();
