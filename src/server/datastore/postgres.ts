@@ -37,20 +37,22 @@ class PostgresDriver implements SqlDriver {
   readonly dialect = 'postgres' as const;
   constructor(private readonly pool: pg.Pool) {}
 
-  async transaction<T>(fn: (conn: SqlConn) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (conn: SqlConn) => Promise<T>, mode: 'write' | 'read' = 'write'): Promise<T> {
     const client = await this.pool.connect();
+    let broken = false;
     try {
-      await client.query('BEGIN');
+      await client.query(mode === 'write' ? 'BEGIN' : 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       try {
         const out = await fn(connOf(client));
         await client.query('COMMIT');
         return out;
       } catch (err) {
-        await client.query('ROLLBACK');
+        // A connection that cannot even roll back is not put back into the pool.
+        await client.query('ROLLBACK').catch(() => { broken = true; });
         throw err;
       }
     } finally {
-      client.release();
+      client.release(broken);
     }
   }
 

@@ -13,8 +13,11 @@ export interface SqlConn {
 
 export interface SqlDriver {
   readonly dialect: 'sqlite' | 'postgres';
-  /** Runs `fn` in one transaction: committed if it resolves, rolled back if it throws. */
-  transaction<T>(fn: (conn: SqlConn) => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` in one transaction: committed if it resolves, rolled back if it throws. A read-only
+   * transaction sees one consistent snapshot and takes no write lock.
+   */
+  transaction<T>(fn: (conn: SqlConn) => Promise<T>, mode?: 'write' | 'read'): Promise<T>;
   /** Runs `fn` outside an explicit transaction (each statement on its own). */
   connection<T>(fn: (conn: SqlConn) => Promise<T>): Promise<T>;
   /** True if the error is a unique-constraint violation. */

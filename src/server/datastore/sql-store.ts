@@ -405,7 +405,7 @@ export class SqlDataStore implements DataStore {
          )
          SELECT ${ENTRY_COLUMNS} FROM entries WHERE parent_id IN (SELECT pid FROM parents) ORDER BY id`, seeds);
       return rows.map(rowToEntry);
-    });
+    }, 'read');
   }
 
   async entriesRevision(): Promise<bigint> {

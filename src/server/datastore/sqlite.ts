@@ -47,9 +47,10 @@ class SqliteDriver implements SqlDriver {
     return result;
   }
 
-  transaction<T>(fn: (conn: SqlConn) => Promise<T>): Promise<T> {
+  transaction<T>(fn: (conn: SqlConn) => Promise<T>, mode: 'write' | 'read' = 'write'): Promise<T> {
     return this.serialize(async () => {
-      this.prepare('BEGIN IMMEDIATE').run();
+      // IMMEDIATE takes the write lock up front, so a writer never fails half-way on SQLITE_BUSY.
+      this.prepare(mode === 'write' ? 'BEGIN IMMEDIATE' : 'BEGIN DEFERRED').run();
       try {
         const out = await fn(this.conn);
         this.prepare('COMMIT').run();
