@@ -68,6 +68,10 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Test
   const args = ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=50'];
   if (!options.durable) args.push('-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off');
   const child = spawn(path.join(PG_BIN, 'postgres'), args, { ...asPostgres, stdio: ['ignore', 'pipe', 'pipe'] });
+  // If the test process dies without running its afterAll, do not leave a postmaster behind.
+  const killOnExit = (): void => { if (child.exitCode === null) child.kill('SIGKILL'); };
+  process.once('exit', killOnExit);
+  child.once('exit', () => process.off('exit', killOnExit));
   let out = '';
   child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
