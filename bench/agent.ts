@@ -18,7 +18,7 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
-import { createWorkloadClient, workloadMetadata, type WorkloadApiClient, type X509SvidResponse } from '../src/api/workload-api.js';
+import { createWorkloadClient, encodeResponse, workloadMetadata, workloadServerDefinition, type WorkloadApiClient, type X509SvidResponse } from '../src/api/workload-api.js';
 import { IdentityCache, type CacheEntry, type CachedSvid } from '../src/agent/cache.js';
 import { UnixAttestor } from '../src/agent/attestor/unix.js';
 import { WorkloadApiServer } from '../src/agent/workloadapi/server.js';
@@ -63,6 +63,7 @@ async function clientMain(mode: string, socket: string): Promise<void> {
       if (i % 200 === 0) {
         client.close();
         client = createWorkloadClient(socket);
+        await firstMessage(client); // connection set-up is not part of a call's latency
       }
       samples.push(await firstMessage(client));
     }
@@ -237,6 +238,25 @@ async function agentMain(): Promise<void> {
   });
   const samples = ttfm.samples.sort((a, b) => a - b);
 
+  // The floor: plain grpc-js answering the same RPC with a pre-encoded message of the same size,
+  // no header check, no attestation, no cache — what any Node gRPC server costs on this machine.
+  const floorSocket = path.join(dir, 'floor.sock');
+  const floorMsg = encodeResponse('FetchX509SVID', {
+    svids: [{ spiffe_id: 'spiffe://bench.example/me', x509_svid: Buffer.concat(cache.svid('bench')!.chain), x509_svid_key: cache.svid('bench')!.key, bundle: ca.der, hint: '' }],
+    crl: [], federated_bundles: {},
+  });
+  const floorServer = new grpc.Server();
+  floorServer.addService(workloadServerDefinition(), { FetchX509SVID: (call: grpc.ServerWritableStream<unknown, unknown>) => { call.write(floorMsg); } });
+  await new Promise<void>((resolve, reject) => floorServer.bindAsync(`unix://${floorSocket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())));
+  const floorChild = spawn(process.execPath, ['--import', 'tsx', self, 'client', 'ttfm', floorSocket], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const floor = await new Promise<{ samples: number[] }>((resolve, reject) => {
+    let out = '';
+    floorChild.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    floorChild.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out) as { samples: number[] }) : reject(new Error(`client exited ${code}`))));
+  });
+  floorServer.forceShutdown();
+  const floorSamples = floor.samples.sort((a, b) => a - b);
+
   // 1,000 streams, then rotations.
   const child = startClient('streams');
   const lines = readline.createInterface({ input: child.stdout });
@@ -271,6 +291,8 @@ async function agentMain(): Promise<void> {
   console.log(`FetchX509SVID time to first message, peer-credential workload attestation included (${SAMPLES} calls): ` +
     `p50 ${pct(samples, 50).toFixed(3)} ms, p99 ${pct(samples, 99).toFixed(3)} ms, max ${samples[samples.length - 1]!.toFixed(3)} ms (goal p99 <= 2 ms); ` +
     `first call after start (hashes the workload's binary once) ${ttfm.cold.toFixed(1)} ms`);
+  console.log(`  floor: plain grpc-js streaming a pre-encoded message of the same size, same client: ` +
+    `p50 ${pct(floorSamples, 50).toFixed(3)} ms, p99 ${pct(floorSamples, 99).toFixed(3)} ms`);
   console.log(`${STREAMS} concurrent streams over ${CONNECTIONS} connections: all had their first message ${(ready['openMs'] as number).toFixed(0)} ms after the client began opening them`);
   console.log(`rotation fan-out to ${STREAMS} streams (${ROTATIONS} rotations; from the cache update to the last stream's receipt): ` +
     `median ${pct(fanout, 50).toFixed(1)} ms, worst ${fanout[fanout.length - 1]!.toFixed(1)} ms (goal <= 100 ms)`);
