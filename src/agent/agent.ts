@@ -10,7 +10,7 @@ import type {
   RegistrationEntry, RenewAgentResponse, SyncEntriesResponse,
 } from '../api/agent-api.js';
 import { AGENT_API_MAX_BATCH } from '../api/agent-api.js';
-import { Bundle, BundleSet, TrustDomain, pemToDer, validateJwtSvid } from '../spiffe/index.js';
+import { Bundle, BundleSet, TrustDomain, pemToDer, validateJwtSvid, verifyX509Svid } from '../spiffe/index.js';
 import { IdentityCache, type CacheEntry, type CachedSvid, type TrustBundle } from './cache.js';
 import type { AgentConfig } from './config.js';
 import { createCsr, generateKeyPair, pkcs8Der } from './csr.js';
@@ -44,6 +44,22 @@ function rotationTime(notBefore: number, notAfter: number): number {
   const start = Math.max(notBefore, Date.now());
   const life = Math.max(0, notAfter - start);
   return start + life * (0.5 - Math.random() * 0.1);
+}
+
+/**
+ * Checks an SVID the server issued before it is used or handed out: the chain verifies against the
+ * trust bundle (X.509-SVID rules included), it names the expected SPIFFE ID, and it certifies our key.
+ */
+export function checkIssuedSvid(chain: Buffer[], bundles: BundleSet, expectedId: string, key: crypto.KeyObject): { notBefore: number; notAfter: number } {
+  let verified: ReturnType<typeof verifyX509Svid>;
+  try {
+    verified = verifyX509Svid(chain, bundles);
+  } catch (e) {
+    throw new Error(`the server issued an SVID that does not verify: ${(e as Error).message}`, { cause: e });
+  }
+  if (verified.id.toString() !== expectedId) throw new Error(`the server issued an SVID for ${verified.id.toString()}, expected ${expectedId}`);
+  if (!verified.leaf.checkPrivateKey(key)) throw new Error(`the server issued an SVID for ${expectedId} that does not certify our key`);
+  return { notBefore: Date.parse(verified.leaf.validFrom), notAfter: Date.parse(verified.leaf.validTo) };
 }
 
 function certTimes(der: Buffer): { notBefore: number; notAfter: number } {
@@ -225,7 +241,10 @@ export class Agent {
     this.stats.attestations++;
     if (result.svidChain.length === 0) throw new NodeAttestationError('protocol', 'attestation result carries no SVID');
     const bundle = this.parseOwnBundle(result.bundle, 'bundle from the attestation result');
-    const { notAfter } = certTimes(result.svidChain[0] as Buffer);
+    if (!result.spiffeId.startsWith(`spiffe://${this.config.trustDomain}/`)) {
+      throw new NodeAttestationError('protocol', `attestation result names ${result.spiffeId}, outside trust domain ${this.config.trustDomain}`);
+    }
+    const { notAfter } = checkIssuedSvid(result.svidChain, new BundleSet(bundle), result.spiffeId, keys.privateKey);
     const state: StoredAgentState = {
       spiffeId: result.spiffeId,
       chain: result.svidChain,
@@ -262,12 +281,13 @@ export class Agent {
     const keys = generateKeyPair();
     const res = await unaryCall<{ csr: Buffer }, RenewAgentResponse>(this.serverClient(), 'RenewAgent', { csr: createCsr(keys) });
     if (!res.svid || res.svid.certChain.length === 0) throw new Error('RenewAgent returned no SVID');
+    const { notAfter } = checkIssuedSvid(res.svid.certChain, this.bundles, state.spiffeId, keys.privateKey);
     const next: StoredAgentState = {
       ...state,
       chain: res.svid.certChain,
       key: pkcs8Der(keys.privateKey),
       bundle: Buffer.from(this.bundles.get(this.trustDomain)?.toJSON() ?? state.bundle),
-      notAfter: certTimes(res.svid.certChain[0] as Buffer).notAfter,
+      notAfter,
     };
     this.store.save(next);
     this.adoptState(next, this.bundles.get(this.trustDomain) as Bundle);
@@ -466,8 +486,17 @@ export class Agent {
           this.log.warn({ entryId: r.entryId, code: r.errorCode, err: r.errorMessage }, 'server refused to sign an SVID');
           continue;
         }
-        const { notBefore, notAfter } = certTimes(r.svid.certChain[0] as Buffer);
-        fresh.set(r.entryId, { spiffeId: r.svid.spiffeId, chain: r.svid.certChain, key: pkcs8Der(k.privateKey), notBefore, notAfter });
+        const entry = this.cache.entry(r.entryId);
+        if (!entry) continue;
+        let times: { notBefore: number; notAfter: number };
+        try {
+          times = checkIssuedSvid(r.svid.certChain, this.bundles, entry.spiffeId, k.privateKey);
+        } catch (e) {
+          this.log.error({ entryId: r.entryId, err: (e as Error).message }, 'discarding an SVID from the server');
+          continue;
+        }
+        const { notBefore, notAfter } = times;
+        fresh.set(r.entryId, { spiffeId: entry.spiffeId, chain: r.svid.certChain, key: pkcs8Der(k.privateKey), notBefore, notAfter });
         this.rotateAt.set(r.entryId, rotationTime(notBefore, notAfter));
       }
       this.stats.svidsSigned += fresh.size;
