@@ -70,6 +70,11 @@ function certTimes(der: Buffer): { notBefore: number; notAfter: number } {
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30_000;
 const MAX_JWT_CACHE = 1000;
+/**
+ * CSRs per BatchNewX509Svid call: well under the API's limit, so the keys, requests and
+ * verification garbage of one batch stay small and the agent's peak memory stays low.
+ */
+const SIGN_BATCH = Math.min(100, AGENT_API_MAX_BATCH);
 
 export interface AgentStats {
   /** Node attestations this process performed (0 after a restart that resumed from disk). */
@@ -472,8 +477,8 @@ export class Agent {
       const s = this.cache.svid(e.id);
       return !s || s.spiffeId !== e.spiffeId || now >= (this.rotateAt.get(e.id) ?? 0);
     });
-    for (let i = 0; i < due.length; i += AGENT_API_MAX_BATCH) {
-      const batch = due.slice(i, i + AGENT_API_MAX_BATCH);
+    for (let i = 0; i < due.length; i += SIGN_BATCH) {
+      const batch = due.slice(i, i + SIGN_BATCH);
       const keys = new Map(batch.map((e) => [e.id, generateKeyPair()]));
       const res = await unaryCall<object, BatchNewX509SvidResponse>(this.serverClient(), 'BatchNewX509Svid', {
         params: batch.map((e) => ({ entryId: e.id, csr: createCsr(keys.get(e.id)!, e.spiffeId) })),

@@ -43,6 +43,32 @@ export function processStartTime(pid: number, procRoot = '/proc'): string {
   return start;
 }
 
+/**
+ * SHA-256 of an open file, read asynchronously through one reused buffer (a read stream would
+ * allocate a fresh buffer per chunk: ~100 MB of garbage for a large binary such as node). Closes fd.
+ */
+function hashFd(fd: number): Promise<string | null> {
+  const h = crypto.createHash('sha256');
+  const buf = Buffer.allocUnsafe(256 * 1024);
+  return new Promise((resolve) => {
+    const step = (): void => {
+      fs.read(fd, buf, 0, buf.length, null, (err, n) => {
+        if (err) {
+          fs.close(fd, () => resolve(null));
+          return;
+        }
+        if (n === 0) {
+          fs.close(fd, () => resolve(h.digest('hex')));
+          return;
+        }
+        h.update(buf.subarray(0, n));
+        step();
+      });
+    };
+    step();
+  });
+}
+
 interface HashCacheEntry {
   key: string;
   hash: Promise<string | null>;
@@ -159,13 +185,7 @@ export class UnixAttestor {
       fs.closeSync(fd);
       return hit.hash;
     }
-    const hash = new Promise<string | null>((resolve) => {
-      const h = crypto.createHash('sha256');
-      const stream = fs.createReadStream('', { fd, highWaterMark: 1 << 20 });
-      stream.on('data', (chunk) => h.update(chunk));
-      stream.on('error', () => resolve(null));
-      stream.on('end', () => resolve(h.digest('hex')));
-    });
+    const hash = hashFd(fd);
     this.hashes.set(key, { key, hash });
     // A failed read is not remembered, so the next call tries again.
     void hash.then((v) => {
