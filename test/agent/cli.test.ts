@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseServerConfig, startServer, type RunningServer } from '../../src/server/index.js';
+import { Bundle, TrustDomain } from '../../src/spiffe/index.js';
 import { freePort } from '../support/ports.js';
 import { ProcessGroup, captureOutput, stopChild } from '../support/proc.js';
 import { tempDir } from '../support/tmp.js';
@@ -60,7 +61,8 @@ describe('terroir-agent CLI', () => {
     // tickMs: the server renews its own (equally short-lived) SVID on its housekeeping tick.
     server = await startServer(config, { logger: pino({ level: 'silent' }), tickMs: 500 });
     await server.store.createJoinToken({ token, expiresAt: new Date(Date.now() + 600_000) });
-    fs.writeFileSync(path.join(tmp.dir, 'bundle.json'), server.ca.bundle().bundleJson);
+    // PEM, as `terroir-server bundle show` prints it (the e2e test uses SPIFFE bundle JSON).
+    fs.writeFileSync(path.join(tmp.dir, 'bundle.pem'), Bundle.parse(TrustDomain.parse(TD), server.ca.bundle().bundleJson).x509AuthoritiesPem());
     fs.writeFileSync(path.join(tmp.dir, 'agent.yaml'), [
       'agent:',
       `  trustDomain: ${TD}`,
@@ -68,7 +70,7 @@ describe('terroir-agent CLI', () => {
       `  serverPort: ${server.agentApiPort}`,
       '  dataDir: ./agent-data',
       `  socketPath: ${socket}`,
-      '  trustBundlePath: ./bundle.json',
+      '  trustBundlePath: ./bundle.pem',
       '  syncIntervalMs: 1000',
       '  logLevel: info',
       '  nodeAttestor:',
