@@ -43,7 +43,7 @@ export interface WorkloadApiServerOptions {
 }
 
 export class WorkloadApiError extends Error {
-  constructor(readonly code: 'unsafe_socket_directory' | 'socket_in_use' | 'not_a_socket', message: string) {
+  constructor(readonly code: 'unsafe_socket_directory' | 'not_a_socket', message: string) {
     super(message);
     this.name = 'WorkloadApiError';
   }
