@@ -273,6 +273,19 @@ describe('agent end to end (server + swtpm + Workload API)', () => {
     expect(ids(msg!)).toEqual([`spiffe://${TD}/workload/a`]);
   });
 
+  it('an evicted node (deleted on the server) re-attests by itself and keeps serving', async () => {
+    const before = agent!.stats.attestations;
+    await server!.store.deleteNode(agent!.spiffeId!);
+    const deadline = Date.now() + 15_000;
+    while (agent!.stats.attestations === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(agent!.stats.attestations).toBe(before + 1);
+    expect(await server!.store.getNode(agent!.spiffeId!)).toBeDefined();
+    const fresh = new X509Stream(client);
+    const msg = await fresh.waitFor((m) => ids(m).includes(`spiffe://${TD}/workload/a`));
+    fresh.close();
+    expect(ids(msg)).toEqual([`spiffe://${TD}/workload/a`]);
+  });
+
   it('a restarted agent resumes from its stored SVID without attesting again', async () => {
     stream.close();
     await agent!.stop();
