@@ -18,3 +18,8 @@ export type { X509Svid, X509SvidSource, JwtSvid, JwtSvidSource } from './svid-so
 export { derToPem, pemToDer } from './pem.js';
 export { parseCertificate, MAX_CERTIFICATE_BYTES, type CertificateView, type CertificateExtension } from './certificate.js';
 export type { NameFields } from './cert-builder.js';
+export {
+  UNIFIED_IDENTITY_OID, UNIFIED_IDENTITY_JWT_CLAIM, MAX_UNIFIED_IDENTITY_BYTES, UnifiedIdentityError, canonicalUnifiedIdentity,
+  unifiedIdentityExtension, unifiedIdentityJwtClaim, decodeUnifiedIdentityExtension, unifiedIdentityFromCertificate,
+  unifiedIdentityFromJwtClaims, type UnifiedIdentityClaims, type UnifiedIdentityErrorCode,
+} from './unified-identity.js';

@@ -1,0 +1,166 @@
+// Unified Identity claims: the coarse facts the server vouches for about a node (country, region,
+// location policy, sensor kinds, times, PCR digest, verifier), carried in X.509-SVIDs as a
+// non-critical extension whose extnValue is a DER UTF8String holding RFC 8785 canonical JSON, and in
+// JWT-SVIDs as the `unified_identity` claim. One codec, used by the server to mint and by relying
+// services to read, so both ends agree byte for byte. Decoding is strict: a claims document that is
+// oversized, not canonical, or has a known field of the wrong shape is an error, never "no claims".
+import canonicalize from 'canonicalize';
+import { parseCertificate } from './certificate.js';
+import { DerError, readTlv, TAG, tlv } from './der.js';
+import { SpiffeError } from './errors.js';
+import type { ExtraExtension } from './x509svid.js';
+
+/** The X.509 extension OID of the Unified Identity claims (a UUID-derived 2.25 arc). */
+export const UNIFIED_IDENTITY_OID = '2.25.250341728606082657925786220697128205103';
+/** The JWT-SVID claim name. */
+export const UNIFIED_IDENTITY_JWT_CLAIM = 'unified_identity';
+/** Largest canonical claims document accepted or produced, in bytes. Real claims are a few hundred. */
+export const MAX_UNIFIED_IDENTITY_BYTES = 4096;
+const MAX_DEPTH = 4;
+
+export type UnifiedIdentityErrorCode = 'invalid-claims' | 'too-large' | 'malformed-extension' | 'not-canonical' | 'duplicate-extension';
+
+/** A Unified Identity claims document or its encoding is malformed. */
+export class UnifiedIdentityError extends SpiffeError<UnifiedIdentityErrorCode> {}
+
+/**
+ * The claims document. The named fields are type-checked; any further member must be plain JSON
+ * (strings, finite numbers, booleans, null, arrays, objects), nested at most four levels.
+ */
+export interface UnifiedIdentityClaims {
+  /** ISO 3166-1 alpha-2 country code, upper case. */
+  country?: string;
+  /** Coarse region, e.g. "EU". */
+  region?: string;
+  /** Id of the sovereign-location policy the node satisfied. */
+  policy?: string;
+  sensorKinds?: string[];
+  [member: string]: unknown;
+}
+
+/** Checks a claims document and returns its canonical JSON bytes. */
+export function canonicalUnifiedIdentity(claims: UnifiedIdentityClaims): Buffer {
+  checkClaims(claims);
+  let text: string | undefined;
+  try {
+    text = canonicalize(claims);
+  } catch (e) {
+    throw new UnifiedIdentityError('invalid-claims', `claims cannot be canonicalised: ${(e as Error).message}`, { cause: e });
+  }
+  if (text === undefined) throw new UnifiedIdentityError('invalid-claims', 'claims cannot be canonicalised');
+  const bytes = Buffer.from(text, 'utf8');
+  if (bytes.length > MAX_UNIFIED_IDENTITY_BYTES) {
+    throw new UnifiedIdentityError('too-large', `claims are ${bytes.length} bytes canonical, more than ${MAX_UNIFIED_IDENTITY_BYTES}; keep them coarse`);
+  }
+  return bytes;
+}
+
+/** The extension to pass to mintX509Svid({ extraExtensions }): non-critical, DER UTF8String of canonical JSON. */
+export function unifiedIdentityExtension(claims: UnifiedIdentityClaims): ExtraExtension {
+  return { oid: UNIFIED_IDENTITY_OID, critical: false, value: tlv(TAG.UTF8_STRING, canonicalUnifiedIdentity(claims)) };
+}
+
+/** The claims value to put under `unified_identity` in a JWT-SVID (a checked deep copy). */
+export function unifiedIdentityJwtClaim(claims: UnifiedIdentityClaims): UnifiedIdentityClaims {
+  return JSON.parse(canonicalUnifiedIdentity(claims).toString('utf8')) as UnifiedIdentityClaims;
+}
+
+/** Decodes an extnValue (the OCTET STRING contents): exactly one DER UTF8String of canonical JSON. */
+export function decodeUnifiedIdentityExtension(value: Buffer): UnifiedIdentityClaims {
+  if (!Buffer.isBuffer(value)) throw new UnifiedIdentityError('malformed-extension', 'extension value must be a Buffer');
+  if (value.length > MAX_UNIFIED_IDENTITY_BYTES + 8) {
+    throw new UnifiedIdentityError('too-large', `Unified Identity extension is ${value.length} bytes, more than ${MAX_UNIFIED_IDENTITY_BYTES} of claims allow`);
+  }
+  let content: Buffer;
+  try {
+    const t = readTlv(value, 0);
+    if (t.tag !== TAG.UTF8_STRING) throw new DerError(`expected a UTF8String (tag 0x0c), found tag 0x${t.tag.toString(16)}`);
+    if (t.end !== value.length) throw new DerError('trailing bytes after the UTF8String');
+    content = value.subarray(t.contentStart, t.end);
+  } catch (e) {
+    throw new UnifiedIdentityError('malformed-extension', `Unified Identity extension is not a DER UTF8String: ${(e as Error).message}`, { cause: e });
+  }
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(content);
+  } catch (e) {
+    throw new UnifiedIdentityError('malformed-extension', 'Unified Identity extension is not valid UTF-8', { cause: e });
+  }
+  const claims = parseJson(text);
+  // Canonical form is required so that the bytes the server signed have one meaning only.
+  if (!canonicalUnifiedIdentity(claims).equals(content)) {
+    throw new UnifiedIdentityError('not-canonical', 'Unified Identity claims are not in RFC 8785 canonical form');
+  }
+  return claims;
+}
+
+/**
+ * The claims of an X.509 certificate (DER), or undefined when it has no Unified Identity extension.
+ * A malformed or repeated extension throws: a certificate that tries to say something unreadable
+ * must not pass as one that says nothing.
+ */
+export function unifiedIdentityFromCertificate(der: Buffer): UnifiedIdentityClaims | undefined {
+  const exts = parseCertificate(der).extensions.filter((e) => e.oid === UNIFIED_IDENTITY_OID);
+  if (exts.length === 0) return undefined;
+  if (exts.length > 1) throw new UnifiedIdentityError('duplicate-extension', 'certificate carries the Unified Identity extension more than once');
+  return decodeUnifiedIdentityExtension((exts[0] as { value: Buffer }).value);
+}
+
+/** The `unified_identity` claim of validated JWT-SVID claims, checked; undefined when absent. */
+export function unifiedIdentityFromJwtClaims(claims: Record<string, unknown>): UnifiedIdentityClaims | undefined {
+  if (claims === null || typeof claims !== 'object') throw new UnifiedIdentityError('invalid-claims', 'JWT claims must be an object');
+  if (!Object.prototype.hasOwnProperty.call(claims, UNIFIED_IDENTITY_JWT_CLAIM)) return undefined;
+  const v = claims[UNIFIED_IDENTITY_JWT_CLAIM];
+  canonicalUnifiedIdentity(v as UnifiedIdentityClaims);
+  return v as UnifiedIdentityClaims;
+}
+
+function parseJson(text: string): UnifiedIdentityClaims {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new UnifiedIdentityError('invalid-claims', `Unified Identity claims are not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  checkClaims(v);
+  return v as UnifiedIdentityClaims;
+}
+
+function checkClaims(v: unknown): asserts v is UnifiedIdentityClaims {
+  if (!isPlainObject(v)) throw new UnifiedIdentityError('invalid-claims', 'Unified Identity claims must be a JSON object');
+  const c = v as Record<string, unknown>;
+  if ('country' in c && (typeof c['country'] !== 'string' || !/^[A-Z]{2}$/.test(c['country']))) {
+    throw new UnifiedIdentityError('invalid-claims', 'claim "country" must be an ISO 3166-1 alpha-2 code in upper case, e.g. "DE"');
+  }
+  for (const k of ['region', 'policy'] as const) {
+    if (k in c && (typeof c[k] !== 'string' || c[k] === '')) throw new UnifiedIdentityError('invalid-claims', `claim "${k}" must be a non-empty string`);
+  }
+  if ('sensorKinds' in c) {
+    const s = c['sensorKinds'];
+    if (!Array.isArray(s) || !s.every((x) => typeof x === 'string')) {
+      throw new UnifiedIdentityError('invalid-claims', 'claim "sensorKinds" must be an array of strings');
+    }
+  }
+  checkJson(c, '$', 0);
+}
+
+function checkJson(v: unknown, where: string, depth: number): void {
+  if (v === null || typeof v === 'string' || typeof v === 'boolean') return;
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) throw new UnifiedIdentityError('invalid-claims', `claims ${where}: numbers must be finite`);
+    return;
+  }
+  if (depth >= MAX_DEPTH) throw new UnifiedIdentityError('invalid-claims', `claims ${where}: nested deeper than ${MAX_DEPTH} levels`);
+  if (Array.isArray(v)) {
+    v.forEach((x, i) => checkJson(x, `${where}[${i}]`, depth + 1));
+    return;
+  }
+  if (!isPlainObject(v)) throw new UnifiedIdentityError('invalid-claims', `claims ${where}: not a JSON value`);
+  for (const [k, x] of Object.entries(v)) checkJson(x, `${where}.${k}`, depth + 1);
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return false;
+  const p = Object.getPrototypeOf(v) as unknown;
+  return p === Object.prototype || p === null;
+}
