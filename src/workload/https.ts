@@ -24,7 +24,7 @@ export function createHttpsServer(opts: MtlsOptions, handler: (req: http.Incomin
     }
     handler(req, res, peer);
   });
-  attachServer(server, cache, opts.source, bundles, opts.authorizer);
+  attachServer(server, cache, opts);
   return server;
 }
 

@@ -16,6 +16,7 @@
 // options per connection, so every new connection uses the current SVID and bundles.
 import crypto from 'node:crypto';
 import tls from 'node:tls';
+import pino, { type Logger } from 'pino';
 import type { Bundle } from '../spiffe/bundle.js';
 import type { X509Svid } from '../spiffe/svid-source.js';
 import { verifyX509Svid } from '../spiffe/x509svid.js';
@@ -30,8 +31,11 @@ export interface MtlsOptions {
   bundles?: X509BundleSetSource;
   /** Who may connect / be connected to, after SPIFFE verification. Required: there is no default. */
   authorizer: Authorizer;
+  /** Where refused peers are logged (warn, with the reason); silent by default. */
+  logger?: Logger;
 }
 
+const SILENT = pino({ level: 'silent' });
 const verifiedPeers = new WeakMap<tls.TLSSocket, Peer>();
 
 /** The verified SPIFFE peer of a connection made or accepted by these helpers. */
@@ -114,7 +118,9 @@ function checkOptions(opts: MtlsOptions): { source: X509SourceLike; bundles: X50
  * Makes `server` (a tls.Server or https.Server created with spiffeServerOptions) follow rotation and
  * verify every client before anyone else sees the socket. Used by createTlsServer and createHttpsServer.
  */
-export function attachServer(server: tls.Server, cache: SecureContextCache, src: X509SourceLike, bundles: X509BundleSetSource, authorizer: Authorizer): void {
+export function attachServer(server: tls.Server, cache: SecureContextCache, opts: MtlsOptions): void {
+  const { source: src, bundles, authorizer } = checkOptions(opts);
+  const log = opts.logger ?? SILENT;
   const refresh = (): void => {
     let opts: tls.SecureContextOptions;
     try {
@@ -135,6 +141,7 @@ export function attachServer(server: tls.Server, cache: SecureContextCache, src:
     try {
       verifiedPeers.set(socket, verifyPeerCertificate(socket.getPeerCertificate(true), bundles, authorizer));
     } catch (e) {
+      log.warn({ err: (e as Error).message, code: (e as { code?: string }).code, remote: socket.remoteAddress }, 'TLS client refused');
       socket.destroy(e as Error);
     }
   });
@@ -162,7 +169,7 @@ export function createTlsServer(opts: MtlsOptions, onSecureConnection?: (socket:
   const { source, bundles, authorizer } = checkOptions(opts);
   const cache = new SecureContextCache(source, bundles, true);
   const server = tls.createServer(spiffeServerOptions(cache));
-  attachServer(server, cache, source, bundles, authorizer);
+  attachServer(server, cache, opts);
   if (onSecureConnection !== undefined) {
     server.on('secureConnection', (s: tls.TLSSocket) => {
       const peer = verifiedPeers.get(s);
@@ -178,6 +185,7 @@ export function createTlsServer(opts: MtlsOptions, onSecureConnection?: (socket:
  */
 export function spiffeClientOptions(opts: MtlsOptions, cache?: SecureContextCache): tls.ConnectionOptions & { onVerified: (s: tls.TLSSocket) => void } {
   const { source, bundles, authorizer } = checkOptions(opts);
+  const log = opts.logger ?? SILENT;
   const ctx = (cache ?? new SecureContextCache(source, bundles, false)).currentContext();
   let peer: Peer | undefined;
   return {
@@ -188,6 +196,7 @@ export function spiffeClientOptions(opts: MtlsOptions, cache?: SecureContextCach
         peer = verifyPeerCertificate(cert, bundles, authorizer);
         return undefined;
       } catch (e) {
+        log.warn({ err: (e as Error).message, code: (e as { code?: string }).code }, 'TLS server refused');
         return e as Error;
       }
     },
