@@ -166,7 +166,7 @@ export function spiffeServerOptions(cache: SecureContextCache): tls.TlsOptions {
 
 /** A tls.Server requiring SPIFFE mTLS: every accepted socket has passed verification and `authorizer`. */
 export function createTlsServer(opts: MtlsOptions, onSecureConnection?: (socket: tls.TLSSocket, peer: Peer) => void): tls.Server {
-  const { source, bundles, authorizer } = checkOptions(opts);
+  const { source, bundles } = checkOptions(opts);
   const cache = new SecureContextCache(source, bundles, true);
   const server = tls.createServer(spiffeServerOptions(cache));
   attachServer(server, cache, opts);

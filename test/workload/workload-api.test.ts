@@ -13,7 +13,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UnixAttestor } from '../../src/agent/attestor/unix.js';
 import { IdentityCache, type CacheEntry, type CachedSvid, type TrustBundle } from '../../src/agent/cache.js';
 import { WorkloadApiServer, type JwtProvider } from '../../src/agent/workloadapi/server.js';
-import { Bundle } from '../../src/spiffe/bundle.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
 import { mintJwtSvid } from '../../src/spiffe/jwtsvid.js';
 import { unifiedIdentityJwtClaim } from '../../src/spiffe/unified-identity.js';
