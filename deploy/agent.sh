@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# terroir-agent as deployed (compose service `terroir-agent`; the native tests run it too): writes
+# agent.yaml from the environment, then runs the agent in the foreground (SIGTERM stops it).
+#
+#   deploy/agent.sh
+#
+# Environment:
+#   TERROIR_TRUST_DOMAIN           default demo.terroir
+#   TERROIR_AGENT_SERVER_ADDRESS   default terroir-server;  TERROIR_AGENT_SERVER_PORT  default 8081
+#   TERROIR_AGENT_DATA_DIR         agent SVID and key (default /var/lib/terroir/agent)
+#   TERROIR_AGENT_SOCKET_DIR       the Workload API socket's directory, shared with workloads (default /run/terroir);
+#                                  the socket is api.sock in it
+#   TERROIR_BOOTSTRAP_BUNDLE       the server's trust anchor, PEM or SPIFFE bundle JSON, as deploy/register.sh
+#                                  writes it (default /var/lib/terroir/bootstrap/bootstrap-bundle.pem); waited for
+#                                  up to TERROIR_BUNDLE_WAIT seconds (default 120), as a fresh stack writes it late
+#   TERROIR_TPM_TCTI               default swtpm:host=swtpm,port=2321 (a real TPM: device:/dev/tpmrm0)
+#   TERROIR_TPM_EK                 rsa2048 | ecc-p256 | ecc-p384 (default rsa2048)
+#   TERROIR_AGENT_JOIN_TOKEN       set: attest with this join token instead of the TPM (read by the agent itself)
+#   TERROIR_AGENT_LOG_LEVEL        info
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+die() { echo "deploy/agent.sh: $*" >&2; exit 1; }
+
+data=${TERROIR_AGENT_DATA_DIR:-/var/lib/terroir/agent}
+sockdir=${TERROIR_AGENT_SOCKET_DIR:-/run/terroir}
+bundle=${TERROIR_BOOTSTRAP_BUNDLE:-/var/lib/terroir/bootstrap/bootstrap-bundle.pem}
+wait_s=${TERROIR_BUNDLE_WAIT:-120}
+[[ $wait_s =~ ^[0-9]+$ ]] || die "TERROIR_BUNDLE_WAIT must be a number of seconds, got '$wait_s'"
+for _ in $(seq 1 $((wait_s * 10))); do [ -s "$bundle" ] && break; sleep 0.1; done
+[ -r "$bundle" ] || die "no bootstrap bundle at $bundle after ${wait_s}s: deploy/register.sh writes it from the running server (terroir-server bundle show)"
+
+mkdir -p "$data" "$sockdir"
+chmod 0700 "$data"
+# Workloads (other users) must reach the socket; only the agent may create files next to it.
+chmod 0755 "$sockdir"
+cat >"$data/agent.yaml" <<YAML
+# Written by deploy/agent.sh at every start; edit the environment, not this file.
+agent:
+  trustDomain: ${TERROIR_TRUST_DOMAIN:-demo.terroir}
+  serverAddress: ${TERROIR_AGENT_SERVER_ADDRESS:-terroir-server}
+  serverPort: ${TERROIR_AGENT_SERVER_PORT:-8081}
+  dataDir: $data
+  socketPath: $sockdir/api.sock
+  trustBundlePath: $bundle
+  logLevel: ${TERROIR_AGENT_LOG_LEVEL:-info}
+  nodeAttestor:
+    tpm: { tcti: "${TERROIR_TPM_TCTI:-swtpm:host=swtpm,port=2321}", ekKind: ${TERROIR_TPM_EK:-rsa2048} }
+YAML
+# The socket path comes from the file; a SPIFFE_ENDPOINT_SOCKET inherited from the caller must not move it.
+unset SPIFFE_ENDPOINT_SOCKET
+terroir_cmd terroir-agent
+exec "${CMD[@]}" run -c "$data/agent.yaml"

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Makes the PKI a terroir deployment needs before anything else starts (compose service
+# `certs-init`; the native tests run it too):
+#
+#   deploy/certs-init.sh OUT_DIR
+#
+# OUT_DIR/keylime/   the Keylime mTLS PKI: one CA (ca.crt), the verifier's and registrar's server
+#                    certificates (verifier.crt, registrar.crt), the verifier's client certificate for
+#                    the registrar (verifier-client.crt) and terroir-server's client certificate for the
+#                    verifier (terroir-client.crt); each with its .key.
+#
+# terroir's own bootstrap material (the bundle agents trust the server by) is the server's CA,
+# exported by deploy/register.sh once the server runs: see docs/deployment.md "Bootstrap".
+#
+# Idempotent: material that exists and still verifies is kept (a restarted init container must not
+# replace a CA that agents already trust). Anything partial or invalid is an error, not overwritten.
+#
+# Environment:
+#   KEYLIME_VERIFIER_HOST   DNS name in the verifier certificate   (default keylime-verifier)
+#   KEYLIME_REGISTRAR_HOST  DNS name in the registrar certificate  (default keylime-registrar)
+#   TERROIR_UID, TERROIR_GID  owner of terroir-client.key, which terroir-server reads (default: unchanged);
+#                           the other keys stay owned by the caller (root in the compose file)
+#   CERT_DAYS               validity of leaf certificates (default 365); CAs get 10 years
+set -euo pipefail
+umask 077
+
+die() { echo "certs-init: $*" >&2; exit 1; }
+[ $# -eq 1 ] || die "usage: certs-init.sh OUT_DIR"
+command -v openssl >/dev/null || die "openssl not found: apt-get install openssl"
+out=$1
+verifier_host=${KEYLIME_VERIFIER_HOST:-keylime-verifier}
+registrar_host=${KEYLIME_REGISTRAR_HOST:-keylime-registrar}
+days=${CERT_DAYS:-365}
+[[ $days =~ ^[0-9]+$ ]] && [ "$days" -gt 0 ] || die "CERT_DAYS must be a positive number of days, got '$days'"
+
+kl=$out/keylime
+mkdir -p "$kl"
+chmod 0755 "$out" "$kl"
+
+# P-256 everywhere: accepted by Python's ssl (Keylime), Node and grpc-js, and cheap to handshake.
+new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; chmod 0600 "$1"; }
+
+# make_ca NAME CN: a self-signed CA that signs leaves only.
+make_ca() {
+  local name=$1 cn=$2
+  new_key "$name.key"
+  openssl req -x509 -new -key "$name.key" -out "$name.crt" -days 3650 -sha256 -subj "/O=terroir/CN=$cn" \
+    -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -addext "subjectKeyIdentifier=hash" 2>/dev/null
+  chmod 0644 "$name.crt"
+}
+
+# make_leaf CA NAME CN EKU [SAN]: a leaf signed by CA (serverAuth or clientAuth).
+make_leaf() {
+  local ca=$1 name=$2 cn=$3 eku=$4 san=${5:-}
+  local ext
+  ext=$(mktemp)
+  {
+    echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature"
+    echo "extendedKeyUsage=$eku"
+    echo "subjectKeyIdentifier=hash"
+    echo "authorityKeyIdentifier=keyid"
+    [ -n "$san" ] && echo "subjectAltName=$san"
+  } >"$ext"
+  new_key "$name.key"
+  openssl req -new -key "$name.key" -subj "/O=terroir/CN=$cn" -out "$name.csr" 2>/dev/null
+  openssl x509 -req -in "$name.csr" -CA "$ca.crt" -CAkey "$ca.key" -CAcreateserial -CAserial "$ca.srl" \
+    -out "$name.crt" -days "$days" -sha256 -extfile "$ext" 2>/dev/null
+  rm -f "$name.csr" "$ext"
+  chmod 0644 "$name.crt"
+}
+
+# valid CA NAME: the certificate exists, verifies against CA and matches its key.
+valid() {
+  local ca=$1 name=$2
+  [ -s "$name.crt" ] && [ -s "$name.key" ] || return 1
+  openssl verify -CAfile "$ca.crt" "$name.crt" >/dev/null 2>&1 || return 1
+  [ "$(openssl x509 -in "$name.crt" -noout -pubkey)" = "$(openssl pkey -in "$name.key" -pubout 2>/dev/null)" ]
+}
+
+# ---- Keylime mTLS PKI ----------------------------------------------------------------------------
+if [ -e "$kl/ca.crt" ] || [ -e "$kl/ca.key" ]; then
+  valid "$kl/ca" "$kl/ca" || die "$kl/ca.crt/ca.key exist but are not a matching self-signed CA; move $kl away to start over"
+  echo "certs-init: keeping the Keylime CA in $kl"
+else
+  make_ca "$kl/ca" "terroir keylime CA"
+fi
+
+leaf() { # leaf NAME CN EKU [SAN]
+  if [ -e "$kl/$1.crt" ] || [ -e "$kl/$1.key" ]; then
+    valid "$kl/ca" "$kl/$1" || die "$kl/$1.crt/.key exist but do not verify against $kl/ca.crt; delete them to reissue"
+  else
+    make_leaf "$kl/ca" "$kl/$1" "$2" "$3" "${4:-}"
+  fi
+}
+leaf verifier "$verifier_host" serverAuth "DNS:$verifier_host,DNS:localhost,IP:127.0.0.1"
+leaf registrar "$registrar_host" serverAuth "DNS:$registrar_host,DNS:localhost,IP:127.0.0.1"
+leaf verifier-client "keylime verifier (client)" clientAuth
+leaf terroir-client "terroir-server (keylime client)" clientAuth
+
+rm -f "$kl"/*.srl
+
+if [ -n "${TERROIR_UID:-}" ]; then
+  chown "$TERROIR_UID:${TERROIR_GID:-$TERROIR_UID}" "$kl/terroir-client.key"
+fi
+
+echo "KEYLIME_CA=$kl/ca.crt"
+echo "KEYLIME_TERROIR_CLIENT=$kl/terroir-client.crt"
