@@ -6,10 +6,12 @@ import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import pino, { type Logger } from 'pino';
 import type {
+  KeylimeQuoteEndpoint,
   AgentEvent, AttestationResult, BatchNewX509SvidResponse, FetchBundlesResponse, NewJwtSvidResponse,
   RegistrationEntry, RenewAgentResponse, SyncEntriesResponse,
 } from '../api/agent-api.js';
 import { AGENT_API_MAX_BATCH } from '../api/agent-api.js';
+import { startQuoteEndpoint, type QuoteEndpoint } from '../keylime/index.js';
 import { Bundle, BundleSet, TrustDomain, pemToDer, validateJwtSvid, verifyX509Svid } from '../spiffe/index.js';
 import { IdentityCache, type CacheEntry, type CachedSvid, type TrustBundle } from './cache.js';
 import type { AgentConfig } from './config.js';
@@ -90,6 +92,7 @@ export class Agent {
   private readonly store: SvidStore;
   private readonly trustDomain: TrustDomain;
   private workloadApi: WorkloadApiServer | undefined;
+  private quoteEndpoint: { server: QuoteEndpoint; advertised: KeylimeQuoteEndpoint } | undefined;
   private state: StoredAgentState | undefined;
   private agentRotateAt = 0;
   private bundles = new BundleSet();
@@ -136,10 +139,19 @@ export class Agent {
     return this.config.socketPath;
   }
 
+  /** The Keylime quote endpoint, when configured (its port is known after start). */
+  get keylimeQuoteEndpoint(): KeylimeQuoteEndpoint | undefined {
+    return this.quoteEndpoint?.advertised;
+  }
+
   private async boot(): Promise<void> {
     this.store.init();
+    await this.startQuoteEndpoint();
     const stored = this.store.load();
-    if (stored && stored.notAfter > Date.now() + 5_000 && stored.spiffeId.startsWith(`spiffe://${this.config.trustDomain}/`)) {
+    // With Keylime and a transient AK, the AK enrolled with the verifier died with the last process:
+    // attest again (re-enrolling the new AK) instead of resuming.
+    const akSurvives = !this.quoteEndpoint || this.config.nodeAttestor.tpm?.akHandle !== undefined;
+    if (akSurvives && stored && stored.notAfter > Date.now() + 5_000 && stored.spiffeId.startsWith(`spiffe://${this.config.trustDomain}/`)) {
       this.adoptState(stored, this.parseOwnBundle(stored.bundle, 'stored bundle'));
       this.log.info({ spiffeId: stored.spiffeId, expires: new Date(stored.notAfter).toISOString() },
         'resuming with the stored agent SVID; no node attestation needed');
@@ -171,6 +183,46 @@ export class Agent {
     this.watch?.cancel();
     this.client?.close();
     await this.workloadApi?.close();
+    await this.quoteEndpoint?.server.close();
+    this.quoteEndpoint = undefined;
+  }
+
+  /**
+   * Serves the Keylime quote endpoint (keylime.quoteEndpoint) backed by the attestation TPM and AK;
+   * the key bound into PCR 16 is the endpoint certificate's, which the verifier pins.
+   */
+  private async startQuoteEndpoint(): Promise<void> {
+    const qe = this.config.keylime?.quoteEndpoint;
+    if (!qe) return;
+    const quoter = this.opts.tpm?.quoter?.();
+    if (!quoter) throw new AgentStartError('keylime.quoteEndpoint is configured but the TPM session cannot quote (open it with openTpmCredentialSource)');
+    const read = (file: string, what: string): string => {
+      try {
+        return fs.readFileSync(file, 'utf8');
+      } catch (e) {
+        throw new AgentStartError(`keylime.quoteEndpoint.${what}: cannot read ${file}: ${(e as Error).message}`);
+      }
+    };
+    const cert = read(qe.certFile, 'certFile');
+    const key = read(qe.keyFile, 'keyFile');
+    const clientCa = read(qe.clientCaFile, 'clientCaFile');
+    let pubkeyPem: string;
+    try {
+      const x = new crypto.X509Certificate(cert);
+      if (!x.checkPrivateKey(crypto.createPrivateKey(key))) throw new Error('the key does not belong to the certificate');
+      pubkeyPem = x.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+    } catch (e) {
+      throw new AgentStartError(`keylime.quoteEndpoint: certFile/keyFile unusable: ${(e as Error).message}`);
+    }
+    const server = await startQuoteEndpoint({
+      quoter, pubkeyPem, encAlg: 'ecc', signAlg: 'ecdsa', cert, key, clientCa,
+      host: qe.bindAddress, port: qe.port, logger: this.log.child({ component: 'keylime-quote-endpoint' }),
+    });
+    this.quoteEndpoint = {
+      server,
+      advertised: { host: qe.advertiseAddress ?? qe.bindAddress, port: server.port, tlsCertificatePem: cert, apiVersion: '2.2' },
+    };
+    this.log.info({ host: qe.bindAddress, port: server.port }, 'Keylime quote endpoint listening');
   }
 
   // ------------------------------------------------------------------ trust
@@ -239,6 +291,7 @@ export class Agent {
       result = await attestNode(client, {
         csr: createCsr(keys),
         ...(na.joinToken ? { joinToken: na.joinToken.token } : { tpm: this.opts.tpm as TpmCredentialSource }),
+        ...(this.quoteEndpoint ? { keylimeQuoteEndpoint: this.quoteEndpoint.advertised } : {}),
       });
     } finally {
       client.close();

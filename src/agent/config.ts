@@ -26,6 +26,20 @@ const tpm = z.object({
   akHandle: z.number().int().min(0x81000000).max(0x81ffffff).optional(),
 }).strict();
 
+/** The node's Keylime-compatible quote endpoint, which the Keylime verifier pulls TPM quotes from. */
+const quoteEndpoint = z.object({
+  bindAddress: z.string().min(1).default('0.0.0.0'),
+  /** TCP port (0 picks a free one, for tests). */
+  port: z.number().int().min(0).max(65535).default(9002),
+  /** Host or IP the verifier should dial, sent to the server; default the bindAddress (required when that is a wildcard). */
+  advertiseAddress: z.string().min(1).optional(),
+  /** The endpoint's TLS certificate and key (PEM); the verifier pins this certificate. */
+  certFile: z.string().min(1),
+  keyFile: z.string().min(1),
+  /** CA (PEM) of the verifier's client certificate: only it gets a TLS session. */
+  clientCaFile: z.string().min(1),
+}).strict();
+
 const schema = z.object({
   trustDomain,
   /** Host name or IP of the terroir server's agent API. */
@@ -46,6 +60,8 @@ const schema = z.object({
   allowUnauthenticatedVerifiers: z.boolean().default(false),
   nodeAttestor: z.object({ joinToken: joinToken.optional(), tpm: tpm.optional() }).strict()
     .refine((n) => (n.joinToken ? 1 : 0) + (n.tpm ? 1 : 0) === 1, 'configure exactly one of nodeAttestor.joinToken or nodeAttestor.tpm'),
+  /** Keylime continuous attestation: serve a quote endpoint for the verifier (needs nodeAttestor.tpm). */
+  keylime: z.object({ quoteEndpoint }).strict().optional(),
   workloadAttestors: z.object({
     unix: z.object({
       sha256: z.boolean().default(true),
@@ -56,6 +72,7 @@ const schema = z.object({
 
 export type AgentConfig = z.infer<typeof schema>;
 export type TpmAttestorConfig = z.infer<typeof tpm>;
+export type QuoteEndpointConfig = z.infer<typeof quoteEndpoint>;
 
 function formatIssues(err: z.ZodError): string {
   return err.issues.map((i) => `  ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`).join('\n');
@@ -91,6 +108,16 @@ export function parseAgentConfig(raw: unknown, env: NodeJS.ProcessEnv = process.
   if (!path.isAbsolute(cfg.socketPath)) throw new AgentConfigError(`socketPath must be absolute, got "${cfg.socketPath}"`);
   cfg.dataDir = path.resolve(baseDir, cfg.dataDir);
   if (cfg.trustBundlePath) cfg.trustBundlePath = path.resolve(baseDir, cfg.trustBundlePath);
+  const qe = cfg.keylime?.quoteEndpoint;
+  if (qe) {
+    if (!cfg.nodeAttestor.tpm) throw new AgentConfigError('keylime.quoteEndpoint needs nodeAttestor.tpm: Keylime attests the node\'s TPM');
+    qe.certFile = path.resolve(baseDir, qe.certFile);
+    qe.keyFile = path.resolve(baseDir, qe.keyFile);
+    qe.clientCaFile = path.resolve(baseDir, qe.clientCaFile);
+    if (!qe.advertiseAddress && (qe.bindAddress === '0.0.0.0' || qe.bindAddress === '::')) {
+      throw new AgentConfigError(`keylime.quoteEndpoint.advertiseAddress is required when bindAddress is the wildcard ${qe.bindAddress}: say which address the verifier can reach this node at`);
+    }
+  }
   if (!cfg.trustBundlePath && !cfg.insecureBootstrap) {
     throw new AgentConfigError('trustBundlePath is required: the agent must know the server\'s CA before attesting ' +
       '(get it with "terroir-server bundle show"); insecureBootstrap: true exists for development only');

@@ -1,7 +1,8 @@
 // Node attestation client: the AttestAgent exchange with the server, by join token or by TPM
 // (EK + AK, then TPM2_ActivateCredential to prove the AK lives in the same TPM as the EK).
 import * as grpc from '@grpc/grpc-js';
-import type { AttestAgentRequest, AttestAgentResponse, AttestationResult, TpmAttestation } from '../api/agent-api.js';
+import type { AttestAgentRequest, AttestAgentResponse, AttestationResult, KeylimeQuoteEndpoint, TpmAttestation } from '../api/agent-api.js';
+import type { NodeQuoter } from '../keylime/index.js';
 import type { AgentClient } from './server-conn.js';
 
 export class NodeAttestationError extends Error {
@@ -17,6 +18,8 @@ export interface TpmCredentialSource {
   attestationData(): Promise<TpmAttestation>;
   /** TPM2_ActivateCredential on the server's challenge: the recovered secret. */
   activateCredential(credentialBlob: Buffer, encryptedSecret: Buffer): Promise<Buffer>;
+  /** Quotes with the attestation AK, for the Keylime quote endpoint (keeps that AK for the session). */
+  quoter?(): NodeQuoter;
 }
 
 export interface AttestOptions {
@@ -24,6 +27,8 @@ export interface AttestOptions {
   csr: Buffer;
   joinToken?: string;
   tpm?: TpmCredentialSource;
+  /** TPM only: where this node serves its Keylime quote endpoint. */
+  keylimeQuoteEndpoint?: KeylimeQuoteEndpoint;
   timeoutMs?: number;
 }
 
@@ -35,7 +40,7 @@ export async function attestNode(client: AgentClient, opts: AttestOptions): Prom
   }
   const first: AttestAgentRequest = opts.joinToken !== undefined
     ? { params: { joinToken: { token: opts.joinToken }, csr: opts.csr } }
-    : { params: { tpm: await tpmData(opts.tpm as TpmCredentialSource), csr: opts.csr } };
+    : { params: { tpm: { ...await tpmData(opts.tpm as TpmCredentialSource), keylimeQuoteEndpoint: opts.keylimeQuoteEndpoint ?? null }, csr: opts.csr } };
 
   const fn = client['AttestAgent'];
   if (!fn) throw new NodeAttestationError('protocol', 'agent API has no AttestAgent method');

@@ -1,6 +1,7 @@
 // The agent's TPM for node attestation, over src/tpm's TpmDevice: EK certificate and public, an AK
 // (fresh per attestation, or kept at a persistent handle), and ActivateCredential on the challenge.
 import { TpmDevice, type AkHandle } from '../tpm/device.js';
+import { tpmDeviceQuoter, type NodeQuoter } from '../keylime/index.js';
 import type { TpmAttestation } from '../api/agent-api.js';
 import type { TpmAttestorConfig } from './config.js';
 import type { TpmCredentialSource } from './node-attestor.js';
@@ -9,9 +10,20 @@ export interface TpmSession extends TpmCredentialSource {
   close(): Promise<void>;
 }
 
+export class TpmSessionError extends Error {
+  readonly code = 'tpm_session';
+  constructor(message: string) {
+    super(message);
+    this.name = 'TpmSessionError';
+  }
+}
+
 export async function openTpmCredentialSource(cfg: TpmAttestorConfig): Promise<TpmSession> {
   const device = await TpmDevice.open(cfg.tcti);
   let ak: AkHandle | undefined;
+  // Set once a quoter was handed out (Keylime): the verifier holds the enrolled AK, so it must stay
+  // the same for the session, or quotes would fail between a re-attestation and the re-enrollment.
+  let keepAk = false;
 
   const currentAk = async (): Promise<AkHandle> => {
     if (cfg.akHandle !== undefined) {
@@ -23,6 +35,7 @@ export async function openTpmCredentialSource(cfg: TpmAttestorConfig): Promise<T
       }
       return ak;
     }
+    if (ak && keepAk) return ak;
     // A transient AK lives for one attestation: the previous one is flushed.
     if (ak) await device.releaseAk(ak);
     ak = await device.createAk('ecc-p256');
@@ -39,6 +52,19 @@ export async function openTpmCredentialSource(cfg: TpmAttestorConfig): Promise<T
     async activateCredential(credentialBlob: Buffer, encryptedSecret: Buffer): Promise<Buffer> {
       if (!ak) throw new Error('no AK: attestationData() must come first');
       return device.activateCredential(ak, cfg.ekKind, credentialBlob, encryptedSecret);
+    },
+    quoter(): NodeQuoter {
+      keepAk = true;
+      // Each call quotes with the session's current AK (created by the first attestation).
+      const current = (): NodeQuoter => {
+        if (!ak) throw new TpmSessionError('no AK yet: the node has not attested, so there is nothing to quote with');
+        return tpmDeviceQuoter(device, ak);
+      };
+      return {
+        quote: (pcrs, qualifyingData) => current().quote(pcrs, qualifyingData),
+        pcrReset: (index) => current().pcrReset(index),
+        pcrExtend: (index, digest) => current().pcrExtend(index, digest),
+      };
     },
     async close(): Promise<void> {
       if (ak) await device.releaseAk(ak).catch(() => undefined);

@@ -71,6 +71,16 @@ export interface TpmAttestation {
   ekIntermediates: Buffer[];
   ekPublic: Buffer;
   akPublic: Buffer;
+  /** Where the node serves its Keylime quote endpoint; absent (null on decode) without one. */
+  keylimeQuoteEndpoint?: KeylimeQuoteEndpoint | null;
+}
+
+export interface KeylimeQuoteEndpoint {
+  host: string;
+  port: number;
+  /** PEM of the endpoint's TLS certificate (the verifier pins it). */
+  tlsCertificatePem: string;
+  apiVersion: string;
 }
 
 export interface AttestationParams {

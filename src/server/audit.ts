@@ -10,7 +10,9 @@ export type AuditAction =
   | 'sign_jwt_svid'
   | 'admin'
   | 'federation_refresh'
-  | 'ca_rotate';
+  | 'ca_rotate'
+  /** Keylime continuous attestation: a node lost trust, or was removed from the verifier. */
+  | 'keylime';
 
 export interface AuditRecord {
   action: AuditAction;

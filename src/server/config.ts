@@ -141,6 +141,49 @@ const federationSchema = z.object({
   defaultRefreshHint: duration.default(300),
 }).strict();
 
+const hexDigest = z.string().regex(/^(?:[0-9a-fA-F]{2}){20,64}$/, 'a hex PCR digest (e.g. 64 hex characters for sha256)');
+/** Keylime tpm_policy: PCR index (0..23, not 16: the quote endpoint's key binding) → allowed digests. */
+const tpmPolicySchema = z.record(
+  z.string().regex(/^(?:[0-9]|1[0-57-9]|2[0-3])$/, 'a PCR index 0..23 other than 16 (PCR 16 carries the quote endpoint key binding and is always checked)'),
+  z.array(hexDigest).min(1, 'allow at least one value, or every quote fails'),
+);
+
+const keylimeSchema = z.object({
+  /** The verifier's base URL (https only). */
+  verifierUrl: z.string().url().refine((u) => u.startsWith('https://'), 'the Keylime verifier URL must be https://'),
+  /** The verifier's CA (PEM): the only trust anchor for its certificate. */
+  caFile: z.string().min(1),
+  /** This server's client certificate and key (PEM), issued by a CA in the verifier's trusted_client_ca. */
+  certFile: z.string().min(1),
+  keyFile: z.string().min(1),
+  /** TLS server name to check when the verifier's certificate names another host than the URL. */
+  servername: z.string().min(1).optional(),
+  /** Only continuous (tenant, pull) mode is wired into the server. */
+  mode: z.literal('continuous').default('continuous'),
+  /** How often the server asks the verifier about each node. */
+  pollIntervalMs: z.number().int().min(100).max(600_000).default(1000),
+  /** A node whose last verified quote is older than this is no longer trusted. */
+  maxAttestationAge: duration.default(30),
+  /** How long a new node may take to get its first quote verified before its attestation is refused. */
+  enrollTimeout: duration.default(30),
+  /** Per-request timeout towards the verifier. */
+  requestTimeoutMs: z.number().int().min(100).max(120_000).default(5000),
+  /** Default PCR policy for TPM nodes no `policies` item matches; absent: such nodes are refused. */
+  tpmPolicy: tpmPolicySchema.optional(),
+  /** PCR policies per node group: the first item whose selectors the node has (all of them) applies. */
+  policies: z.array(z.object({
+    selectors: z.array(z.string().regex(/^[^:]+:.+$/, 'a selector "type:value", e.g. "tpm:ek_hash:<hex>"')).min(1),
+    tpmPolicy: tpmPolicySchema,
+  }).strict()).default([]),
+  /** Port agents serve their quote endpoint on; when set, an agent reporting another port is refused. */
+  quoteEndpointPort: port.min(1).optional(),
+  /**
+   * Which host the verifier dials: `source` (default) the address the agent attested from, so an agent
+   * cannot point the verifier at another machine; `advertised` the host the agent reports (behind NAT).
+   */
+  quoteEndpointAddress: z.enum(['source', 'advertised']).default('source'),
+}).strict();
+
 const serverSchema = z.object({
   trustDomain: trustDomainName,
   dataDir: z.string().min(1).default('./data'),
@@ -156,6 +199,8 @@ const serverSchema = z.object({
   }).strict().prefault({}),
   nodeAttestation: nodeAttestationSchema.prefault({}),
   federation: federationSchema.prefault({}),
+  /** Keylime continuous attestation for TPM nodes; absent: plain SPIFFE issuance. */
+  keylime: keylimeSchema.optional(),
   featureFlags: z.record(z.string(), z.boolean()).optional(),
 }).strict();
 
@@ -253,6 +298,7 @@ export function parseServerConfig(input: unknown, baseDir: string, env: NodeJS.P
       ...c.nodeAttestation,
       tpm: { ...c.nodeAttestation.tpm, manufacturerCaFiles: c.nodeAttestation.tpm.manufacturerCaFiles.map(abs) },
     },
+    keylime: c.keylime && { ...c.keylime, caFile: abs(c.keylime.caFile), certFile: abs(c.keylime.certFile), keyFile: abs(c.keylime.keyFile) },
     federation: {
       ...c.federation,
       bundleEndpoint: {
@@ -293,6 +339,21 @@ function checkConsistency(c: ServerConfig): void {
   }
   if (!c.nodeAttestation.joinToken.enabled && !c.nodeAttestation.tpm.enabled) {
     throw new ConfigError('nodeAttestation: enable at least one of joinToken and tpm, or no agent can ever attest');
+  }
+  if (c.keylime) {
+    if (!c.nodeAttestation.tpm.enabled) {
+      throw new ConfigError('keylime is configured but nodeAttestation.tpm is disabled: Keylime attests TPM nodes; enable nodeAttestation.tpm');
+    }
+    if (!c.keylime.tpmPolicy && c.keylime.policies.length === 0) {
+      throw new ConfigError('keylime: set tpmPolicy (the default PCR policy) and/or policies, or no TPM node can ever be trusted');
+    }
+    for (const [name, file] of [['caFile', c.keylime.caFile], ['certFile', c.keylime.certFile], ['keyFile', c.keylime.keyFile]] as const) {
+      try {
+        fs.accessSync(file, fs.constants.R_OK);
+      } catch (err) {
+        throw new ConfigError(`keylime.${name}: cannot read ${file}: ${(err as Error).message}`, { cause: err });
+      }
+    }
   }
   for (const f of c.federation.federatesWith) {
     if (f.trustDomain === c.trustDomain) {

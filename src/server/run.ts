@@ -15,6 +15,7 @@ import { SvidIssuer } from './ca/issuer.js';
 import { pinoAuditor, type Auditor } from './audit.js';
 import { RateLimiter } from './ratelimit.js';
 import { TpmAttestor } from './attestation/tpm.js';
+import { KeylimeGate } from './attestation/keylime.js';
 import { createAgentService, type AgentService } from './agentapi/service.js';
 import { startAgentApiServer, type AgentApiServer } from './agentapi/server.js';
 import { startBundleEndpoint, type BundleEndpoint } from './federation/endpoint.js';
@@ -40,6 +41,8 @@ export interface RunningServer {
   readonly ca: CaManager;
   readonly agentService: AgentService;
   readonly auditor: Auditor;
+  /** Keylime continuous attestation, when configured (the `keylime` section). */
+  readonly keylime: KeylimeGate | undefined;
   /** Withdraw a node's SVIDs: tells its agent to drop them (issue 6/8 hook; also used on ban/evict). */
   dropNode(agentId: string, reason: string): void;
   /** Runs one housekeeping round now (rotation, SVID renewal, pruning). */
@@ -114,6 +117,21 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       });
     }
 
+    // Constructed first so a missing or bad verifier CA / client certificate fails start-up.
+    let dropOnKeylimeFailure = (_id: string, _reason: string): void => undefined;
+    let keylime: KeylimeGate | undefined;
+    if (config.keylime) {
+      keylime = new KeylimeGate({
+        settings: config.keylime,
+        auditor,
+        logger,
+        onUntrusted: (id, reason) => dropOnKeylimeFailure(id, reason),
+      });
+      const gate = keylime;
+      cleanups.push(() => gate.close());
+      keylime.start();
+    }
+
     const agentService = createAgentService({
       trustDomain: td,
       store,
@@ -121,6 +139,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       issuer,
       joinTokens: config.nodeAttestation.joinToken.enabled,
       tpm,
+      keylime,
       rateLimiter: new RateLimiter(config.agentApi.attestationRateLimit),
       auditor,
       logger,
@@ -129,6 +148,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       watchIntervalMs: config.agentApi.watchIntervalMs,
       now,
     });
+    dropOnKeylimeFailure = (id, reason) => agentService.watchHub.dropNode(id, reason);
     let agentApi: AgentApiServer;
     try {
       agentApi = await startAgentApiServer({
@@ -155,7 +175,11 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       logger,
       bundleProvider: () => Bundle.parse(td, ca.bundle().bundleJson),
       // Banned or evicted: the agent's watch streams get DROP_SVIDS at once, not at the next poll.
-      onNodeEvicted: (id) => agentService.watchHub.dropNode(id, `agent ${id} was banned or evicted by an operator`),
+      onNodeEvicted: (id) => {
+        agentService.watchHub.dropNode(id, `agent ${id} was banned or evicted by an operator`);
+        // An evicted node is no longer Keylime's business either.
+        void keylime?.evict(id);
+      },
       onEntriesChanged: () => void agentService.watchHub.poll(),
     });
     const admin = await startAdminServer(config.adminApi.socketPath, adminService, { logger: logger.child({ component: 'admin' }) });
@@ -234,7 +258,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
     timer.unref();
     cleanups.push(() => clearInterval(timer));
 
-    logger.info({ trustDomain: td.name, agentApiPort: agentApi.port, healthPort: health?.port, dataStore: config.dataStore.type }, 'terroir server started');
+    logger.info({ trustDomain: td.name, agentApiPort: agentApi.port, healthPort: health?.port, dataStore: config.dataStore.type, keylime: config.keylime ? config.keylime.verifierUrl : 'off' }, 'terroir server started');
     return {
       trustDomain: td.name,
       agentApiPort: agentApi.port,
@@ -245,6 +269,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       ca,
       agentService,
       auditor,
+      keylime,
       dropNode: (id, reason) => agentService.watchHub.dropNode(id, reason),
       tick,
       async stop() {

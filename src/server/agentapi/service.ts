@@ -6,7 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type * as api from '../../api/agent-api.js';
 import { AGENT_API_MAX_BATCH } from '../../api/agent-api.js';
-import { publicKeyFromCsr } from '../../spiffe/csr.js';
+import { publicKeyFromCsr, verifyCsrAsync, type CsrPublicKey } from '../../spiffe/csr.js';
 import { SpiffeId, type TrustDomain } from '../../spiffe/id.js';
 import { DataStoreError, type DataStore, type RegistrationEntry } from '../datastore/types.js';
 import type { CaManager } from '../ca/manager.js';
@@ -16,6 +16,7 @@ import { RateLimiter, sourceAddress } from '../ratelimit.js';
 import { AttestationError } from '../attestation/errors.js';
 import { attestJoinToken } from '../attestation/join-token.js';
 import type { TpmAttestor, PendingTpmAttestation } from '../attestation/tpm.js';
+import type { KeylimeGate } from '../attestation/keylime.js';
 import type { AttestationOutcome } from '../attestation/types.js';
 import { AgentAuthenticator, type AuthenticatedAgent } from './auth.js';
 import { AuthorizedEntriesCache, syncResponseBytes } from './entries.js';
@@ -30,6 +31,8 @@ export interface AgentServiceOptions {
   issuer: SvidIssuer;
   joinTokens: boolean;
   tpm?: TpmAttestor;
+  /** Keylime continuous attestation: TPM nodes are enrolled before issuance and gated afterwards. */
+  keylime?: KeylimeGate;
   rateLimiter: RateLimiter;
   auditor: Auditor;
   logger: Logger;
@@ -150,7 +153,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
   const attestAgent: grpc.handleBidiStreamingCall<api.AttestAgentRequest, api.AttestAgentResponse> = (call) => {
     const source = sourceAddress(call.getPeer());
     let state: 'params' | 'busy' | 'challenge' | 'done' = 'params';
-    let pending: { tpm: PendingTpmAttestation; csrKey: KeyObject } | undefined;
+    let pending: { tpm: PendingTpmAttestation; csrKey: KeyObject; params: api.TpmAttestation } | undefined;
     let method = 'unknown';
     let timer: NodeJS.Timeout | undefined;
     let clientEnded = false;
@@ -200,8 +203,11 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
           } else if (p.data === 'tpm' && p.tpm) {
             method = 'tpm';
             if (!o.tpm) throw rpcError(grpc.status.FAILED_PRECONDITION, 'TPM attestation is disabled on this server (nodeAttestation.tpm.enabled)');
+            if (o.keylime && !p.tpm.keylimeQuoteEndpoint) {
+              throw rpcError(grpc.status.FAILED_PRECONDITION, 'this server requires Keylime continuous attestation for TPM nodes: configure keylime.quoteEndpoint on the agent');
+            }
             const tpm = o.tpm.begin(p.tpm);
-            pending = { tpm, csrKey };
+            pending = { tpm, csrKey, params: p.tpm };
             if (clientEnded) { endedEarly(); return; }
             state = 'challenge';
             arm(Math.max(0, tpm.challenge.expiresAt.getTime() - now().getTime()), 'the challenge response');
@@ -221,10 +227,19 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
       }
       if (state === 'challenge' && msg.step === 'challengeResponse' && msg.challengeResponse && pending) {
         state = 'busy';
-        const { tpm, csrKey } = pending;
+        const { tpm, csrKey, params } = pending;
         pending = undefined;
         void (async () => {
           const out = await o.tpm!.finish(tpm, msg.challengeResponse!.activatedSecret);
+          // Keylime must have verified a quote from this TPM before anything is issued.
+          if (o.keylime) {
+            const existing = await o.store.getNode(out.agentId.toString());
+            if (existing?.banned) throw rpcError(grpc.status.PERMISSION_DENIED, `node ${out.agentId.toString()} is banned; an operator must evict it (agent evict) before it can attest again`);
+            await o.keylime.admit({
+              agentId: out.agentId.toString(), ekHash: tpm.ekHash, akPublic: params.akPublic, selectors: out.selectors,
+              endpoint: params.keylimeQuoteEndpoint, sourceAddress: source,
+            });
+          }
           await succeed(out, csrKey);
         })().catch((err: unknown) => finish(err, `ek_hash:${tpm.ekHash}`));
         return;
@@ -247,8 +262,17 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
 
   // ---------------------------------------------------------------- authenticated RPCs
 
+  /** Keylime's signing gate: refuses (and audits) any signing for a node Keylime does not trust now. */
+  function gate(agent: AuthenticatedAgent, action: 'renew_agent' | 'sign_x509_svid' | 'sign_jwt_svid'): void {
+    const refusal = o.keylime?.check(agent.id.toString(), agent.node.attestationType);
+    if (refusal === undefined) return;
+    o.auditor.record({ action, caller: agent.id.toString(), result: 'denied', reason: refusal.message, details: { gate: 'keylime' } });
+    throw refusal;
+  }
+
   const renewAgent = authed<api.RenewAgentRequest, api.RenewAgentResponse>('RenewAgent', async (agent, req) => {
     const agentId = agent.id.toString();
+    gate(agent, 'renew_agent');
     if (agent.node.attestationType === 'tpm') {
       o.auditor.record({ action: 'renew_agent', caller: agentId, result: 'denied', reason: 'tpm node must re-attest' });
       throw rpcError(grpc.status.FAILED_PRECONDITION, 'TPM nodes renew by attesting again through AttestAgent (proof of TPM possession each time)');
@@ -279,24 +303,42 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
   const batchNewX509Svid = authed<api.BatchNewX509SvidRequest, api.BatchNewX509SvidResponse>('BatchNewX509Svid', async (agent, req) => {
     const agentId = agent.id.toString();
     const params = req.params ?? [];
+    gate(agent, 'sign_x509_svid');
     if (params.length === 0) throw rpcError(grpc.status.INVALID_ARGUMENT, 'params is empty: send at least one {entry_id, csr}');
     if (params.length > AGENT_API_MAX_BATCH) throw rpcError(grpc.status.INVALID_ARGUMENT, `at most ${AGENT_API_MAX_BATCH} CSRs per call, got ${params.length}`);
     const set = await entries.get(agentId, agent.node.selectors);
     const results: api.BatchNewX509SvidResult[] = [];
     let ok = 0;
     const denied: string[] = [];
-    for (const p of params) {
+    // A batch usually asks many times for the same few entries: parse each SPIFFE ID once.
+    const ids = new Map<string, SpiffeId>();
+    // All CSR signature checks start now and run on the libuv pool (every core) while the loop
+    // below mints, in order, as they complete. A check's refusal is read there; until then it must
+    // not count as an unhandled rejection.
+    const checks = params.map((p) => (set.byId.has(p.entryId) && p.csr && p.csr.length > 0 ? verifyCsrAsync(p.csr) : undefined));
+    for (const c of checks) c?.catch(() => undefined);
+    for (const [i, p] of params.entries()) {
       try {
         const entry = set.byId.get(p.entryId);
         // Unknown and unauthorized look the same, so the API is no oracle for other agents' entries.
         if (!entry) throw rpcError(grpc.status.PERMISSION_DENIED, `entry "${p.entryId}" is not authorized for ${agentId}`);
-        const key = parseCsr(p.csr, 'csr');
-        checkCsrNames(p.csr, entry);
-        let id: SpiffeId;
+        if (!p.csr || p.csr.length === 0) throw rpcError(grpc.status.INVALID_ARGUMENT, 'csr is missing: send a DER PKCS#10 CSR');
+        let key: CsrPublicKey;
         try {
-          id = SpiffeId.parse(entry.spiffeId);
+          // The key's SPKI goes into the SVID as the CSR carries it, without a KeyObject round trip.
+          key = await (checks[i] as Promise<CsrPublicKey>);
         } catch (err) {
-          throw rpcError(grpc.status.FAILED_PRECONDITION, `entry ${entry.id} has an invalid SPIFFE ID: ${(err as Error).message}`);
+          throw rpcError(grpc.status.INVALID_ARGUMENT, `csr: ${(err as Error).message}`);
+        }
+        checkCsrNames(p.csr, entry);
+        let id = ids.get(entry.spiffeId);
+        if (id === undefined) {
+          try {
+            id = SpiffeId.parse(entry.spiffeId);
+          } catch (err) {
+            throw rpcError(grpc.status.FAILED_PRECONDITION, `entry ${entry.id} has an invalid SPIFFE ID: ${(err as Error).message}`);
+          }
+          ids.set(entry.spiffeId, id);
         }
         const svid = o.issuer.mintX509(id, key, entry.x509SvidTtl ?? o.x509SvidTtl, entry.dnsNames ?? []);
         results.push({ entryId: p.entryId, svid: x509ToWire(svid), errorCode: 0, errorMessage: '' });
@@ -317,6 +359,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
 
   const newJwtSvid = authed<api.NewJwtSvidRequest, api.NewJwtSvidResponse>('NewJwtSvid', async (agent, req) => {
     const agentId = agent.id.toString();
+    gate(agent, 'sign_jwt_svid');
     const aud = req.audience ?? [];
     if (aud.length === 0 || aud.length > MAX_AUDIENCES || aud.some((a) => a === '' || a.length > MAX_AUDIENCE_LENGTH)) {
       throw rpcError(grpc.status.INVALID_ARGUMENT, `audience must hold 1..${MAX_AUDIENCES} non-empty strings of at most ${MAX_AUDIENCE_LENGTH} characters`);

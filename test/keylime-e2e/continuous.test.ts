@@ -1,0 +1,143 @@
+// Keylime continuous mode end to end: a real terroir server with a `keylime` section, a real agent
+// attesting with swtpm and serving its quote endpoint from the same TPM and AK, the test verifier
+// pulling quotes every second over mTLS, and a workload on the Workload API (spec proto client).
+import * as grpc from '@grpc/grpc-js';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createCsr, generateKeyPair } from '../../src/agent/csr.js';
+import { attestNode, NodeAttestationError } from '../../src/agent/node-attestor.js';
+import { connectToServer, unaryCall } from '../../src/agent/server-conn.js';
+import { SvidStore } from '../../src/agent/svid-store.js';
+import { AdminClient } from '../../src/api/admin-api.js';
+import { Bundle, TrustDomain } from '../../src/spiffe/index.js';
+import { badMeasurement, POLICY_PCR, specClient, startDeployment, TD, X509Stream, type Deployment, type SpecClient } from './fixture.js';
+
+const logs: Record<string, unknown>[] = [];
+const logger = pino({ level: 'info' }, { write: (line: string) => { logs.push(JSON.parse(line) as Record<string, unknown>); } });
+const audits = (action: string): Record<string, unknown>[] => logs.filter((l) => l['audit'] === true && l['action'] === action);
+
+let d: Deployment;
+let client: SpecClient;
+const streams: X509Stream[] = [];
+let workloadId: string;
+
+function openStream(): X509Stream {
+  const s = new X509Stream(client);
+  streams.push(s);
+  return s;
+}
+
+async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function roots(): Buffer[] {
+  return Bundle.parse(TrustDomain.parse(TD), d.server.ca.bundle().bundleJson).x509Authorities();
+}
+
+beforeAll(async () => {
+  d = await startDeployment({ logger });
+  client = specClient(d.socket);
+}, 60_000);
+
+afterAll(async () => {
+  for (const s of streams) s.close();
+  client?.close();
+  await d?.stop();
+});
+
+describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
+  it('issues the agent SVID only after Keylime verified a quote; the workload gets its SVID', async () => {
+    const rec = d.verifier.agents.get(d.keylimeId);
+    expect(rec).toBeDefined();
+    // Enrolled with what the agent advertised: its quote endpoint and the pinned certificate.
+    expect(rec).toMatchObject({ ip: '127.0.0.1', port: d.agent.keylimeQuoteEndpoint?.port, mtlsCert: d.pki.node.certPem, supportedVersion: '2.2' });
+    expect(rec!.attestationCount).toBeGreaterThanOrEqual(1);
+    expect(rec!.policy.mask).toEqual([POLICY_PCR, 16]);
+    workloadId = await d.addWorkload('db');
+    const stream = openStream();
+    const msg = await stream.waitFor((m) => m.svids.some((s) => s.spiffe_id === workloadId));
+    expect(msg.svids.map((s) => s.spiffe_id)).toEqual([workloadId]);
+  });
+
+  it('evicting the node removes it from the verifier; the agent attests again and is re-enrolled', async () => {
+    const old = d.verifier.agents.get(d.keylimeId)!;
+    const before = d.agent.stats.attestations;
+    const admin = new AdminClient(d.server.adminSocketPath!);
+    try {
+      await admin.call('EvictAgent', { spiffeId: d.agent.spiffeId! });
+    } finally {
+      admin.close();
+    }
+    await until('the verifier to drop the evicted node', () => old.deleted);
+    await until('the eviction audit record', () => audits('keylime').some((a) => a['subject'] === d.agent.spiffeId && a['result'] === 'ok'));
+    await until('the agent to attest again', () => d.agent.stats.attestations > before);
+    const fresh = d.verifier.agents.get(d.keylimeId);
+    expect(fresh).toBeDefined();
+    expect(fresh).not.toBe(old);
+    expect(fresh!.attestationCount).toBeGreaterThanOrEqual(1);
+    let msg;
+    for (let i = 0; i < 100 && !msg; i++) {
+      // Workload API clients retry PermissionDenied until the re-signed SVIDs are there.
+      msg = await openStream().waitFor((m) => m.svids.some((s) => s.spiffe_id === workloadId), 3000).catch(() => undefined);
+    }
+    expect(msg?.svids.map((s) => s.spiffe_id)).toEqual([workloadId]);
+  });
+
+  it('a PCR extended on the node: Keylime fails it, its workloads lose their SVIDs, the server signs nothing for it', async () => {
+    const stream = openStream();
+    await stream.waitFor((m) => m.svids.length > 0);
+    const t0 = Date.now();
+    await d.tpm.quoter!().pcrExtend(POLICY_PCR, badMeasurement('rootkit'));
+    const lostAt = await stream.waitForLoss(15_000);
+    expect(lostAt - t0).toBeLessThan(10_000);
+    expect(d.verifier.agents.get(d.keylimeId)?.operationalState).toBe(9);
+
+    const audit = audits('keylime').find((a) => a['result'] === 'denied' && a['subject'] === d.agent.spiffeId);
+    expect(audit).toMatchObject({ caller: 'keylime-verifier', details: { kind: 'invalid_quote', lastEventId: `pcr_validation.invalid_pcr_${POLICY_PCR}` } });
+
+    // The node's current agent SVID still authenticates it, but nothing is signed for it.
+    const state = new SvidStore(d.agentConfig.dataDir).load()!;
+    const conn = connectToServer({ address: '127.0.0.1', port: d.server.agentApiPort, trustDomain: TD, roots: roots(), identity: { chain: state.chain, key: state.key } });
+    try {
+      const entryId = (await d.server.store.listEntries()).find((e) => e.spiffeId === workloadId)!.id;
+      await expect(unaryCall(conn, 'NewJwtSvid', { entryId, audience: ['db'] })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+      const csr = createCsr(generateKeyPair(), workloadId);
+      await expect(unaryCall(conn, 'BatchNewX509Svid', { params: [{ entryId, csr }] })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+      await expect(unaryCall(conn, 'RenewAgent', { csr: createCsr(generateKeyPair()) })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+    } finally {
+      conn.close();
+    }
+    expect(audits('sign_x509_svid').some((a) => a['result'] === 'denied' && (a['details'] as Record<string, unknown>)['gate'] === 'keylime')).toBe(true);
+    // A new Workload API client gets nothing either.
+    const later = openStream();
+    await until('the new stream to be refused', () => later.error !== undefined, 5000);
+    expect(later.error?.code).toBe(grpc.status.PERMISSION_DENIED);
+  });
+
+  it('fails closed: no quote endpoint, or the verifier down, and a new attestation is refused without changing the node', async () => {
+    const conn = connectToServer({ address: '127.0.0.1', port: d.server.agentApiPort, trustDomain: TD, roots: roots() });
+    try {
+      const node = await d.server.store.getNode(d.agent.spiffeId!);
+      const noEndpoint = await attestNode(conn, { csr: createCsr(generateKeyPair()), tpm: d.tpm }).catch((e: unknown) => e);
+      expect(noEndpoint).toBeInstanceOf(NodeAttestationError);
+      expect((noEndpoint as NodeAttestationError).grpcCode).toBe(grpc.status.FAILED_PRECONDITION);
+      expect((noEndpoint as Error).message).toMatch(/keylime\.quoteEndpoint/);
+
+      await d.verifier.stop();
+      const down = await attestNode(conn, { csr: createCsr(generateKeyPair()), tpm: d.tpm, keylimeQuoteEndpoint: d.agent.keylimeQuoteEndpoint! })
+        .catch((e: unknown) => e);
+      expect(down).toBeInstanceOf(NodeAttestationError);
+      expect((down as NodeAttestationError).grpcCode).toBe(grpc.status.UNAVAILABLE);
+      expect((down as Error).message).toMatch(/Keylime verifier unreachable/);
+      expect(await d.server.store.getNode(d.agent.spiffeId!)).toEqual(node);
+      expect(d.server.keylime!.check(d.agent.spiffeId!, 'tpm')).toBeDefined();
+    } finally {
+      conn.close();
+    }
+  });
+});
