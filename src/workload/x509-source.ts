@@ -24,7 +24,7 @@ export interface X509SourceOptions {
   timeoutMs?: number;
   backoff?: Backoff;
   /** Chooses the SVID getX509Svid() returns when the workload has several (default: the first). */
-  pick?: (svids: readonly X509Svid[]) => X509Svid;
+  pick?: (svids: readonly X509Svid[]) => X509Svid | undefined;
   logger?: Logger;
 }
 

@@ -34,7 +34,7 @@ function lines(): { logger: pino.Logger; text: () => string } {
   return { logger: pino({ level: 'warn' }, stream), text: () => out.join('') };
 }
 
-const byPath = (p: string) => (svids: readonly X509Svid[]): X509Svid => svids.find((s) => s.id.path === p) as X509Svid;
+const byPath = (p: string) => (svids: readonly X509Svid[]): X509Svid | undefined => svids.find((s) => s.id.path === p);
 
 function cached(s: TestSvid): CachedSvid {
   const now = Date.now();
