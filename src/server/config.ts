@@ -143,10 +143,14 @@ const federationSchema = z.object({
 
 const hexDigest = z.string().regex(/^(?:[0-9a-fA-F]{2}){20,64}$/, 'a hex PCR digest (e.g. 64 hex characters for sha256)');
 /** Keylime tpm_policy: PCR index (0..23, not 16: the quote endpoint's key binding) → allowed digests. */
-const tpmPolicySchema = z.record(
-  z.string().regex(/^(?:[0-9]|1[0-57-9]|2[0-3])$/, 'a PCR index 0..23 other than 16 (PCR 16 carries the quote endpoint key binding and is always checked)'),
-  z.array(hexDigest).min(1, 'allow at least one value, or every quote fails'),
-);
+const tpmPolicySchema = z.record(z.string(), z.array(hexDigest).min(1, 'allow at least one value, or every quote fails'))
+  .superRefine((policy, ctx) => {
+    for (const k of Object.keys(policy)) {
+      if (!/^(?:[0-9]|1[0-57-9]|2[0-3])$/.test(k)) {
+        ctx.addIssue({ code: 'custom', path: [k], message: `"${k}" is not a PCR index 0..23 other than 16 (PCR 16 carries the quote endpoint key binding and is always checked)` });
+      }
+    }
+  });
 
 const keylimeSchema = z.object({
   /** The verifier's base URL (https only). */

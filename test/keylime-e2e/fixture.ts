@@ -86,6 +86,8 @@ export interface Deployment {
   socket: string;
   /** The node's Keylime agent id (its EK hash). */
   keylimeId: string;
+  /** How long Agent.start took: TPM attestation, Keylime enrollment and first verified quote, first sync. */
+  agentStartMs: number;
   /** Registers a workload entry (unix uid of this process) under the agent. */
   addWorkload(name: string): Promise<string>;
   stop(): Promise<void>;
@@ -160,14 +162,16 @@ export async function startDeployment(opts: DeploymentOptions = {}): Promise<Dep
     }, {});
     const tpm = await openTpmCredentialSource(agentConfig.nodeAttestor.tpm!);
     stops.push(() => tpm.close());
+    const t0 = performance.now();
     const agent = await Agent.start(agentConfig, { tpm, logger });
+    const agentStartMs = performance.now() - t0;
     let current = agent;
     stops.push(() => current.stop());
     const keylimeId = /\/agent\/tpm\/([0-9a-f]{64})$/.exec(agent.spiffeId ?? '')?.[1];
     if (!keylimeId) throw new Error(`unexpected agent id ${agent.spiffeId}`);
     const uid = process.getuid!();
     return {
-      dir: tmp.dir, pki, swtpm, verifier, serverConfig, server, agentConfig, tpm, socket, keylimeId,
+      dir: tmp.dir, pki, swtpm, verifier, serverConfig, server, agentConfig, tpm, socket, keylimeId, agentStartMs,
       get agent() { return current; },
       set agent(a: Agent) { current = a; },
       async addWorkload(name) {
