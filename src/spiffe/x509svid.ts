@@ -11,7 +11,7 @@ import {
   randomSerial, subjectAltName, subjectKeyIdentifier, type NameFields,
 } from './cert-builder.js';
 import { parseCertificate, type CertificateView } from './certificate.js';
-import { checkSvidKey } from './csr.js';
+import { checkSvidKey, CsrPublicKey } from './csr.js';
 import { bool, ctxPrimitive, isOidString, readTlv, seq, smallInt } from './der.js';
 import { SpiffeIdError, X509SvidError } from './errors.js';
 import { SpiffeId, TrustDomain } from './id.js';
@@ -22,7 +22,7 @@ import { certSignerFor, UnsupportedKeyError, type CertSigner } from './signer.js
 import { verifyX509Signature } from './signature.js';
 
 export { X509SvidError } from './errors.js';
-export { publicKeyFromCsr } from './csr.js';
+export { publicKeyFromCsr, verifyCsr, CsrPublicKey } from './csr.js';
 
 /** A CA that signs certificates: its certificate, its private key and the intermediates above it. */
 export interface X509Authority {
@@ -53,7 +53,8 @@ export interface ExtraExtension {
 
 export interface MintX509SvidOptions {
   id: SpiffeId;
-  publicKey: KeyObject;
+  /** The SVID's key; a CsrPublicKey (from verifyCsr) goes into the certificate without being decoded. */
+  publicKey: KeyObject | CsrPublicKey;
   issuer: X509Authority;
   ttlSeconds: number;
   now?: Date;
@@ -165,7 +166,9 @@ function signerFor(key: KeyObject): CertSigner {
   }
 }
 
-function subjectKeyInfo(key: KeyObject): { spki: Buffer; keyId: Buffer } {
+function subjectKeyInfo(key: KeyObject | CsrPublicKey): { spki: Buffer; keyId: Buffer } {
+  // Already checked by verifyCsr (key type included); its SPKI is the CSR's own bytes.
+  if (key instanceof CsrPublicKey) return { spki: key.spki, keyId: keyIdFromSpki(key.spki) };
   if (!(key instanceof crypto.KeyObject) || key.type === 'secret') {
     throw new X509SvidError('invalid-argument', 'publicKey must be an asymmetric KeyObject');
   }
@@ -240,7 +243,15 @@ function extraExtensionsDer(extra: ExtraExtension[] | undefined): Buffer[] {
 
 function finish(der: Buffer, serial: Buffer, notAfter: Date, following: Buffer[]): MintedCertificate {
   const hex = serial.toString('hex').replace(/^(00)+(?=..)/, '');
-  return { der, pem: derToPem(der), serialHex: hex, notAfter, chainDer: [der, ...following] };
+  // PEM on demand: the agent API sends DER, and base64 of every SVID is measurable at batch rates.
+  let pem: string | undefined;
+  return {
+    der, serialHex: hex, notAfter, chainDer: [der, ...following],
+    get pem(): string {
+      pem ??= derToPem(der);
+      return pem;
+    },
+  };
 }
 
 /**

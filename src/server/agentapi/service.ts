@@ -6,7 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type * as api from '../../api/agent-api.js';
 import { AGENT_API_MAX_BATCH } from '../../api/agent-api.js';
-import { publicKeyFromCsr, verifyCsrAsync, type CsrPublicKey } from '../../spiffe/csr.js';
+import { publicKeyFromCsr, verifyCsr, type CsrPublicKey } from '../../spiffe/csr.js';
 import { SpiffeId, type TrustDomain } from '../../spiffe/id.js';
 import { DataStoreError, type DataStore, type RegistrationEntry } from '../datastore/types.js';
 import type { CaManager } from '../ca/manager.js';
@@ -312,12 +312,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
     const denied: string[] = [];
     // A batch usually asks many times for the same few entries: parse each SPIFFE ID once.
     const ids = new Map<string, SpiffeId>();
-    // All CSR signature checks start now and run on the libuv pool (every core) while the loop
-    // below mints, in order, as they complete. A check's refusal is read there; until then it must
-    // not count as an unhandled rejection.
-    const checks = params.map((p) => (set.byId.has(p.entryId) && p.csr && p.csr.length > 0 ? verifyCsrAsync(p.csr) : undefined));
-    for (const c of checks) c?.catch(() => undefined);
-    for (const [i, p] of params.entries()) {
+    for (const p of params) {
       try {
         const entry = set.byId.get(p.entryId);
         // Unknown and unauthorized look the same, so the API is no oracle for other agents' entries.
@@ -326,7 +321,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
         let key: CsrPublicKey;
         try {
           // The key's SPKI goes into the SVID as the CSR carries it, without a KeyObject round trip.
-          key = await (checks[i] as Promise<CsrPublicKey>);
+          key = verifyCsr(p.csr);
         } catch (err) {
           throw rpcError(grpc.status.INVALID_ARGUMENT, `csr: ${(err as Error).message}`);
         }

@@ -3,7 +3,7 @@
 import crypto, { type KeyObject } from 'node:crypto';
 import net from 'node:net';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
-import { mintX509Svid } from '../../spiffe/x509svid.js';
+import { mintX509Svid, type CsrPublicKey } from '../../spiffe/x509svid.js';
 import { mintJwtSvid, type JwtSvidMintAlgorithm } from '../../spiffe/jwtsvid.js';
 import {
   authorityKeyIdentifier, buildCertificate, EMPTY_NAME, EXT, extension, publicKeyInfo, randomSerial, subjectKeyIdentifier,
@@ -50,7 +50,7 @@ export class SvidIssuer {
   }
 
   /** An X.509-SVID for `id` and the key of an already verified CSR. */
-  mintX509(id: SpiffeId, publicKey: KeyObject, ttlSeconds: number, dnsNames: string[] = []): IssuedX509 {
+  mintX509(id: SpiffeId, publicKey: KeyObject | CsrPublicKey, ttlSeconds: number, dnsNames: string[] = []): IssuedX509 {
     const active = this.opts.ca.activeX509();
     const minted = mintX509Svid({
       id,
