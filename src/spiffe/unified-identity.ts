@@ -5,8 +5,8 @@
 // services to read, so both ends agree byte for byte. Decoding is strict: a claims document that is
 // oversized, not canonical, or has a known field of the wrong shape is an error, never "no claims".
 import canonicalize from 'canonicalize';
-import { parseCertificate } from './certificate.js';
-import { DerError, readTlv, TAG, tlv } from './der.js';
+import { MAX_CERTIFICATE_BYTES } from './certificate.js';
+import { children, content, DerError, oidToString, readTlv, readWhole, TAG, tlv, type Tlv } from './der.js';
 import { SpiffeError } from './errors.js';
 import type { ExtraExtension } from './x509svid.js';
 
@@ -100,10 +100,44 @@ export function decodeUnifiedIdentityExtension(value: Buffer): UnifiedIdentityCl
  * must not pass as one that says nothing.
  */
 export function unifiedIdentityFromCertificate(der: Buffer): UnifiedIdentityClaims | undefined {
-  const exts = parseCertificate(der).extensions.filter((e) => e.oid === UNIFIED_IDENTITY_OID);
-  if (exts.length === 0) return undefined;
-  if (exts.length > 1) throw new UnifiedIdentityError('duplicate-extension', 'certificate carries the Unified Identity extension more than once');
-  return decodeUnifiedIdentityExtension((exts[0] as { value: Buffer }).value);
+  const values = extensionValues(der, UNIFIED_IDENTITY_OID);
+  if (values.length === 0) return undefined;
+  if (values.length > 1) throw new UnifiedIdentityError('duplicate-extension', 'certificate carries the Unified Identity extension more than once');
+  return decodeUnifiedIdentityExtension(values[0] as Buffer);
+}
+
+/**
+ * The extnValue contents of every extension `oid` in a certificate. A direct DER walk to the
+ * extensions: this runs on every TLS handshake of a consumer, and a full certificate decode costs
+ * several times more than the rest of the claims check (the chain itself is validated elsewhere).
+ */
+function extensionValues(der: Buffer, oid: string): Buffer[] {
+  if (!Buffer.isBuffer(der) || der.length > MAX_CERTIFICATE_BYTES) {
+    throw new UnifiedIdentityError('malformed-extension', `certificate must be DER bytes of at most ${MAX_CERTIFICATE_BYTES} bytes`);
+  }
+  try {
+    const cert = readWhole(der, TAG.SEQUENCE, 'Certificate');
+    const tbs = children(der, cert)[0];
+    if (tbs === undefined || tbs.tag !== TAG.SEQUENCE) throw new DerError('Certificate has no TBSCertificate');
+    const wrapper = children(der, tbs).find((t) => t.tag === 0xa3); // extensions [3] EXPLICIT
+    if (wrapper === undefined) return [];
+    const list = children(der, wrapper);
+    if (list.length !== 1 || (list[0] as Tlv).tag !== TAG.SEQUENCE) throw new DerError('malformed extensions field');
+    const out: Buffer[] = [];
+    for (const ext of children(der, list[0] as Tlv)) {
+      const parts = children(der, ext);
+      const id = parts[0];
+      const value = parts[parts.length - 1];
+      if (ext.tag !== TAG.SEQUENCE || id?.tag !== TAG.OID || value?.tag !== TAG.OCTET_STRING || parts.length > 3) {
+        throw new DerError('malformed Extension');
+      }
+      if (oidToString(content(der, id)) === oid) out.push(content(der, value));
+    }
+    return out;
+  } catch (e) {
+    if (e instanceof UnifiedIdentityError) throw e;
+    throw new UnifiedIdentityError('malformed-extension', `cannot read the certificate's extensions: ${(e as Error).message}`, { cause: e });
+  }
 }
 
 /** The `unified_identity` claim of validated JWT-SVID claims, checked; undefined when absent. */

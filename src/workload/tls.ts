@@ -20,6 +20,7 @@ import pino, { type Logger } from 'pino';
 import type { Bundle } from '../spiffe/bundle.js';
 import type { X509Svid } from '../spiffe/svid-source.js';
 import { verifyX509Svid } from '../spiffe/x509svid.js';
+import { VerificationCache } from './verify-cache.js';
 import { x509Peer, type Authorizer, type Peer } from './authorizer.js';
 import { AuthorizationError, WorkloadError } from './errors.js';
 import type { X509BundleSetSource, X509SourceLike } from './source.js';
@@ -49,6 +50,8 @@ export class SecureContextCache {
   private lastBundles: readonly Bundle[] | undefined;
   private options: tls.SecureContextOptions | undefined;
   private context: tls.SecureContext | undefined;
+  /** Successful peer verifications of the connections using this context (see verify-cache.ts). */
+  readonly verifications = new VerificationCache();
 
   constructor(private readonly source: X509SourceLike, private readonly bundles: X509BundleSetSource, private readonly server: boolean) {}
 
@@ -96,10 +99,12 @@ function presentedChain(cert: tls.DetailedPeerCertificate | tls.PeerCertificate 
 }
 
 /** SPIFFE verification of a peer chain, then the authorizer. Throws on any failure. */
-export function verifyPeerCertificate(cert: tls.PeerCertificate | undefined, bundles: X509BundleSetSource, authorizer: Authorizer): Peer {
+export function verifyPeerCertificate(
+  cert: tls.PeerCertificate | undefined, bundles: X509BundleSetSource, authorizer: Authorizer, cache?: VerificationCache,
+): Peer {
   const chain = presentedChain(cert);
   if (chain.length === 0) throw new AuthorizationError('peer presented no certificate');
-  const peer = x509Peer(verifyX509Svid(chain, bundles));
+  const peer = x509Peer(cache !== undefined ? cache.verify(chain, bundles) : verifyX509Svid(chain, bundles));
   authorizer(peer);
   return peer;
 }
@@ -139,7 +144,7 @@ export function attachServer(server: tls.Server, cache: SecureContextCache, opts
   });
   server.prependListener('secureConnection', (socket: tls.TLSSocket) => {
     try {
-      verifiedPeers.set(socket, verifyPeerCertificate(socket.getPeerCertificate(true), bundles, authorizer));
+      verifiedPeers.set(socket, verifyPeerCertificate(socket.getPeerCertificate(true), bundles, authorizer, cache.verifications));
     } catch (e) {
       log.warn({ err: (e as Error).message, code: (e as { code?: string }).code, remote: socket.remoteAddress }, 'TLS client refused');
       socket.destroy(e as Error);
@@ -186,14 +191,15 @@ export function createTlsServer(opts: MtlsOptions, onSecureConnection?: (socket:
 export function spiffeClientOptions(opts: MtlsOptions, cache?: SecureContextCache): tls.ConnectionOptions & { onVerified: (s: tls.TLSSocket) => void } {
   const { source, bundles, authorizer } = checkOptions(opts);
   const log = opts.logger ?? SILENT;
-  const ctx = (cache ?? new SecureContextCache(source, bundles, false)).currentContext();
+  const contexts = cache ?? clientContexts(source, bundles);
+  const ctx = contexts.currentContext();
   let peer: Peer | undefined;
   return {
     secureContext: ctx,
     rejectUnauthorized: true,
     checkServerIdentity: (_host, cert) => {
       try {
-        peer = verifyPeerCertificate(cert, bundles, authorizer);
+        peer = verifyPeerCertificate(cert, bundles, authorizer, contexts.verifications);
         return undefined;
       } catch (e) {
         log.warn({ err: (e as Error).message, code: (e as { code?: string }).code }, 'TLS server refused');
@@ -206,6 +212,23 @@ export function spiffeClientOptions(opts: MtlsOptions, cache?: SecureContextCach
       else verifiedPeers.set(s, peer);
     },
   };
+}
+
+const clientCaches = new WeakMap<X509SourceLike, WeakMap<X509BundleSetSource, SecureContextCache>>();
+
+/** One client SecureContextCache per (source, bundles) pair, so separate tlsConnect calls share it. */
+function clientContexts(source: X509SourceLike, bundles: X509BundleSetSource): SecureContextCache {
+  let byBundles = clientCaches.get(source);
+  if (byBundles === undefined) {
+    byBundles = new WeakMap();
+    clientCaches.set(source, byBundles);
+  }
+  let c = byBundles.get(bundles);
+  if (c === undefined) {
+    c = new SecureContextCache(source, bundles, false);
+    byBundles.set(bundles, c);
+  }
+  return c;
 }
 
 /** A SPIFFE mTLS client connection; 'secureConnect' fires only for a verified, authorized server. */

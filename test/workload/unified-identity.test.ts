@@ -57,6 +57,13 @@ describe('Unified Identity claims codec', () => {
     expect(() => unifiedIdentityFromCertificate(svid.chain[0]!)).toThrow(/alpha-2/);
   });
 
+  it('bytes that are not a certificate are a clear error', () => {
+    expect(() => unifiedIdentityFromCertificate(Buffer.from('30030201', 'hex'))).toThrow(expect.objectContaining({ code: 'malformed-extension' }));
+    const der = makeDomain('example.org').svid('/x', { claims }).chain[0]!;
+    expect(() => unifiedIdentityFromCertificate(der.subarray(0, der.length - 1))).toThrow(UnifiedIdentityError);
+    expect(() => unifiedIdentityFromCertificate(Buffer.concat([der, Buffer.from([0])]))).toThrow(/trailing/);
+  });
+
   it('refuses to encode what it would refuse to decode', () => {
     expect(() => canonicalUnifiedIdentity({ country: 'DEU' })).toThrow(UnifiedIdentityError);
     expect(() => canonicalUnifiedIdentity({ t: Number.NaN })).toThrow(/finite/);
