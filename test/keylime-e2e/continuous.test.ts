@@ -58,6 +58,11 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
     expect(rec).toMatchObject({ ip: '127.0.0.1', port: d.agent.keylimeQuoteEndpoint?.port, mtlsCert: d.pki.node.certPem, supportedVersion: '2.2' });
     expect(rec!.attestationCount).toBeGreaterThanOrEqual(1);
     expect(rec!.policy.mask).toEqual([POLICY_PCR, 16]);
+    // The server issued the agent SVID only after Keylime had verified a quote.
+    const verifiedAt = logs.findIndex((l) => l['msg'] === 'Keylime verified the node');
+    const attestedAt = logs.findIndex((l) => l['audit'] === true && l['action'] === 'attest_agent' && l['result'] === 'ok');
+    expect(verifiedAt).toBeGreaterThanOrEqual(0);
+    expect(attestedAt).toBeGreaterThan(verifiedAt);
     workloadId = await d.addWorkload('db');
     const stream = openStream();
     const msg = await stream.waitFor((m) => m.svids.some((s) => s.spiffe_id === workloadId));
@@ -88,6 +93,26 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
     expect(msg?.svids.map((s) => s.spiffe_id)).toEqual([workloadId]);
   });
 
+  it('the verifier going away withdraws the SVIDs (fail closed); when it returns the node recovers by itself', async () => {
+    const stream = openStream();
+    await stream.waitFor((m) => m.svids.length > 0);
+    await d.verifier.stop();
+    try {
+      await stream.waitForLoss(15_000);
+      expect(d.server.keylime!.check(d.agent.spiffeId!, 'tpm')).toBeDefined();
+      expect(d.server.keylime!.counters().verifierUnreachable).toBeGreaterThan(0);
+      expect(audits('keylime').some((a) => (a['details'] as Record<string, unknown>)['kind'] === 'verifier_unreachable')).toBe(true);
+    } finally {
+      await d.verifier.restart();
+    }
+    let msg;
+    for (let i = 0; i < 100 && !msg; i++) {
+      msg = await openStream().waitFor((m) => m.svids.some((s) => s.spiffe_id === workloadId), 3000).catch(() => undefined);
+    }
+    expect(msg?.svids.map((s) => s.spiffe_id)).toEqual([workloadId]);
+    expect(d.server.keylime!.check(d.agent.spiffeId!, 'tpm')).toBeUndefined();
+  }, 60_000);
+
   it('a PCR extended on the node: Keylime fails it, its workloads lose their SVIDs, the server signs nothing for it', async () => {
     const stream = openStream();
     await stream.waitFor((m) => m.svids.length > 0);
@@ -97,7 +122,8 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
     expect(lostAt - t0).toBeLessThan(10_000);
     expect(d.verifier.agents.get(d.keylimeId)?.operationalState).toBe(9);
 
-    const audit = audits('keylime').find((a) => a['result'] === 'denied' && a['subject'] === d.agent.spiffeId);
+    const audit = audits('keylime').find((a) => a['result'] === 'denied' && a['subject'] === d.agent.spiffeId
+      && (a['details'] as Record<string, unknown>)['kind'] === 'invalid_quote');
     expect(audit).toMatchObject({ caller: 'keylime-verifier', details: { kind: 'invalid_quote', lastEventId: `pcr_validation.invalid_pcr_${POLICY_PCR}` } });
 
     // The node's current agent SVID still authenticates it, but nothing is signed for it.
