@@ -268,10 +268,17 @@ describe('workload library on a real Workload API', () => {
   });
 
   it('identity withdrawn by the agent: SVIDs dropped at once, no more handshakes', async () => {
-    const gone = nextUpdate(clientSource, () => { try { clientSource.getX509Svid(); return false; } catch { return true; } });
+    const withdrawn = (src: X509Source) => () => { try { src.getX509Svid(); return false; } catch { return true; } };
+    const gone = Promise.all([nextUpdate(clientSource, withdrawn(clientSource)), nextUpdate(serverSource, withdrawn(serverSource))]);
+    const lateClient = StaticX509Source.fromFiles(writeSvidFiles(tmp.dir, 'late', ex.svid('/late', { claims: EU_DE }), [ex]));
+    expect((await httpsGet(port, clientAgent(lateClient))).status).toBe(200);
     cache.dropSvids();
     await gone;
     expect(() => clientSource.getX509Svid()).toThrow(expect.objectContaining({ code: 'no-svid' }));
     await expect(httpsGet(port, clientAgent(clientSource))).rejects.toMatchObject({ code: 'no-svid' });
+    // The open server stops completing handshakes too: its certificate is gone from the context.
+    const n = seen.length;
+    await expect(httpsGet(port, clientAgent(lateClient))).rejects.toThrow();
+    expect(seen.length).toBe(n);
   });
 });
