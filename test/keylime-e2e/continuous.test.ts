@@ -154,6 +154,17 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
       expect((noEndpoint as NodeAttestationError).grpcCode).toBe(grpc.status.FAILED_PRECONDITION);
       expect((noEndpoint as Error).message).toMatch(/keylime\.quoteEndpoint/);
 
+      const ep = d.agent.keylimeQuoteEndpoint!;
+      for (const [bad, message] of [
+        [{ ...ep, tlsCertificatePem: '-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n' }, /tls_certificate_pem is not a PEM certificate/],
+        [{ ...ep, apiVersion: '9.9' }, /api_version "9.9"/],
+        [{ ...ep, port: 0 }, /port 0 is not a TCP port/],
+      ] as const) {
+        const refused = await attestNode(conn, { csr: createCsr(generateKeyPair()), tpm: d.tpm, keylimeQuoteEndpoint: bad }).catch((e: unknown) => e);
+        expect((refused as NodeAttestationError).grpcCode).toBe(grpc.status.INVALID_ARGUMENT);
+        expect((refused as Error).message).toMatch(message);
+      }
+
       await d.verifier.stop();
       const down = await attestNode(conn, { csr: createCsr(generateKeyPair()), tpm: d.tpm, keylimeQuoteEndpoint: d.agent.keylimeQuoteEndpoint! })
         .catch((e: unknown) => e);

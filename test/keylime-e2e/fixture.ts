@@ -124,7 +124,7 @@ export async function startDeployment(opts: DeploymentOptions = {}): Promise<Dep
       logLevel: 'silent',
       dataStore: { type: 'sqlite', path: path.join(tmp.dir, 'server', 'ds.sqlite3') },
       ca: { keyStore: 'memory', ttl: '1d', x509SvidTtl: '1h' },
-      agentApi: { bindAddress: '127.0.0.1', port: await freePort(), watchIntervalMs: 100 },
+      agentApi: { bindAddress: '127.0.0.1', port: await freePort(), watchIntervalMs: 100, attestationRateLimit: { perSecond: 10, burst: 100 } },
       health: { enabled: false },
       nodeAttestation: { joinToken: { enabled: false }, tpm: { enabled: true, manufacturerCaFiles: [swtpm.caFile] } },
       keylime: {

@@ -7,7 +7,7 @@ import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import {
-  ContinuousAttestationMonitor, KeylimeConfigError, KeylimeRequestError, KeylimeTenant, KeylimeVerifierClient,
+  ContinuousAttestationMonitor, KeylimeConfigError, KeylimeError, KeylimeRequestError, KeylimeTenant, KeylimeVerifierClient,
   MonitorFailureError, tpmPolicyJson, type MonitorCounters, type MonitorFailure, type TpmPolicy,
 } from '../../keylime/index.js';
 import type { KeylimeQuoteEndpoint } from '../../api/agent-api.js';
@@ -68,6 +68,8 @@ export class KeylimeGate {
   /** Nodes whose last admission Keylime refused, with why (until they attest again). */
   private readonly refused = new Map<string, string>();
   private readonly admitting = new Set<string>();
+  /** Admissions per node run one after another (an agent may attest twice at once). */
+  private readonly admissions = new Map<string, Promise<void>>();
   private readonly defaultPolicy: string | undefined;
   private readonly groupPolicies: { selectors: string[]; policy: string }[];
 
@@ -126,6 +128,17 @@ export class KeylimeGate {
    * verifier cannot be reached, `permission_denied` when Keylime refuses the node.
    */
   async admit(r: AdmitRequest): Promise<void> {
+    const previous = this.admissions.get(r.agentId) ?? Promise.resolve();
+    const run = previous.catch(() => undefined).then(() => this.admitNow(r));
+    this.admissions.set(r.agentId, run);
+    try {
+      await run;
+    } finally {
+      if (this.admissions.get(r.agentId) === run) this.admissions.delete(r.agentId);
+    }
+  }
+
+  private async admitNow(r: AdmitRequest): Promise<void> {
     const ep = r.endpoint;
     if (!ep) {
       throw new AttestationError('failed_precondition', 'this server requires Keylime continuous attestation for TPM nodes: configure keylime.quoteEndpoint on the agent');
@@ -289,6 +302,8 @@ export class KeylimeGate {
     if (err instanceof KeylimeRequestError) {
       return new AttestationError('unavailable', `Keylime verifier unreachable or failing, node ${agentId} cannot be attested (fail closed): ${err.message}`, { cause: err });
     }
+    // Inputs src/keylime refused before sending anything (e.g. an advertised host that is no host name).
+    if (err instanceof KeylimeError) return new AttestationError('invalid_argument', `Keylime enrollment refused: ${err.message}`, { cause: err });
     const message = err instanceof Error ? err.message : String(err);
     return new AttestationError('failed_precondition', `Keylime enrollment failed: ${message}`, { cause: err });
   }
