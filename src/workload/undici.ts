@@ -6,7 +6,7 @@ import { Agent, type buildConnector } from 'undici';
 import { SecureContextCache, spiffeClientOptions, type MtlsOptions } from './tls.js';
 import { WorkloadError } from './errors.js';
 
-export function spiffeConnector(opts: MtlsOptions): buildConnector.connector {
+export function spiffeConnector(opts: MtlsOptions & { connectTimeoutMs?: number }): buildConnector.connector {
   if (typeof opts?.authorizer !== 'function' || typeof opts?.source?.getX509Svid !== 'function') {
     throw new WorkloadError('invalid-argument', 'spiffeConnector needs { source, authorizer }');
   }
@@ -33,10 +33,13 @@ export function spiffeConnector(opts: MtlsOptions): buildConnector.connector {
       ALPNProtocols: ['http/1.1'],
     });
     let done = false;
+    // A custom connector replaces undici's own, and with it undici's connect timeout.
+    socket.setTimeout(opts.connectTimeoutMs ?? 10_000, () => socket.destroy(new WorkloadError('fetch-failed', 'TLS connection timed out')));
     socket.prependOnceListener('secureConnect', () => {
       onVerified(socket);
       if (done || socket.destroyed) return;
       done = true;
+      socket.setTimeout(0);
       callback(null, socket);
     });
     socket.once('error', (err) => {
@@ -48,6 +51,6 @@ export function spiffeConnector(opts: MtlsOptions): buildConnector.connector {
 }
 
 /** An undici Agent (pass as `dispatcher`) whose connections are SPIFFE mTLS. */
-export function spiffeUndiciAgent(opts: MtlsOptions, agentOptions: Omit<Agent.Options, 'connect'> = {}): Agent {
+export function spiffeUndiciAgent(opts: MtlsOptions & { connectTimeoutMs?: number }, agentOptions: Omit<Agent.Options, 'connect'> = {}): Agent {
   return new Agent({ ...agentOptions, connect: spiffeConnector(opts) });
 }

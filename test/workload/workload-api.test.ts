@@ -176,6 +176,11 @@ describe('workload library on a real Workload API', () => {
     cache.putSvids(new Map([['e-consumer', cached(newConsumer)], ['e-client', cached(newClient)]]));
     await updated;
     const after = await httpsGet(port, clientAgent(clientSource));
+    // A client sending SNI gets its context from SNICallback: the new SVID there too.
+    const sni = tlsConnect({ source: clientSource, authorizer: authorizeAny(), host: '127.0.0.1', port, servername: 'consumer.example' });
+    await new Promise<void>((resolve, reject) => { sni.once('secureConnect', resolve); sni.once('error', reject); });
+    expect(peerOf(sni)!.x509Chain![0]!.equals(newConsumer.chain[0]!)).toBe(true);
+    sni.destroy();
     expect(after.status).toBe(200);
     expect(before.serverLeaf.equals(after.serverLeaf)).toBe(false);
     expect(after.serverLeaf.equals(newConsumer.chain[0]!)).toBe(true);
