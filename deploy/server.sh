@@ -12,6 +12,7 @@
 #   TERROIR_HEALTH_BIND_ADDRESS / TERROIR_HEALTH_PORT   /live and /ready (default 127.0.0.1 / 8080)
 #   TERROIR_TPM_CA_FILES       colon-separated PEM files of TPM manufacturer CAs; empty = TPM attestation off
 #                              (default /var/lib/terroir/swtpm/ca/manufacturer-ca.pem)
+#                              (waited for up to TERROIR_TPM_CA_WAIT seconds, default 10: swtpm writes it on first start)
 #   TERROIR_JOIN_TOKENS        true|false: join-token attestation (default true)
 #   TERROIR_LOG_LEVEL          info
 #   UNIFIED_IDENTITY_ENABLED   read by the server itself (feature-flags/); see docs/deployment.md for
@@ -25,6 +26,8 @@ td=${TERROIR_TRUST_DOMAIN:-demo.terroir}
 data=${TERROIR_DATA_DIR:-/var/lib/terroir/server}
 tpm_cas=${TERROIR_TPM_CA_FILES-/var/lib/terroir/swtpm/ca/manufacturer-ca.pem}
 join=${TERROIR_JOIN_TOKENS:-true}
+ca_wait=${TERROIR_TPM_CA_WAIT:-10}
+[[ $ca_wait =~ ^[0-9]+$ ]] || die "TERROIR_TPM_CA_WAIT must be a number of seconds, got '$ca_wait'"
 [ "$join" = true ] || [ "$join" = false ] || die "TERROIR_JOIN_TOKENS must be true or false, got '$join'"
 
 tpm_yaml="tpm: { enabled: false }"
@@ -33,7 +36,7 @@ if [ -n "$tpm_cas" ]; then
   IFS=: read -r -a cas <<<"$tpm_cas"
   for f in "${cas[@]}"; do
     # The swtpm service writes its CA on first start; wait a little for it rather than fail a fresh stack.
-    for _ in $(seq 1 100); do [ -s "$f" ] && break; sleep 0.1; done
+    for _ in $(seq 1 $((ca_wait * 10))); do [ -s "$f" ] && break; sleep 0.1; done
     [ -r "$f" ] || die "TPM manufacturer CA file $f is missing (TERROIR_TPM_CA_FILES; empty turns TPM attestation off)"
     list="$list${list:+, }\"$f\""
   done
