@@ -246,6 +246,9 @@ describe('workload library on a real Workload API', () => {
       await expect(consumer.authorizeJwtSvid(svid.token, 'other-audience', authorizeAny())).rejects.toThrow(/audience/);
       const plain = await client.fetchJwtSvid({ audience: ['consumer'], subject: SpiffeId.parse('spiffe://example.org/consumer') });
       await expect(consumer.authorizeJwtSvid(plain.token, 'consumer', authorizeUnifiedIdentity({ regions: ['EU'] }))).rejects.toThrow(/no Unified Identity claims/);
+      await expect(client.fetchJwtSvid({ audience: ['consumer'], subject: SpiffeId.parse('spiffe://example.org/not-ours') }))
+        .rejects.toMatchObject({ code: 'fetch-failed', message: expect.stringMatching(/PERMISSION_DENIED/) });
+      await expect(client.fetchJwtSvid({ audience: [] })).rejects.toMatchObject({ code: 'invalid-argument' });
     } finally {
       await client.close();
       await consumer.close();
