@@ -127,14 +127,14 @@ export function attachServer(server: tls.Server, cache: SecureContextCache, opts
   const { source: src, bundles, authorizer } = checkOptions(opts);
   const log = opts.logger ?? SILENT;
   const refresh = (): void => {
-    let opts: tls.SecureContextOptions;
+    let contextOptions: tls.SecureContextOptions;
     try {
-      opts = cache.currentOptions();
+      contextOptions = cache.currentOptions();
     } catch {
       // No SVID any more: a context without a certificate, so every new handshake fails.
-      opts = { minVersion: 'TLSv1.2' };
+      contextOptions = { minVersion: 'TLSv1.2' };
     }
-    server.setSecureContext(opts);
+    server.setSecureContext(contextOptions);
   };
   const off = src.onUpdate(refresh);
   const offBundles = bundles !== src ? (bundles as Partial<X509SourceLike>).onUpdate?.(refresh) : undefined;
