@@ -249,6 +249,16 @@ describe('workload library on a real Workload API', () => {
       await expect(client.fetchJwtSvid({ audience: ['consumer'], subject: SpiffeId.parse('spiffe://example.org/not-ours') }))
         .rejects.toMatchObject({ code: 'fetch-failed', message: expect.stringMatching(/PERMISSION_DENIED/) });
       await expect(client.fetchJwtSvid({ audience: [] })).rejects.toMatchObject({ code: 'invalid-argument' });
+      // A new JWT authority reaches the open source through the bundle stream.
+      const k2 = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const b = ex.bundle();
+      b.addJwtAuthority('k1', jwtKey.publicKey);
+      b.addJwtAuthority('k2', k2.publicKey);
+      const rotated = nextUpdate(consumer, () => consumer.getJwtBundleForTrustDomain(ex.td)?.getJwtAuthority('k2') !== undefined);
+      cache.setBundles({ trustDomain: 'example.org', x509Authorities: [ex.caDer], jwks: Buffer.from(b.toJSON()), sequence: 2 }, [trustBundle(other, 1)]);
+      await rotated;
+      const byK2 = await mintJwtSvid({ id: SpiffeId.parse('spiffe://example.org/client'), audience: ['consumer'], ttlSeconds: 60, key: { kid: 'k2', privateKey: k2.privateKey, alg: 'ES256' } });
+      expect((await consumer.validateJwtSvid(byK2, 'consumer')).id.toString()).toBe('spiffe://example.org/client');
     } finally {
       await client.close();
       await consumer.close();
