@@ -19,5 +19,10 @@ command -v gpsfake >/dev/null || { echo "deploy/gpsd.sh: gpsfake not found: apt-
 args=(-q -P "${GPSD_PORT:-2947}" -c 0.2)
 # -n: open the fake device at once, so a client sees fixes from its first WATCH.
 args+=(-n)
-[ "${GPSD_LISTEN_ALL:-1}" = 1 ] && args+=(-o "-G")
+# -G (all addresses) through a gpsd wrapper: gpsfake's -o cannot pass it (see gps/listen-all/gpsd).
+if [ "${GPSD_LISTEN_ALL:-1}" = 1 ]; then
+  export GPSD_HOME=$here/gps/listen-all
+else
+  unset GPSD_HOME
+fi
 exec gpsfake "${args[@]}" "$log"

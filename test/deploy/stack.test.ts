@@ -148,10 +148,13 @@ describe('the deployment scripts, natively', () => {
     expect(r.stderr.toString()).toMatch(/no X\.509-SVID from the agent: .*PermissionDenied|PERMISSION_DENIED/i);
   }, 40_000);
 
-  it('gpsd.sh serves the demo log\'s fix to a gpsd client', async () => {
-    const child = start('gpsd', 'bash', [path.join(DEPLOY, 'gpsd.sh')], env({ GPSD_PORT: String(ports.gpsd), GPSD_LISTEN_ALL: '0' }));
+  it('gpsd.sh serves the demo log\'s fix to a gpsd client, listening on all addresses as in compose', async () => {
+    const child = start('gpsd', 'bash', [path.join(DEPLOY, 'gpsd.sh')], env({ GPSD_PORT: String(ports.gpsd), GPSD_LISTEN_ALL: '1' }));
     try {
       await waitForPort(ports.gpsd, '127.0.0.1', 15_000);
+      // gpsfake cannot pass -G itself; the GPSD_HOME wrapper must have done it.
+      const listening = spawnSync('ss', ['-Hltn', `sport = :${ports.gpsd}`]).stdout.toString();
+      expect(listening).toMatch(new RegExp(`0\\.0\\.0\\.0:${ports.gpsd}\\s`));
       const r = spawnSync('gpspipe', ['-w', '-n', '12', `127.0.0.1:${ports.gpsd}`], { timeout: 15_000 });
       const tpv = r.stdout.toString().split('\n').filter((l) => l.includes('"class":"TPV"')).map((l) => JSON.parse(l) as { mode: number; lat?: number; lon?: number });
       const fix = tpv.find((t) => t.mode >= 2);
