@@ -25,6 +25,7 @@ interface Service {
   user?: string;
   pid?: string;
   healthcheck?: { test: string[] };
+  init?: boolean;
   depends_on?: Record<string, { condition: string }>;
 }
 interface Compose { services: Record<string, Service>; volumes: Record<string, unknown> }
@@ -128,6 +129,8 @@ describe('docker-compose.yml', () => {
     // The bundle register.sh writes is the one the agent reads, through the shared volume.
     expect(svc(compose, 'register').environment?.TERROIR_BUNDLE_OUT).toBe(svc(compose, 'terroir-agent').environment?.TERROIR_BOOTSTRAP_BUNDLE);
     expect(svc(compose, 'terroir-agent').volumes).toContain('bootstrap:/var/lib/terroir/bootstrap:ro');
+    // The agent's PID namespace hosts the workloads' processes too: an init reaps orphans there.
+    expect(svc(compose, 'terroir-agent').init).toBe(true);
     // Workloads: their uid is what their entries select, they share the agent's PID namespace
     // (SO_PEERCRED pids) and its socket.
     const socket = `unix://${svc(compose, 'terroir-agent').environment?.TERROIR_AGENT_SOCKET_DIR}/api.sock`;
