@@ -112,6 +112,9 @@ describe('the deployment scripts, natively', () => {
     const res = await fetch(`http://127.0.0.1:${ports.health}/ready`);
     expect(res.status).toBe(200);
     expect(await res.json()).toMatchObject({ ready: true });
+    // The compose healthcheck's command: `terroir-server healthcheck` on the admin socket.
+    const hc = spawnSync(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../../src/cli/terroir-server.ts'), 'healthcheck', '-socketPath', path.join(W, 'server', 'admin', 'api.sock')]);
+    expect(hc.status, hc.stderr.toString()).toBe(0);
     const yaml = fs.readFileSync(path.join(W, 'server', 'server.yaml'), 'utf8');
     expect(yaml).toContain('tpm: { enabled: true, manufacturerCaFiles:');
   });
