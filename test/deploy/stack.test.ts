@@ -66,7 +66,14 @@ async function until(what: string, fn: () => boolean | Promise<boolean>, timeout
 
 beforeAll(async () => {
   ports.swtpm = await freePortPair();
-  for (const k of ['agentApi', 'health', 'consumer', 'gpsd'] as const) ports[k] = await freePort();
+  // Distinct ports, none of them swtpm's control port (ports.swtpm + 1).
+  const taken = new Set([ports.swtpm, ports.swtpm + 1]);
+  for (const k of ['agentApi', 'health', 'consumer', 'gpsd'] as const) {
+    let p = await freePort();
+    while (taken.has(p)) p = await freePort();
+    taken.add(p);
+    ports[k] = p;
+  }
   await run('bash', [path.join(DEPLOY, 'certs-init.sh'), path.join(W, 'pki')]);
 
   start('swtpm', 'bash', [path.join(DEPLOY, 'swtpm.sh')], env({
