@@ -163,8 +163,10 @@ describe('the deployment scripts, natively', () => {
     try {
       await waitForPort(ports.gpsd, '127.0.0.1', 15_000);
       // gpsfake cannot pass -G itself; the GPSD_HOME wrapper must have done it.
-      const listening = spawnSync('ss', ['-Hltn', `sport = :${ports.gpsd}`]).stdout.toString();
-      expect(listening).toMatch(new RegExp(`0\\.0\\.0\\.0:${ports.gpsd}\\s`));
+      // /proc/net/tcp: local address 00000000:<port hex>, state 0A (LISTEN).
+      const wildcard = `00000000:${ports.gpsd.toString(16).toUpperCase().padStart(4, '0')}`;
+      const listening = fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').map((l) => l.trim().split(/\s+/));
+      expect(listening.some((f) => f[1] === wildcard && f[3] === '0A'), `no listener on 0.0.0.0:${ports.gpsd}`).toBe(true);
       const r = spawnSync('gpspipe', ['-w', '-n', '12', `127.0.0.1:${ports.gpsd}`], { timeout: 15_000 });
       const tpv = r.stdout.toString().split('\n').filter((l) => l.includes('"class":"TPV"')).map((l) => JSON.parse(l) as { mode: number; lat?: number; lon?: number });
       const fix = tpv.find((t) => t.mode >= 2);
