@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything terroir's demo and tests need on a fresh Debian 12 machine (run as root),
-# then the npm dependencies. Safe to run again: it skips what is already there.
+# then the npm dependencies. docker-compose (v1, without the Docker engine: --no-install-recommends)
+# is only used to validate docker-compose.yml; systemd-analyze checks the unit files. Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ DEB_PACKAGES=(
   gpsd gpsd-clients python3-gps
   postgresql
   openssl
+  util-linux systemd
+  docker-compose
 )
 
 missing=()
