@@ -18,6 +18,8 @@ import type { AgentConfig } from './config.js';
 import { createCsr, generateKeyPair, pkcs8Der } from './csr.js';
 import { fingerprint, presentedServerChain } from './insecure-bootstrap.js';
 import { attestNode, NodeAttestationError, type TpmCredentialSource } from './node-attestor.js';
+import { openUnifiedIdentity, type AgentUnifiedIdentity } from './unified-identity.js';
+import { describeFeatureFlags, loadFeatureFlags } from '../../feature-flags/index.js';
 import { connectToServer, unaryCall, type AgentClient } from './server-conn.js';
 import { SvidStore, type StoredAgentState } from './svid-store.js';
 import { UnixAttestor } from './attestor/unix.js';
@@ -93,6 +95,9 @@ export class Agent {
   private readonly trustDomain: TrustDomain;
   private workloadApi: WorkloadApiServer | undefined;
   private quoteEndpoint: { server: QuoteEndpoint; advertised: KeylimeQuoteEndpoint } | undefined;
+  private unifiedIdentity: AgentUnifiedIdentity | undefined;
+  /** The Unified Identity claims the server vouched for at the last attestation (flag on). */
+  lastClaims: Record<string, unknown> | undefined;
   private state: StoredAgentState | undefined;
   private agentRotateAt = 0;
   private bundles = new BundleSet();
@@ -145,12 +150,19 @@ export class Agent {
   }
 
   private async boot(): Promise<void> {
+    const flags = this.config.flags ?? loadFeatureFlags(this.config.featureFlags, process.env);
+    this.log.info({ featureFlags: describeFeatureFlags(flags) }, 'feature flags');
+    if (flags.flags.unifiedIdentity) {
+      if (!this.config.unifiedIdentity || !this.opts.tpm) throw new AgentStartError('Unified Identity is enabled: configure nodeAttestor.tpm and unifiedIdentity.sensors');
+      this.unifiedIdentity = openUnifiedIdentity(this.config.unifiedIdentity, this.opts.tpm);
+    }
     this.store.init();
     await this.startQuoteEndpoint();
     const stored = this.store.load();
     // With Keylime and a transient AK, the AK enrolled with the verifier died with the last process:
     // attest again (re-enrolling the new AK) instead of resuming.
-    const akSurvives = !this.quoteEndpoint || this.config.nodeAttestor.tpm?.akHandle !== undefined;
+    // With Unified Identity the claims must be fresh, so a restart always attests.
+    const akSurvives = (!this.quoteEndpoint || this.config.nodeAttestor.tpm?.akHandle !== undefined) && !this.unifiedIdentity;
     if (akSurvives && stored && stored.notAfter > Date.now() + 5_000 && stored.spiffeId.startsWith(`spiffe://${this.config.trustDomain}/`)) {
       this.adoptState(stored, this.parseOwnBundle(stored.bundle, 'stored bundle'));
       this.log.info({ spiffeId: stored.spiffeId, expires: new Date(stored.notAfter).toISOString() },
@@ -185,6 +197,8 @@ export class Agent {
     await this.workloadApi?.close();
     await this.quoteEndpoint?.server.close();
     this.quoteEndpoint = undefined;
+    await this.unifiedIdentity?.close();
+    this.unifiedIdentity = undefined;
   }
 
   /**
@@ -292,11 +306,23 @@ export class Agent {
         csr: createCsr(keys),
         ...(na.joinToken ? { joinToken: na.joinToken.token } : { tpm: this.opts.tpm as TpmCredentialSource }),
         ...(this.quoteEndpoint ? { keylimeQuoteEndpoint: this.quoteEndpoint.advertised } : {}),
+        ...(this.unifiedIdentity ? { unifiedIdentity: this.unifiedIdentity } : {}),
       });
     } finally {
       client.close();
     }
     this.stats.attestations++;
+    this.lastClaims = undefined;
+    if (result.unifiedIdentityClaims && result.unifiedIdentityClaims.length > 0) {
+      try {
+        this.lastClaims = JSON.parse(result.unifiedIdentityClaims.toString('utf8')) as Record<string, unknown>;
+      } catch {
+        throw new NodeAttestationError('protocol', 'attestation result carries unreadable Unified Identity claims');
+      }
+      this.log.info({ claims: this.lastClaims }, 'Unified Identity claims issued');
+    } else if (this.unifiedIdentity) {
+      this.log.warn('Unified Identity is enabled here but the server issued a plain SVID (its flag is off)');
+    }
     if (result.svidChain.length === 0) throw new NodeAttestationError('protocol', 'attestation result carries no SVID');
     const bundle = this.parseOwnBundle(result.bundle, 'bundle from the attestation result');
     if (!result.spiffeId.startsWith(`spiffe://${this.config.trustDomain}/`)) {

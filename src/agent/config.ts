@@ -5,6 +5,8 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { parseEndpoint, ENDPOINT_SOCKET_ENV } from '../api/workload-api.js';
+import { FeatureFlagError, loadFeatureFlags, type FeatureFlags, type FeatureFlagSources } from '../../feature-flags/index.js';
+import { sensorConfigSchema } from '../geo/index.js';
 
 export class AgentConfigError extends Error {
   readonly code = 'invalid_agent_config';
@@ -62,6 +64,17 @@ const schema = z.object({
     .refine((n) => (n.joinToken ? 1 : 0) + (n.tpm ? 1 : 0) === 1, 'configure exactly one of nodeAttestor.joinToken or nodeAttestor.tpm'),
   /** Keylime continuous attestation: serve a quote endpoint for the verifier (needs nodeAttestor.tpm). */
   keylime: z.object({ quoteEndpoint }).strict().optional(),
+  /** Unified Identity (featureFlags.unifiedIdentity): the location sensors read at every attestation. */
+  unifiedIdentity: z.object({
+    sensors: z.array(sensorConfigSchema).min(1, 'configure at least one sensor').max(16),
+    /** sha256 PCRs this agent agrees to quote; a server asking for others is refused. Absent: any. */
+    pcrs: z.array(z.number().int().min(0).max(23)).min(1).max(24).optional(),
+    /** How long one attestation waits for each sensor's reading (ms). */
+    sensorTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+    /** A background reading received at most this long ago is used as is; older: wait for the next fix. */
+    readingMaxAgeMs: z.number().int().min(0).max(60_000).default(2000),
+  }).strict().optional(),
+  featureFlags: z.record(z.string(), z.boolean()).optional(),
   workloadAttestors: z.object({
     unix: z.object({
       sha256: z.boolean().default(true),
@@ -70,7 +83,11 @@ const schema = z.object({
   }).strict().default({ unix: { sha256: true, maxBinaryBytes: 1024 * 1024 * 1024 } }),
 }).strict();
 
-export type AgentConfig = z.infer<typeof schema>;
+export type AgentConfig = z.infer<typeof schema> & {
+  /** Resolved feature flags (environment > featureFlags > default), set by parseAgentConfig. */
+  flags?: { flags: FeatureFlags; sources: FeatureFlagSources };
+};
+export type UnifiedIdentityAgentConfig = NonNullable<z.infer<typeof schema>['unifiedIdentity']>;
 export type TpmAttestorConfig = z.infer<typeof tpm>;
 export type QuoteEndpointConfig = z.infer<typeof quoteEndpoint>;
 
@@ -104,7 +121,17 @@ export function parseAgentConfig(raw: unknown, env: NodeJS.ProcessEnv = process.
   }
   const res = schema.safeParse(doc);
   if (!res.success) throw new AgentConfigError(`invalid agent config:\n${formatIssues(res.error)}`);
-  const cfg = res.data;
+  const cfg: AgentConfig = res.data;
+  try {
+    cfg.flags = loadFeatureFlags(cfg.featureFlags, env);
+  } catch (e) {
+    if (e instanceof FeatureFlagError) throw new AgentConfigError(`featureFlags: ${e.message}`);
+    throw e;
+  }
+  if (cfg.flags.flags.unifiedIdentity) {
+    if (!cfg.nodeAttestor.tpm) throw new AgentConfigError('Unified Identity is enabled (UNIFIED_IDENTITY_ENABLED / featureFlags.unifiedIdentity) but nodeAttestor is not tpm: the claims are bound to a TPM quote');
+    if (!cfg.unifiedIdentity) throw new AgentConfigError('Unified Identity is enabled but unifiedIdentity.sensors is not configured: the server needs location readings');
+  }
   if (!path.isAbsolute(cfg.socketPath)) throw new AgentConfigError(`socketPath must be absolute, got "${cfg.socketPath}"`);
   cfg.dataDir = path.resolve(baseDir, cfg.dataDir);
   if (cfg.trustBundlePath) cfg.trustBundlePath = path.resolve(baseDir, cfg.trustBundlePath);

@@ -1,7 +1,9 @@
 // Node attestation client: the AttestAgent exchange with the server, by join token or by TPM
 // (EK + AK, then TPM2_ActivateCredential to prove the AK lives in the same TPM as the EK).
 import * as grpc from '@grpc/grpc-js';
-import type { AttestAgentRequest, AttestAgentResponse, AttestationResult, KeylimeQuoteEndpoint, TpmAttestation } from '../api/agent-api.js';
+import type {
+  AttestAgentRequest, AttestAgentResponse, AttestationResult, KeylimeQuoteEndpoint, TpmAttestation, UnifiedIdentityEvidence,
+} from '../api/agent-api.js';
 import type { NodeQuoter } from '../keylime/index.js';
 import type { AgentClient } from './server-conn.js';
 
@@ -20,6 +22,13 @@ export interface TpmCredentialSource {
   activateCredential(credentialBlob: Buffer, encryptedSecret: Buffer): Promise<Buffer>;
   /** Quotes with the attestation AK, for the Keylime quote endpoint (keeps that AK for the session). */
   quoter?(): NodeQuoter;
+  /** TPM2_Quote of sha256 PCRs with the attestation AK (Unified Identity). */
+  quote?(pcrs: number[], qualifyingData: Buffer): Promise<{ attest: Buffer; signature: Buffer; pcrs: Map<number, Buffer> }>;
+}
+
+/** Builds the Unified Identity evidence for a challenge (see unified-identity.ts). */
+export interface UnifiedIdentityProvider {
+  evidence(nonce: Buffer, pcrs: number[]): Promise<UnifiedIdentityEvidence>;
 }
 
 export interface AttestOptions {
@@ -29,6 +38,8 @@ export interface AttestOptions {
   tpm?: TpmCredentialSource;
   /** TPM only: where this node serves its Keylime quote endpoint. */
   keylimeQuoteEndpoint?: KeylimeQuoteEndpoint;
+  /** TPM only, flag on: answers a challenge that asks for a quote. Without it such a challenge is answered without evidence (the server refuses). */
+  unifiedIdentity?: UnifiedIdentityProvider;
   timeoutMs?: number;
 }
 
@@ -71,8 +82,21 @@ export async function attestNode(client: AgentClient, opts: AttestOptions): Prom
           || c.encryptedSecret.length === 0 || c.encryptedSecret.length > MAX_CHALLENGE_FIELD_BYTES) {
           return fail(new NodeAttestationError('protocol', 'server challenge has a missing or oversized credential blob or secret'));
         }
+        const quotePcrs = c.quotePcrs ?? [];
         opts.tpm.activateCredential(c.credentialBlob, c.encryptedSecret).then(
-          (secret) => { if (!done) call.write({ challengeResponse: { activatedSecret: secret } }); },
+          async (secret) => {
+            if (done) return;
+            // The server asks for a quote only with Unified Identity on; read the sensors and quote after activation.
+            let unifiedIdentity: UnifiedIdentityEvidence | null = null;
+            if (quotePcrs.length > 0 && opts.unifiedIdentity) {
+              try {
+                unifiedIdentity = await opts.unifiedIdentity.evidence(c.nonce, quotePcrs);
+              } catch (e) {
+                return fail(new NodeAttestationError('tpm', `Unified Identity evidence failed: ${(e as Error).message}`));
+              }
+            }
+            if (!done) call.write({ challengeResponse: { activatedSecret: secret, unifiedIdentity } });
+          },
           (e: unknown) => fail(new NodeAttestationError('tpm', `TPM2_ActivateCredential failed: ${(e as Error).message}`)),
         );
         return;

@@ -53,6 +53,13 @@ export async function openTpmCredentialSource(cfg: TpmAttestorConfig): Promise<T
       if (!ak) throw new Error('no AK: attestationData() must come first');
       return device.activateCredential(ak, cfg.ekKind, credentialBlob, encryptedSecret);
     },
+    async quote(pcrs: number[], qualifyingData: Buffer) {
+      if (!ak) throw new TpmSessionError('no AK: attestationData() must come first');
+      const q = await device.quote(ak, [{ alg: 'sha256', pcrs }], qualifyingData);
+      const bank = q.pcrs.find((b) => b.alg === 'sha256');
+      if (!bank) throw new TpmSessionError('the TPM returned no sha256 PCR values for the quote');
+      return { attest: q.attest, signature: q.signature, pcrs: bank.values };
+    },
     quoter(): NodeQuoter {
       keepAk = true;
       // Each call quotes with the session's current AK (created by the first attestation).

@@ -1,5 +1,6 @@
 // The agent API protocol (proto/agent.proto) as loaded by grpc-js, with TypeScript shapes for
 // its messages. Shared by the server (which implements it) and the agent (which calls it).
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -93,6 +94,21 @@ export interface AttestationParams {
 
 export interface ChallengeResponse {
   activatedSecret: Buffer;
+  /** Unified Identity evidence; null on decode when absent. */
+  unifiedIdentity?: UnifiedIdentityEvidence | null;
+}
+
+export interface TpmQuote {
+  attest: Buffer;
+  signature: Buffer;
+  /** sha256 bank: PCR index (as a string key on decode) -> value. */
+  pcrs: Record<string, Buffer>;
+}
+
+export interface UnifiedIdentityEvidence {
+  quote: TpmQuote | null;
+  claimsDocument: Buffer;
+  sensorEvidence?: Buffer;
 }
 
 export interface AttestAgentRequest {
@@ -106,6 +122,8 @@ export interface AttestationChallenge {
   encryptedSecret: Buffer;
   nonce: Buffer;
   expiresAt: number;
+  /** Unified Identity: sha256 PCRs to quote; empty (or absent) for plain attestation. */
+  quotePcrs?: number[];
 }
 
 export interface AttestationResult {
@@ -114,6 +132,8 @@ export interface AttestationResult {
   selectors: Selector[];
   bundle: Buffer;
   canRenew: boolean;
+  /** Unified Identity: canonical JSON claims; empty for plain attestation. */
+  unifiedIdentityClaims?: Buffer;
 }
 
 export interface AttestAgentResponse {
@@ -220,3 +240,23 @@ export const AGENT_API_CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': AGENT_API_MAX_MESSAGE_BYTES,
   'grpc.max_send_message_length': AGENT_API_MAX_MESSAGE_BYTES,
 };
+
+// ---------------------------------------------------------------- Unified Identity binding
+
+/** Domain separation label of the Unified Identity quote binding. */
+export const UNIFIED_IDENTITY_BINDING_LABEL = 'terroir-unified-identity-v1';
+
+/** Largest claims document either side accepts (real ones are well under 2 KiB). */
+export const MAX_CLAIMS_DOCUMENT_BYTES = 16 * 1024;
+
+/**
+ * The quote's qualifying data for a challenge nonce and a claims document: the ASCII lower-case hex
+ * of SHA-256(label || nonce || SHA-256(claims)). Hex, not the raw digest, because Keylime compares
+ * the quote's extraData with its nonce string's bytes (docs/unified-identity.md); 64 bytes is
+ * exactly the TPM's qualifyingData limit.
+ */
+export function unifiedIdentityQualifyingData(nonce: Buffer, claimsDocument: Buffer): Buffer {
+  const claimsHash = crypto.createHash('sha256').update(claimsDocument).digest();
+  const digest = crypto.createHash('sha256').update(UNIFIED_IDENTITY_BINDING_LABEL, 'ascii').update(nonce).update(claimsHash).digest();
+  return Buffer.from(digest.toString('hex'), 'ascii');
+}

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
-import { loadFeatureFlags, FeatureFlagError } from '../../feature-flags/index.js';
+import { loadFeatureFlags, FeatureFlagError, type FeatureFlags, type FeatureFlagSources } from '../../feature-flags/index.js';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -162,8 +162,13 @@ const keylimeSchema = z.object({
   keyFile: z.string().min(1),
   /** TLS server name to check when the verifier's certificate names another host than the URL. */
   servername: z.string().min(1).optional(),
-  /** Only continuous (tenant, pull) mode is wired into the server. */
-  mode: z.literal('continuous').default('continuous'),
+  /**
+   * continuous: the server enrolls TPM nodes with the verifier (tenant, pull mode) and gates signing on
+   * its verdicts. oneshot: no enrollment; the Unified Identity pipeline (featureFlags.unifiedIdentity)
+   * sends each attestation's quote to POST /verify/evidence. With the flag on, continuous mode also
+   * runs the one-shot check at every attestation.
+   */
+  mode: z.enum(['continuous', 'oneshot']).default('continuous'),
   /** How often the server asks the verifier about each node. */
   pollIntervalMs: z.number().int().min(100).max(600_000).default(1000),
   /** A node whose last verified quote is older than this is no longer trusted. */
@@ -188,6 +193,23 @@ const keylimeSchema = z.object({
   quoteEndpointAddress: z.enum(['source', 'advertised']).default('source'),
 }).strict();
 
+/** Unified Identity (featureFlags.unifiedIdentity): quote, Keylime one-shot, location policy, claims. */
+const unifiedIdentitySchema = z.object({
+  /** Sovereign-location policies (src/geo format): a file, or the document inline (YAML text or a mapping). */
+  locationPolicies: z.object({
+    file: z.string().min(1).optional(),
+    inline: z.union([z.string().min(1), z.record(z.string(), z.unknown())]).optional(),
+  }).strict().refine((l) => (l.file === undefined) !== (l.inline === undefined), 'give exactly one of locationPolicies.file or locationPolicies.inline'),
+  /** The policy every node must satisfy to get an SVID; its claims go into the SVIDs. */
+  defaultPolicy: z.string().min(1),
+  /** sha256-bank PCRs the agents quote (PCR 16 excluded: it belongs to the quote endpoint binding). */
+  pcrs: z.array(z.number().int().min(0).max(23).refine((n) => n !== 16, 'PCR 16 is reserved for the Keylime quote endpoint binding')).min(1).max(24).default([0, 1, 2, 3, 4, 5, 6, 7, 15]),
+  /** PCR allowlist Keylime checks the quote against (default: keylime.tpmPolicy). Its PCRs must be among `pcrs`. */
+  tpmPolicy: tpmPolicySchema.optional(),
+  /** Claims older than this are expired: no SVIDs until the node re-attests (the server tells it to). */
+  reattestInterval: duration.default(3600),
+}).strict();
+
 const serverSchema = z.object({
   trustDomain: trustDomainName,
   dataDir: z.string().min(1).default('./data'),
@@ -205,6 +227,7 @@ const serverSchema = z.object({
   federation: federationSchema.prefault({}),
   /** Keylime continuous attestation for TPM nodes; absent: plain SPIFFE issuance. */
   keylime: keylimeSchema.optional(),
+  unifiedIdentity: unifiedIdentitySchema.optional(),
   featureFlags: z.record(z.string(), z.boolean()).optional(),
 }).strict();
 
@@ -214,6 +237,8 @@ type Parsed = z.output<typeof serverSchema>;
 export type ServerConfig = Omit<Parsed, 'dataStore' | 'adminApi'> & {
   dataStore: NonNullable<Parsed['dataStore']>;
   adminApi: { socketPath: string };
+  /** The resolved feature flags (environment > featureFlags > default), set by parseServerConfig. */
+  flags?: { flags: FeatureFlags; sources: FeatureFlagSources };
 };
 
 /** Environment variables that override the file (applied before validation). */
@@ -303,6 +328,12 @@ export function parseServerConfig(input: unknown, baseDir: string, env: NodeJS.P
       tpm: { ...c.nodeAttestation.tpm, manufacturerCaFiles: c.nodeAttestation.tpm.manufacturerCaFiles.map(abs) },
     },
     keylime: c.keylime && { ...c.keylime, caFile: abs(c.keylime.caFile), certFile: abs(c.keylime.certFile), keyFile: abs(c.keylime.keyFile) },
+    unifiedIdentity: c.unifiedIdentity && {
+      ...c.unifiedIdentity,
+      locationPolicies: c.unifiedIdentity.locationPolicies.file !== undefined
+        ? { file: abs(c.unifiedIdentity.locationPolicies.file) }
+        : c.unifiedIdentity.locationPolicies,
+    },
     federation: {
       ...c.federation,
       bundleEndpoint: {
@@ -319,7 +350,7 @@ export function parseServerConfig(input: unknown, baseDir: string, env: NodeJS.P
   };
   checkConsistency(cfg);
   try {
-    loadFeatureFlags(cfg.featureFlags, env);
+    cfg.flags = loadFeatureFlags(cfg.featureFlags, env);
   } catch (err) {
     if (err instanceof FeatureFlagError) throw new ConfigError(`featureFlags: ${err.message}`, { cause: err });
     throw err;
@@ -348,7 +379,7 @@ function checkConsistency(c: ServerConfig): void {
     if (!c.nodeAttestation.tpm.enabled) {
       throw new ConfigError('keylime is configured but nodeAttestation.tpm is disabled: Keylime attests TPM nodes; enable nodeAttestation.tpm');
     }
-    if (!c.keylime.tpmPolicy && c.keylime.policies.length === 0) {
+    if (c.keylime.mode === 'continuous' && !c.keylime.tpmPolicy && c.keylime.policies.length === 0) {
       throw new ConfigError('keylime: set tpmPolicy (the default PCR policy) and/or policies, or no TPM node can ever be trusted');
     }
     for (const [name, file] of [['caFile', c.keylime.caFile], ['certFile', c.keylime.certFile], ['keyFile', c.keylime.keyFile]] as const) {
@@ -356,6 +387,15 @@ function checkConsistency(c: ServerConfig): void {
         fs.accessSync(file, fs.constants.R_OK);
       } catch (err) {
         throw new ConfigError(`keylime.${name}: cannot read ${file}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+  }
+  const ui = c.unifiedIdentity;
+  if (ui) {
+    const policy = ui.tpmPolicy ?? c.keylime?.tpmPolicy;
+    for (const pcr of Object.keys(policy ?? {})) {
+      if (!ui.pcrs.includes(Number(pcr))) {
+        throw new ConfigError(`unifiedIdentity: the Keylime PCR policy pins PCR ${pcr}, which is not in unifiedIdentity.pcrs (${ui.pcrs.join(', ')}): add it, or Keylime can never check it`);
       }
     }
   }

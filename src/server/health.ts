@@ -34,11 +34,15 @@ export async function startHealthServer(
   host: string,
   port: number,
   checks: Record<string, ReadinessCheck>,
+  /** Feature flags, shown on /ready as the `terroir-feature-flags` header (JSON) with either status. */
+  featureFlags?: Record<string, { value: boolean; source: string }>,
 ): Promise<HealthServer> {
+  // A header, so the body keeps its {ready, failures} contract for orchestrators and existing probes.
+  const flagsHeader = featureFlags === undefined ? undefined : JSON.stringify(featureFlags);
   const server = http.createServer((req, res) => {
-    const reply = (status: number, body: unknown): void => {
+    const reply = (status: number, body: unknown, extra: Record<string, string> = {}): void => {
       const text = JSON.stringify(body);
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...extra });
       res.end(text);
     };
     if (req.method !== 'GET' && req.method !== 'HEAD') return reply(405, { error: 'only GET' });
@@ -48,9 +52,9 @@ export async function startHealthServer(
       runReadinessChecks(checks).then(
         (failures) => {
           const ok = Object.keys(failures).length === 0;
-          reply(ok ? 200 : 503, ok ? { ready: true } : { ready: false, failures });
+          reply(ok ? 200 : 503, ok ? { ready: true } : { ready: false, failures }, flagsHeader ? { 'terroir-feature-flags': flagsHeader } : {});
         },
-        (err: unknown) => reply(503, { ready: false, failures: { internal: String(err) } }),
+        (err: unknown) => reply(503, { ready: false, failures: { internal: String(err) } }, flagsHeader ? { 'terroir-feature-flags': flagsHeader } : {}),
       );
       return;
     }

@@ -3,7 +3,7 @@
 import crypto, { type KeyObject } from 'node:crypto';
 import net from 'node:net';
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js';
-import { mintX509Svid, type CsrPublicKey } from '../../spiffe/x509svid.js';
+import { mintX509Svid, type CsrPublicKey, type ExtraExtension } from '../../spiffe/x509svid.js';
 import { mintJwtSvid, type JwtSvidMintAlgorithm } from '../../spiffe/jwtsvid.js';
 import {
   authorityKeyIdentifier, buildCertificate, EMPTY_NAME, EXT, extension, publicKeyInfo, randomSerial, subjectKeyIdentifier,
@@ -50,7 +50,7 @@ export class SvidIssuer {
   }
 
   /** An X.509-SVID for `id` and the key of an already verified CSR. */
-  mintX509(id: SpiffeId, publicKey: KeyObject | CsrPublicKey, ttlSeconds: number, dnsNames: string[] = []): IssuedX509 {
+  mintX509(id: SpiffeId, publicKey: KeyObject | CsrPublicKey, ttlSeconds: number, dnsNames: string[] = [], extraExtensions?: ExtraExtension[]): IssuedX509 {
     const active = this.opts.ca.activeX509();
     const minted = mintX509Svid({
       id,
@@ -59,6 +59,7 @@ export class SvidIssuer {
       ttlSeconds: this.ttl(ttlSeconds),
       now: this.now(),
       dnsNames,
+      ...(extraExtensions && extraExtensions.length > 0 ? { extraExtensions } : {}),
     });
     return {
       spiffeId: id.toString(),
@@ -68,14 +69,14 @@ export class SvidIssuer {
     };
   }
 
-  async mintJwt(id: SpiffeId, audience: string[], ttlSeconds: number): Promise<{ token: string; expiresAt: Date }> {
+  async mintJwt(id: SpiffeId, audience: string[], ttlSeconds: number, extraClaims?: Record<string, unknown>): Promise<{ token: string; expiresAt: Date }> {
     const key = this.opts.ca.activeJwt();
     const alg: JwtSvidMintAlgorithm = key.privateKey.asymmetricKeyType === 'rsa' ? 'RS256' : 'ES256';
     const ttl = this.ttl(ttlSeconds);
     const now = this.now();
     const token = await mintJwtSvid({
       id, audience, ttlSeconds: ttl, now, key: { kid: key.kid, privateKey: key.privateKey, alg },
-      extraClaims: this.opts.jwtIssuer ? { iss: this.opts.jwtIssuer } : undefined,
+      extraClaims: this.opts.jwtIssuer || extraClaims ? { ...extraClaims, ...(this.opts.jwtIssuer ? { iss: this.opts.jwtIssuer } : {}) } : undefined,
     });
     return { token, expiresAt: new Date((Math.floor(now.getTime() / 1000) + ttl) * 1000) };
   }

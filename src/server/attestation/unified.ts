@@ -1,0 +1,318 @@
+// The Unified Identity attestation pipeline (featureFlags.unifiedIdentity, DESIGN.md steps 3-6). It
+// runs after the TPM attestor proved the AK (activated secret, constant-time) and consumed the nonce,
+// and checks, in order: the claims document (strict, size-limited, canonical), the quote locally
+// (AK signature, extraData bound to nonce and claims, PCR digest), Keylime's one-shot verdict, and the
+// sovereign-location policy. Only when all pass does it return the coarse claims the SVIDs carry.
+// Nothing here writes state: the caller stores the claims after minting.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import YAML from 'yaml';
+import type { Logger } from 'pino';
+import type { UnifiedIdentityEvidence } from '../../api/agent-api.js';
+import { MAX_CLAIMS_DOCUMENT_BYTES, unifiedIdentityQualifyingData } from '../../api/agent-api.js';
+import { canonicalClaims, evaluatePolicy, parsePolicies, readingFromJson, type LocationReading, type PolicySet } from '../../geo/index.js';
+import {
+  encodeQuoteString, KeylimeConfigError, KeylimeEvidenceRejectedError, KeylimeRequestError, KeylimeVerifierClient,
+  tpmPolicyJson, verifyEvidence, type TpmPolicy,
+} from '../../keylime/index.js';
+import type { UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
+import { canonicalUnifiedIdentity } from '../../spiffe/unified-identity.js';
+import { TpmQuoteError, verifyQuote, type TpmPublic } from '../../tpm/index.js';
+import type { ServerConfig } from '../config.js';
+import { ConfigError } from '../config.js';
+import type { AttestedNode } from '../datastore/types.js';
+import { AttestationError } from './errors.js';
+
+export type UnifiedIdentitySettings = NonNullable<ServerConfig['unifiedIdentity']>;
+
+/** Claims document version the agent builds ({"readings":[...],"v":1}). */
+export const CLAIMS_DOCUMENT_VERSION = 1;
+const MAX_READINGS = 16;
+const MAX_SENSOR_EVIDENCE_BYTES = 64 * 1024;
+
+/** Durations of the server-side stages of the last verification (ms), for the benchmark and logs. */
+export interface PipelineStages {
+  claims: number;
+  quote: number;
+  keylime: number;
+  policy: number;
+}
+
+export interface VerifiedUnifiedIdentity {
+  /** What the SVIDs carry (coarse: never coordinates). */
+  claims: UnifiedIdentityClaims;
+  /** Precise readings and verdicts, for the audit log only. */
+  audit: Record<string, unknown>;
+  stages: PipelineStages;
+}
+
+export interface VerifyInput {
+  agentId: string;
+  nonce: Buffer;
+  ak: TpmPublic;
+  /** The AK as sent (TPM2B_PUBLIC), for Keylime. */
+  akPublic: Buffer;
+  evidence: UnifiedIdentityEvidence | null | undefined;
+}
+
+export interface UnifiedIdentityPipelineOptions {
+  settings: UnifiedIdentitySettings;
+  /** The `keylime` section; absent: every attestation is refused (fail closed). */
+  keylime: ServerConfig['keylime'];
+  logger: Logger;
+  now?: () => Date;
+}
+
+function loadPolicies(s: UnifiedIdentitySettings): PolicySet {
+  const lp = s.locationPolicies;
+  let text: string;
+  if (lp.file !== undefined) {
+    try {
+      text = fs.readFileSync(lp.file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`unifiedIdentity.locationPolicies.file: cannot read ${lp.file}: ${(err as Error).message}`, { cause: err });
+    }
+  } else {
+    text = typeof lp.inline === 'string' ? lp.inline : YAML.stringify(lp.inline);
+  }
+  let set: PolicySet;
+  try {
+    set = parsePolicies(text);
+  } catch (err) {
+    throw new ConfigError(`unifiedIdentity.locationPolicies: ${(err as Error).message}`, { cause: err });
+  }
+  if (!set.has(s.defaultPolicy)) {
+    throw new ConfigError(`unifiedIdentity.defaultPolicy "${s.defaultPolicy}" is not among the location policies (${set.names().join(', ')})`);
+  }
+  return set;
+}
+
+/** Claims stored on a node: the SVID claims; `attestedAt` and `satisfiedPolicies` drive the signing checks. */
+export function claimsOfNode(node: Pick<AttestedNode, 'claims'>): UnifiedIdentityClaims | undefined {
+  const c = node.claims;
+  if (c === undefined || c === null || typeof c !== 'object') return undefined;
+  return c as UnifiedIdentityClaims;
+}
+
+export class UnifiedIdentityPipeline {
+  readonly policies: PolicySet;
+  readonly pcrs: readonly number[];
+  readonly reattestIntervalS: number;
+  readonly defaultPolicy: string;
+  /** Stage durations of the last successful verification (benchmark, debugging). */
+  lastStages: PipelineStages | undefined;
+  private readonly client: KeylimeVerifierClient | undefined;
+  private readonly tpmPolicy: string | undefined;
+  private readonly log: Logger;
+  private readonly now: () => Date;
+
+  constructor(o: UnifiedIdentityPipelineOptions) {
+    this.log = o.logger.child({ component: 'unified-identity' });
+    this.now = o.now ?? (() => new Date());
+    this.policies = loadPolicies(o.settings);
+    this.defaultPolicy = o.settings.defaultPolicy;
+    this.pcrs = [...new Set(o.settings.pcrs)].sort((a, b) => a - b);
+    this.reattestIntervalS = o.settings.reattestInterval;
+    const policy = o.settings.tpmPolicy ?? o.keylime?.tpmPolicy;
+    if (o.keylime) {
+      if (policy === undefined) throw new ConfigError('unifiedIdentity: set unifiedIdentity.tpmPolicy or keylime.tpmPolicy: Keylime needs a PCR allowlist to check quotes against');
+      try {
+        this.tpmPolicy = tpmPolicyJson(policy as TpmPolicy);
+      } catch (err) {
+        throw new ConfigError(`unifiedIdentity.tpmPolicy: ${(err as Error).message}`, { cause: err });
+      }
+      try {
+        this.client = new KeylimeVerifierClient({
+          url: o.keylime.verifierUrl, caFile: o.keylime.caFile, certFile: o.keylime.certFile, keyFile: o.keylime.keyFile,
+          ...(o.keylime.servername !== undefined ? { servername: o.keylime.servername } : {}),
+          timeoutMs: o.keylime.requestTimeoutMs, logger: this.log,
+        });
+      } catch (err) {
+        if (err instanceof KeylimeConfigError) throw new ConfigError(`keylime: ${err.message}`, { cause: err });
+        throw err;
+      }
+    } else {
+      this.log.error('UNIFIED IDENTITY IS ON BUT NO KEYLIME VERIFIER IS CONFIGURED: every TPM node attestation will be refused (fail closed); add a `keylime` section');
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.client?.close();
+  }
+
+  /** Throws unless a verdict is possible at all (Keylime configured). */
+  assertReady(): void {
+    if (this.client === undefined) {
+      throw new AttestationError('failed_precondition', 'Unified Identity is enabled but this server has no Keylime verifier configured (keylime section): attestation refused (fail closed)');
+    }
+  }
+
+  /** Runs the pipeline; throws AttestationError naming the first check that failed. */
+  async verify(input: VerifyInput): Promise<VerifiedUnifiedIdentity> {
+    this.assertReady();
+    const ev = input.evidence;
+    if (!ev || !ev.quote) {
+      throw new AttestationError('failed_precondition', 'Unified Identity is enabled: the challenge response must carry unified_identity (quote and claims document); enable featureFlags.unifiedIdentity and unifiedIdentity.sensors on the agent');
+    }
+    if ((ev.sensorEvidence?.length ?? 0) > MAX_SENSOR_EVIDENCE_BYTES) {
+      throw new AttestationError('invalid_argument', `unified_identity.sensor_evidence is larger than ${MAX_SENSOR_EVIDENCE_BYTES} bytes`);
+    }
+    let t = performance.now();
+    const lap = (): number => { const n = performance.now(); const d = n - t; t = n; return d; };
+
+    const readings = parseClaimsDocument(ev.claimsDocument);
+    const claimsMs = lap();
+
+    const pcrValues = this.parsePcrs(ev.quote.pcrs);
+    const expected = unifiedIdentityQualifyingData(input.nonce, ev.claimsDocument);
+    let quoteInfo;
+    try {
+      quoteInfo = verifyQuote({
+        akPublic: input.ak, attest: ev.quote.attest, signature: ev.quote.signature,
+        pcrs: [{ alg: 'sha256', values: pcrValues }], expectedExtraData: expected,
+      });
+    } catch (err) {
+      if (err instanceof TpmQuoteError) {
+        const why = err.code === 'extra-data-mismatch'
+          ? 'the quote is not bound to this challenge and claims document (replayed quote, wrong nonce, or claims changed after quoting)'
+          : err.message;
+        throw new AttestationError(err.code.startsWith('malformed') ? 'invalid_argument' : 'permission_denied', `quote verification failed (${err.code}): ${why}`, { cause: err });
+      }
+      throw err;
+    }
+    const quoteMs = lap();
+
+    let keylimeClaims: Record<string, unknown>;
+    try {
+      const verdict = await verifyEvidence(this.client as KeylimeVerifierClient, {
+        quote: encodeQuoteString({ attest: ev.quote.attest, signature: ev.quote.signature, pcrs: [{ alg: 'sha256', values: pcrValues }] }),
+        nonce: expected.toString('ascii'),
+        akPublic: input.akPublic,
+        hashAlg: 'sha256',
+        tpmPolicy: this.tpmPolicy as string,
+      });
+      keylimeClaims = verdict.claims;
+    } catch (err) {
+      if (err instanceof KeylimeEvidenceRejectedError) {
+        throw new AttestationError('permission_denied', `Keylime refused the evidence: ${err.message}`, { cause: err });
+      }
+      if (err instanceof KeylimeRequestError) {
+        throw new AttestationError('unavailable', `Keylime verifier unreachable or failing, attestation refused (fail closed): ${err.message}`, { cause: err });
+      }
+      throw new AttestationError('invalid_argument', `Keylime refused to check the evidence: ${(err as Error).message}`, { cause: err });
+    }
+    const keylimeMs = lap();
+
+    const now = this.now();
+    const decision = evaluatePolicy(this.policies.get(this.defaultPolicy), readings, { now });
+    if (!decision.allowed || !decision.claims) {
+      throw new AttestationError('permission_denied', `location policy ${this.defaultPolicy} ${decision.decision === 'deny' ? 'denied' : 'could not decide'}: ${decision.reasons.join('; ')}`);
+    }
+    const satisfied = this.policies.names().filter((name) => {
+      if (name === this.defaultPolicy) return true;
+      return evaluatePolicy(this.policies.get(name), readings, { now }).allowed;
+    });
+    const policyMs = lap();
+
+    const claims: UnifiedIdentityClaims = {
+      country: decision.claims.country,
+      ...(decision.claims.region !== undefined ? { region: decision.claims.region } : {}),
+      policy: decision.claims.policy,
+      sensorKinds: decision.claims.sensorKinds,
+      readingTime: decision.claims.readingTime,
+      pcrDigest: quoteInfo.pcrDigest.toString('hex'),
+      verifier: 'keylime',
+      attestedAt: now.toISOString(),
+      satisfiedPolicies: satisfied,
+    };
+    canonicalUnifiedIdentity(claims); // the SVID extension must be able to carry them: fail here, not at minting
+    this.lastStages = { claims: claimsMs, quote: quoteMs, keylime: keylimeMs, policy: policyMs };
+    return {
+      claims,
+      audit: {
+        readings: readings.map((r) => ({ kind: r.kind, sensorId: r.sensorId, time: r.time.toISOString(), lat: r.lat, lon: r.lon, horizontalErrorM: r.horizontalErrorM, attested: r.attested })),
+        policyReasons: decision.reasons,
+        claimsDocumentSha256: crypto.createHash('sha256').update(ev.claimsDocument).digest('hex'),
+        keylimeClaims,
+        ...(ev.sensorEvidence && ev.sensorEvidence.length > 0 ? { sensorEvidenceSha256: crypto.createHash('sha256').update(ev.sensorEvidence).digest('hex') } : {}),
+      },
+      stages: { claims: claimsMs, quote: quoteMs, keylime: keylimeMs, policy: policyMs },
+    };
+  }
+
+  /**
+   * Why nothing may be signed for this node now (undefined: it may be served). Nodes attested with
+   * the flag on carry claims; claims older than the re-attestation interval are expired; an entry
+   * naming a location policy needs it among the node's satisfied policies.
+   */
+  signingRefusal(node: AttestedNode, locationPolicy: string | undefined): string | undefined {
+    const claims = claimsOfNode(node);
+    if (claims === undefined) {
+      if (node.attestationType === 'tpm') return `node ${node.spiffeId} has no Unified Identity claims; it must attest again`;
+      return locationPolicy !== undefined ? `entry requires location policy ${locationPolicy} but node ${node.spiffeId} has no Unified Identity claims (join-token nodes never do)` : undefined;
+    }
+    const expired = this.expiredBy(claims);
+    if (expired !== undefined) return `node ${node.spiffeId}'s Unified Identity claims expired ${expired}; it must attest again`;
+    if (locationPolicy !== undefined) {
+      const satisfied = Array.isArray(claims['satisfiedPolicies']) ? claims['satisfiedPolicies'] as unknown[] : [];
+      if (!satisfied.includes(locationPolicy)) return `node ${node.spiffeId} does not satisfy location policy ${locationPolicy} (it satisfies: ${satisfied.join(', ') || 'none'})`;
+    }
+    return undefined;
+  }
+
+  /** A description of how long ago the claims expired, or undefined while they are fresh. */
+  expiredBy(claims: UnifiedIdentityClaims): string | undefined {
+    const at = typeof claims['attestedAt'] === 'string' ? Date.parse(claims['attestedAt']) : NaN;
+    if (Number.isNaN(at)) return 'at an unknown time (no attestedAt)';
+    const overMs = this.now().getTime() - (at + this.reattestIntervalS * 1000);
+    return overMs >= 0 ? `${Math.round(overMs / 1000)} s ago (unifiedIdentity.reattestInterval ${this.reattestIntervalS} s)` : undefined;
+  }
+
+  private parsePcrs(pcrs: Record<string, Buffer> | undefined): Map<number, Buffer> {
+    const out = new Map<number, Buffer>();
+    for (const [k, v] of Object.entries(pcrs ?? {})) {
+      const idx = /^\d{1,2}$/.test(k) ? Number(k) : NaN;
+      if (!this.pcrs.includes(idx)) throw new AttestationError('invalid_argument', `unified_identity.quote.pcrs has PCR ${k.slice(0, 8)}, which this server did not ask for (${this.pcrs.join(', ')})`);
+      if (!Buffer.isBuffer(v) || v.length !== 32) throw new AttestationError('invalid_argument', `unified_identity.quote.pcrs[${idx}] must be a 32-byte sha256 value`);
+      out.set(idx, v);
+    }
+    const missing = this.pcrs.filter((p) => !out.has(p));
+    if (missing.length > 0) throw new AttestationError('invalid_argument', `unified_identity.quote.pcrs lacks PCR(s) ${missing.join(', ')}: quote every PCR of the challenge's quote_pcrs`);
+    return out;
+  }
+}
+
+/** Parses the agent's claims document strictly: size, UTF-8, JSON, canonical form, shape, readings. */
+export function parseClaimsDocument(doc: Buffer): LocationReading[] {
+  const bad = (m: string): AttestationError => new AttestationError('invalid_argument', `unified_identity.claims_document ${m}`);
+  if (!Buffer.isBuffer(doc) || doc.length === 0) throw bad('is missing');
+  if (doc.length > MAX_CLAIMS_DOCUMENT_BYTES) throw bad(`is ${doc.length} bytes, more than ${MAX_CLAIMS_DOCUMENT_BYTES}`);
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(doc));
+  } catch (err) {
+    throw bad(`is not UTF-8 JSON: ${(err as Error).message}`);
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw bad('must be a JSON object');
+  const o = value as Record<string, unknown>;
+  const extra = Object.keys(o).filter((k) => k !== 'v' && k !== 'readings');
+  if (extra.length > 0) throw bad(`has unknown member(s) ${extra.slice(0, 5).join(', ')}`);
+  if (o['v'] !== CLAIMS_DOCUMENT_VERSION) throw bad(`must have "v": ${CLAIMS_DOCUMENT_VERSION}`);
+  const rs = o['readings'];
+  if (!Array.isArray(rs) || rs.length === 0 || rs.length > MAX_READINGS) throw bad(`must carry 1..${MAX_READINGS} readings`);
+  let canonical: Buffer;
+  try {
+    canonical = canonicalClaims(value);
+  } catch (err) {
+    throw bad(`cannot be canonicalised: ${(err as Error).message}`);
+  }
+  // The digest binds these exact bytes; a second spelling of the same JSON would be a second document.
+  if (!canonical.equals(doc)) throw bad('is not in RFC 8785 canonical form');
+  return rs.map((r, i) => {
+    try {
+      return readingFromJson(r);
+    } catch (err) {
+      throw bad(`readings[${i}]: ${(err as Error).message}`);
+    }
+  });
+}
