@@ -16,6 +16,9 @@ import { pinoAuditor, type Auditor } from './audit.js';
 import { RateLimiter } from './ratelimit.js';
 import { TpmAttestor } from './attestation/tpm.js';
 import { KeylimeGate } from './attestation/keylime.js';
+import { ConfigError } from './config.js';
+import { UnifiedIdentityPipeline } from './attestation/unified.js';
+import { describeFeatureFlags, loadFeatureFlags } from '../../feature-flags/index.js';
 import { createAgentService, type AgentService } from './agentapi/service.js';
 import { startAgentApiServer, type AgentApiServer } from './agentapi/server.js';
 import { startBundleEndpoint, type BundleEndpoint } from './federation/endpoint.js';
@@ -43,6 +46,8 @@ export interface RunningServer {
   readonly auditor: Auditor;
   /** Keylime continuous attestation, when configured (the `keylime` section). */
   readonly keylime: KeylimeGate | undefined;
+  /** The Unified Identity pipeline, when the flag is on. */
+  readonly unifiedIdentity: UnifiedIdentityPipeline | undefined;
   /** Withdraw a node's SVIDs: tells its agent to drop them (issue 6/8 hook; also used on ban/evict). */
   dropNode(agentId: string, reason: string): void;
   /** Runs one housekeeping round now (rotation, SVID renewal, pruning). */
@@ -117,10 +122,22 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       });
     }
 
+    const flags = config.flags ?? loadFeatureFlags(config.featureFlags, process.env);
+    const flagInfo = describeFeatureFlags(flags);
+    logger.info({ featureFlags: flagInfo }, 'feature flags');
+    let unifiedIdentity: UnifiedIdentityPipeline | undefined;
+    if (flags.flags.unifiedIdentity) {
+      if (!config.unifiedIdentity) throw new ConfigError('Unified Identity is enabled (UNIFIED_IDENTITY_ENABLED / featureFlags.unifiedIdentity) but the unifiedIdentity section is missing: configure locationPolicies and defaultPolicy');
+      if (!config.nodeAttestation.tpm.enabled) logger.error('Unified Identity is enabled but nodeAttestation.tpm is off: no node can get claims');
+      unifiedIdentity = new UnifiedIdentityPipeline({ settings: config.unifiedIdentity, keylime: config.keylime, logger });
+      const ui = unifiedIdentity;
+      cleanups.push(() => ui.close());
+    }
+
     // Constructed first so a missing or bad verifier CA / client certificate fails start-up.
     let dropOnKeylimeFailure = (_id: string, _reason: string): void => undefined;
     let keylime: KeylimeGate | undefined;
-    if (config.keylime) {
+    if (config.keylime && config.keylime.mode === 'continuous') {
       keylime = new KeylimeGate({
         settings: config.keylime,
         auditor,
@@ -140,6 +157,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       joinTokens: config.nodeAttestation.joinToken.enabled,
       tpm,
       keylime,
+      unifiedIdentity,
       rateLimiter: new RateLimiter(config.agentApi.attestationRateLimit),
       auditor,
       logger,
@@ -237,7 +255,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       health = await startHealthServer(config.health.bindAddress, config.health.port, {
         datastore: async () => { await store.entriesRevision(); },
         ca: async () => { ca.activeX509(); ca.activeJwt(); },
-      });
+      }, flagInfo);
       const h = health;
       cleanups.push(() => h.close());
     }
@@ -270,6 +288,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       agentService,
       auditor,
       keylime,
+      unifiedIdentity,
       dropNode: (id, reason) => agentService.watchHub.dropNode(id, reason),
       tick,
       async stop() {

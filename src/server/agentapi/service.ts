@@ -17,6 +17,9 @@ import { AttestationError } from '../attestation/errors.js';
 import { attestJoinToken } from '../attestation/join-token.js';
 import type { TpmAttestor, PendingTpmAttestation } from '../attestation/tpm.js';
 import type { KeylimeGate } from '../attestation/keylime.js';
+import { claimsOfNode, type UnifiedIdentityPipeline } from '../attestation/unified.js';
+import { canonicalUnifiedIdentity, unifiedIdentityExtension, unifiedIdentityJwtClaim, UNIFIED_IDENTITY_JWT_CLAIM, type UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
+import type { ExtraExtension } from '../../spiffe/x509svid.js';
 import type { AttestationOutcome } from '../attestation/types.js';
 import { AgentAuthenticator, type AuthenticatedAgent } from './auth.js';
 import { AuthorizedEntriesCache, syncResponseBytes } from './entries.js';
@@ -33,6 +36,8 @@ export interface AgentServiceOptions {
   tpm?: TpmAttestor;
   /** Keylime continuous attestation: TPM nodes are enrolled before issuance and gated afterwards. */
   keylime?: KeylimeGate;
+  /** Unified Identity (flag on): the attestation pipeline and the claims-based signing rules. */
+  unifiedIdentity?: UnifiedIdentityPipeline;
   rateLimiter: RateLimiter;
   auditor: Auditor;
   logger: Logger;
@@ -97,6 +102,19 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
   const watchHub = new WatchHub(o.store, entries, o.watchIntervalMs, log);
   const unsubscribe = o.ca.onBundleChange((b) => watchHub.bundleChanged(b.sequence));
   watchHub.start();
+  // Unified Identity: when a node's claims expire, tell its agent to drop its SVIDs and attest again.
+  const claimTimers = new Map<string, NodeJS.Timeout>();
+  const scheduleClaimExpiry = (agentId: string): void => {
+    clearTimeout(claimTimers.get(agentId));
+    const ui = o.unifiedIdentity;
+    if (!ui) return;
+    const timer = setTimeout(() => {
+      claimTimers.delete(agentId);
+      watchHub.dropNode(agentId, `Unified Identity claims expired (unifiedIdentity.reattestInterval ${ui.reattestIntervalS} s); attest again`);
+    }, Math.min(ui.reattestIntervalS * 1000, 2 ** 31 - 1));
+    timer.unref();
+    claimTimers.set(agentId, timer);
+  };
 
   function fail(callback: grpc.sendUnaryData<unknown>, err: unknown, what: string): void {
     const e = toRpcError(err);
@@ -115,13 +133,13 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
 
   // ---------------------------------------------------------------- AttestAgent
 
-  async function finalizeAttestation(out: AttestationOutcome, csrKey: KeyObject): Promise<api.AttestationResult> {
+  async function finalizeAttestation(out: AttestationOutcome, csrKey: KeyObject, claims?: UnifiedIdentityClaims): Promise<api.AttestationResult> {
     const agentId = out.agentId.toString();
     const existing = await o.store.getNode(agentId);
     if (existing?.banned) {
       throw new AttestationError('permission_denied', `node ${agentId} is banned; an operator must evict it (agent evict) before it can attest again`);
     }
-    const svid = o.issuer.mintX509(out.agentId, csrKey, o.x509SvidTtl);
+    const svid = o.issuer.mintX509(out.agentId, csrKey, o.x509SvidTtl, [], claims ? [unifiedIdentityExtension(claims)] : undefined);
     const fields = {
       attestationType: out.attestationType,
       selectors: out.selectors,
@@ -129,24 +147,28 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
       expiresAt: svid.notAfter,
       attestationData: out.attestationData,
     };
+    // Flag on: the claims of this attestation replace any earlier ones (none for join-token nodes).
+    const claimsUpdate = o.unifiedIdentity ? { claims: claims ?? null } : {};
     if (existing) {
-      await o.store.updateNode(agentId, { ...fields, newSerialNumber: null });
+      await o.store.updateNode(agentId, { ...fields, ...claimsUpdate, newSerialNumber: null });
     } else {
       try {
-        await o.store.createNode({ spiffeId: agentId, ...fields });
+        await o.store.createNode({ spiffeId: agentId, ...fields, ...(claims ? { claims } : {}) });
       } catch (err) {
         // Another server attested the same node a moment ago: this attestation is just as valid.
         if (!(err instanceof DataStoreError && err.code === 'already_exists')) throw err;
-        await o.store.updateNode(agentId, { ...fields, newSerialNumber: null });
+        await o.store.updateNode(agentId, { ...fields, ...claimsUpdate, newSerialNumber: null });
       }
     }
     entries.forget(agentId);
+    if (claims) scheduleClaimExpiry(agentId);
     return {
       spiffeId: agentId,
       svidChain: svid.certChain,
       selectors: out.selectors,
       bundle: Buffer.from(o.ca.bundle().bundleJson),
       canRenew: out.canRenew,
+      unifiedIdentityClaims: claims ? canonicalUnifiedIdentity(claims) : Buffer.alloc(0),
     };
   }
 
@@ -172,12 +194,16 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
       timer = setTimeout(() => finish(rpcError(grpc.status.DEADLINE_EXCEEDED, `${what} did not arrive within ${Math.round(ms / 1000)} s; attest again`)), ms);
       timer.unref();
     };
-    const succeed = async (out: AttestationOutcome, csrKey: KeyObject): Promise<void> => {
-      const result = await finalizeAttestation(out, csrKey);
+    const succeed = async (out: AttestationOutcome, csrKey: KeyObject, unified?: { claims: UnifiedIdentityClaims; audit: Record<string, unknown> }): Promise<void> => {
+      const result = await finalizeAttestation(out, csrKey, unified?.claims);
       if (state === 'done') return;
       state = 'done';
       clearTimeout(timer);
-      o.auditor.record({ action: 'attest_agent', caller: source, subject: result.spiffeId, result: 'ok', details: { method, selectors: out.selectors.map((s) => `${s.type}:${s.value}`) } });
+      // The precise readings live here (the audit log) and nowhere else.
+      o.auditor.record({
+        action: 'attest_agent', caller: source, subject: result.spiffeId, result: 'ok',
+        details: { method, selectors: out.selectors.map((s) => `${s.type}:${s.value}`), ...(unified ? { unifiedIdentity: { claims: unified.claims, ...unified.audit } } : {}) },
+      });
       log.info({ agent: result.spiffeId, method, source }, 'agent attested');
       call.write({ result });
       call.end();
@@ -206,6 +232,8 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
             if (o.keylime && !p.tpm.keylimeQuoteEndpoint) {
               throw rpcError(grpc.status.FAILED_PRECONDITION, 'this server requires Keylime continuous attestation for TPM nodes: configure keylime.quoteEndpoint on the agent');
             }
+            // Flag on without a verifier no node can be vouched for: refuse before any TPM work.
+            o.unifiedIdentity?.assertReady();
             const tpm = o.tpm.begin(p.tpm);
             pending = { tpm, csrKey, params: p.tpm };
             if (clientEnded) { endedEarly(); return; }
@@ -217,6 +245,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
                 encryptedSecret: tpm.challenge.encryptedSecret,
                 nonce: tpm.challenge.nonce,
                 expiresAt: Math.floor(tpm.challenge.expiresAt.getTime() / 1000),
+                quotePcrs: o.unifiedIdentity ? [...o.unifiedIdentity.pcrs] : [],
               },
             });
           } else {
@@ -231,6 +260,13 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
         pending = undefined;
         void (async () => {
           const out = await o.tpm!.finish(tpm, msg.challengeResponse!.activatedSecret);
+          // Secret and nonce are settled; now quote, claims, Keylime one-shot and location policy.
+          const unified = o.unifiedIdentity
+            ? await o.unifiedIdentity.verify({
+              agentId: out.agentId.toString(), nonce: tpm.challenge.nonce, ak: tpm.ak, akPublic: params.akPublic,
+              evidence: msg.challengeResponse!.unifiedIdentity,
+            })
+            : undefined;
           // Keylime must have verified a quote from this TPM before anything is issued.
           if (o.keylime) {
             const existing = await o.store.getNode(out.agentId.toString());
@@ -240,7 +276,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
               endpoint: params.keylimeQuoteEndpoint, sourceAddress: source,
             });
           }
-          await succeed(out, csrKey);
+          await succeed(out, csrKey, unified);
         })().catch((err: unknown) => finish(err, `ek_hash:${tpm.ekHash}`));
         return;
       }
@@ -265,9 +301,29 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
   /** Keylime's signing gate: refuses (and audits) any signing for a node Keylime does not trust now. */
   function gate(agent: AuthenticatedAgent, action: 'renew_agent' | 'sign_x509_svid' | 'sign_jwt_svid'): void {
     const refusal = o.keylime?.check(agent.id.toString(), agent.node.attestationType);
-    if (refusal === undefined) return;
-    o.auditor.record({ action, caller: agent.id.toString(), result: 'denied', reason: refusal.message, details: { gate: 'keylime' } });
-    throw refusal;
+    if (refusal !== undefined) {
+      o.auditor.record({ action, caller: agent.id.toString(), result: 'denied', reason: refusal.message, details: { gate: 'keylime' } });
+      throw refusal;
+    }
+    // Unified Identity: a node without current claims gets nothing, and its agent is told to re-attest.
+    const why = o.unifiedIdentity?.signingRefusal(agent.node, undefined);
+    if (why !== undefined) {
+      o.auditor.record({ action, caller: agent.id.toString(), result: 'denied', reason: why, details: { gate: 'unified_identity' } });
+      watchHub.dropNode(agent.id.toString(), why);
+      throw rpcError(grpc.status.PERMISSION_DENIED, why);
+    }
+  }
+
+  /** The node's claims for the SVIDs signed through it (flag on and the node has claims). */
+  function nodeClaims(agent: AuthenticatedAgent): UnifiedIdentityClaims | undefined {
+    return o.unifiedIdentity ? claimsOfNode(agent.node) : undefined;
+  }
+
+  /** Refuses an entry naming a location policy the node does not satisfy (flag on). */
+  function checkEntryPolicy(agent: AuthenticatedAgent, entry: RegistrationEntry): void {
+    if (!o.unifiedIdentity || entry.locationPolicy === undefined) return;
+    const why = o.unifiedIdentity.signingRefusal(agent.node, entry.locationPolicy);
+    if (why !== undefined) throw rpcError(grpc.status.PERMISSION_DENIED, `entry ${entry.id}: ${why}`);
   }
 
   const renewAgent = authed<api.RenewAgentRequest, api.RenewAgentResponse>('RenewAgent', async (agent, req) => {
@@ -312,6 +368,9 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
     const denied: string[] = [];
     // A batch usually asks many times for the same few entries: parse each SPIFFE ID once.
     const ids = new Map<string, SpiffeId>();
+    // Every SVID of this batch carries the claims of the node it is issued through.
+    const claims = nodeClaims(agent);
+    const extensions: ExtraExtension[] | undefined = claims ? [unifiedIdentityExtension(claims)] : undefined;
     for (const p of params) {
       try {
         const entry = set.byId.get(p.entryId);
@@ -326,6 +385,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
           throw rpcError(grpc.status.INVALID_ARGUMENT, `csr: ${(err as Error).message}`);
         }
         checkCsrNames(p.csr, entry);
+        checkEntryPolicy(agent, entry);
         let id = ids.get(entry.spiffeId);
         if (id === undefined) {
           try {
@@ -335,7 +395,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
           }
           ids.set(entry.spiffeId, id);
         }
-        const svid = o.issuer.mintX509(id, key, entry.x509SvidTtl ?? o.x509SvidTtl, entry.dnsNames ?? []);
+        const svid = o.issuer.mintX509(id, key, entry.x509SvidTtl ?? o.x509SvidTtl, entry.dnsNames ?? [], extensions);
         results.push({ entryId: p.entryId, svid: x509ToWire(svid), errorCode: 0, errorMessage: '' });
         ok++;
       } catch (err) {
@@ -365,8 +425,15 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
       o.auditor.record({ action: 'sign_jwt_svid', caller: agentId, subject: req.entryId, result: 'denied', reason: 'entry not authorized' });
       throw rpcError(grpc.status.PERMISSION_DENIED, `entry "${req.entryId}" is not authorized for ${agentId}`);
     }
+    try {
+      checkEntryPolicy(agent, entry);
+    } catch (err) {
+      o.auditor.record({ action: 'sign_jwt_svid', caller: agentId, subject: entry.spiffeId, result: 'denied', reason: (err as Error).message });
+      throw err;
+    }
     const id = SpiffeId.parse(entry.spiffeId);
-    const jwt = await o.issuer.mintJwt(id, aud, entry.jwtSvidTtl ?? o.jwtSvidTtl);
+    const claims = nodeClaims(agent);
+    const jwt = await o.issuer.mintJwt(id, aud, entry.jwtSvidTtl ?? o.jwtSvidTtl, claims ? { [UNIFIED_IDENTITY_JWT_CLAIM]: unifiedIdentityJwtClaim(claims) } : undefined);
     o.auditor.record({ action: 'sign_jwt_svid', caller: agentId, subject: entry.spiffeId, result: 'ok', details: { entry: entry.id, audience: aud } });
     return { spiffeId: entry.spiffeId, token: jwt.token, expiresAt: Math.floor(jwt.expiresAt.getTime() / 1000) };
   });
@@ -412,6 +479,8 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
     watchHub,
     entries,
     close() {
+      for (const t of claimTimers.values()) clearTimeout(t);
+      claimTimers.clear();
       unsubscribe();
       watchHub.stop();
     },

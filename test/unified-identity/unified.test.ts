@@ -1,0 +1,281 @@
+// Unified Identity end to end: swtpm, the Keylime test verifier (one-shot), gpsd + gpsfake, real
+// servers and a real agent. Flag on: SVIDs carry the node's claims; every failing check refuses the
+// attestation with a precise error. Flag off: plain SVIDs, no claims.
+import crypto from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Agent } from '../../src/agent/agent.js';
+import { NodeAttestationError, type UnifiedIdentityProvider } from '../../src/agent/node-attestor.js';
+import type { UnifiedIdentityEvidence } from '../../src/api/agent-api.js';
+import { canonicalClaims } from '../../src/geo/index.js';
+import type { RunningServer } from '../../src/server/index.js';
+import { SpiffeId } from '../../src/spiffe/id.js';
+import { unifiedIdentityFromCertificate, UNIFIED_IDENTITY_OID } from '../../src/spiffe/unified-identity.js';
+import { authorizeUnifiedIdentity } from '../../src/workload/index.js';
+import { specClient, type SpecClient, type X509Msg } from '../keylime-e2e/fixture.js';
+import { POLICY_PCR, startAgent, startUnifiedDeployment, TD, type UnifiedDeployment } from './fixture.js';
+
+let d: UnifiedDeployment;
+let on: RunningServer;
+let agent: Agent | undefined;
+
+beforeAll(async () => {
+  d = await startUnifiedDeployment();
+  on = await d.startServer({ flag: true, keylime: true });
+}, 60_000);
+
+afterAll(async () => {
+  await agent?.stop();
+  await d?.stop();
+});
+
+async function refusal(p: Promise<unknown>): Promise<NodeAttestationError> {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(NodeAttestationError);
+  return err as NodeAttestationError;
+}
+
+function leafOf(chain: Buffer[]): Buffer {
+  return chain[0] as Buffer;
+}
+
+function hasUnifiedExtension(der: Buffer): boolean {
+  // Node lists no custom extensions; look for the OID's DER encoding in the certificate.
+  const oid = UNIFIED_IDENTITY_OID.split('.').map(BigInt);
+  const body: number[] = [];
+  for (const arc of [oid[0]! * 40n + oid[1]!, ...oid.slice(2)]) {
+    const bytes: number[] = [];
+    let v = arc;
+    do { bytes.unshift(Number(v & 0x7fn)); v >>= 7n; } while (v > 0n);
+    for (let i = 0; i < bytes.length - 1; i++) bytes[i]! |= 0x80;
+    body.push(...bytes);
+  }
+  return der.includes(Buffer.from([0x06, body.length, ...body]));
+}
+
+async function nodeClaims(server: RunningServer, id: string): Promise<Record<string, unknown> | undefined> {
+  return (await server.store.getNode(id))?.claims;
+}
+
+function fetchX509(client: SpecClient, timeoutMs = 10_000): Promise<X509Msg> {
+  return new Promise((resolve, reject) => {
+    const md = new grpc.Metadata();
+    md.set('workload.spiffe.io', 'true');
+    const call = client['FetchX509SVID']!({}, md) as grpc.ClientReadableStream<X509Msg>;
+    const timer = setTimeout(() => { call.cancel(); reject(new Error('no X.509-SVID message')); }, timeoutMs);
+    call.on('data', (m: X509Msg) => { if (m.svids.length > 0) { clearTimeout(timer); call.cancel(); resolve(m); } });
+    call.on('error', (e: grpc.ServiceError) => { if (e.code !== grpc.status.CANCELLED) { clearTimeout(timer); reject(e); } });
+  });
+}
+
+function fetchJwt(client: SpecClient, audience: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const md = new grpc.Metadata();
+    md.set('workload.spiffe.io', 'true');
+    client['FetchJWTSVID']!({ audience: [audience] }, md, (err: grpc.ServiceError | null, res: { svids: { svid: string }[] }) => {
+      if (err) reject(err); else resolve(res.svids[0]!.svid);
+    });
+  });
+}
+
+async function readyFlags(port: number): Promise<{ status: number; flags: unknown }> {
+  const res = await fetch(`http://127.0.0.1:${port}/ready`);
+  await res.body?.cancel();
+  return { status: res.status, flags: JSON.parse(res.headers.get('terroir-feature-flags') ?? 'null') };
+}
+
+/** Wraps a provider to keep what it sent. */
+function recording(inner: UnifiedIdentityProvider): UnifiedIdentityProvider & { sent: UnifiedIdentityEvidence[] } {
+  const sent: UnifiedIdentityEvidence[] = [];
+  return { sent, evidence: async (nonce, pcrs) => { const e = await inner.evidence(nonce, pcrs); sent.push(e); return e; } };
+}
+
+describe('Unified Identity, flag on', () => {
+  it('the /ready endpoint shows the flag', async () => {
+    const r = await readyFlags(on.healthPort!);
+    expect(r.status).toBe(200);
+    expect(r.flags).toEqual({ UNIFIED_IDENTITY_ENABLED: { value: true, source: 'env' } });
+  });
+
+  it('a node in Berlin gets an agent SVID with coarse claims, stored on the node and audited precisely', async () => {
+    const before = Date.now();
+    const res = await d.attest(on, d.provider(d.berlin));
+    const claims = unifiedIdentityFromCertificate(leafOf(res.svidChain));
+    expect(claims).toMatchObject({ country: 'DE', region: 'EU', policy: 'eu-only', sensorKinds: ['gnss'], verifier: 'keylime', satisfiedPolicies: ['eu-only'] });
+    expect(claims!['pcrDigest']).toMatch(/^[0-9a-f]{64}$/);
+    expect(Date.parse(claims!['attestedAt'] as string)).toBeGreaterThanOrEqual(before - 1000);
+    // Never coordinates in what the SVID says.
+    const text = JSON.stringify(claims);
+    expect(text).not.toMatch(/52\.5|13\.40|"lat"|"lon"/);
+    expect(JSON.parse(res.unifiedIdentityClaims!.toString())).toEqual(claims);
+    expect(await nodeClaims(on, res.spiffeId)).toEqual(claims);
+    expect(d.verifier.counters.evidenceChecks).toBeGreaterThan(0);
+  });
+
+  it('an agent serves workload X.509- and JWT-SVIDs carrying its node\'s claims; a consumer requiring EU accepts them', async () => {
+    agent = await startAgent(d, on, true, 'agent-on');
+    expect(agent.lastClaims).toMatchObject({ country: 'DE', region: 'EU' });
+    const uid = process.getuid!();
+    const spiffeId = `spiffe://${TD}/workload/eu-app`;
+    const [r] = await on.store.createEntries([{ spiffeId, parentId: agent.spiffeId!, selectors: [{ type: 'unix', value: `uid:${uid}` }], federatesWith: [] }]);
+    expect(r?.ok).toBe(true);
+    const client = specClient(agent.socketPath);
+    try {
+      const msg = await fetchX509(client);
+      const svid = msg.svids.find((s) => s.spiffe_id === spiffeId)!;
+      const leafDer = Buffer.from(new crypto.X509Certificate(svid.x509_svid).raw);
+      const claims = unifiedIdentityFromCertificate(leafDer);
+      expect(claims).toEqual(await nodeClaims(on, agent.spiffeId!));
+      authorizeUnifiedIdentity({ regions: ['EU'] })({ id: SpiffeId.parse(spiffeId), x509Chain: [leafDer] });
+
+      const token = await fetchJwt(client, 'eu-service');
+      const payload = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as Record<string, unknown>;
+      expect(payload['unified_identity']).toEqual(claims);
+      authorizeUnifiedIdentity({ countries: ['DE'], policies: ['eu-only'] })({ id: SpiffeId.parse(spiffeId), jwtClaims: payload });
+    } finally {
+      client.close();
+    }
+  });
+
+  it('an entry naming a location policy its node does not satisfy gets no SVID', async () => {
+    const uid = process.getuid!();
+    const spiffeId = `spiffe://${TD}/workload/fr-app`;
+    const [r] = await on.store.createEntries([{ spiffeId, parentId: agent!.spiffeId!, selectors: [{ type: 'unix', value: `uid:${uid}` }], federatesWith: [], locationPolicy: 'fr-only' }]);
+    expect(r?.ok).toBe(true);
+    await new Promise((res) => setTimeout(res, 2500));
+    const client = specClient(agent!.socketPath);
+    try {
+      const msg = await fetchX509(client);
+      expect(msg.svids.map((s) => s.spiffe_id)).toContain(`spiffe://${TD}/workload/eu-app`);
+      expect(msg.svids.map((s) => s.spiffe_id)).not.toContain(spiffeId);
+    } finally {
+      client.close();
+    }
+    // The attestations below re-attest the same node (same TPM): this agent's SVID would be replaced.
+    await agent!.stop();
+    agent = undefined;
+  });
+
+  it('a reading outside the region (New York) is refused with the policy reasons', async () => {
+    const err = await refusal(d.attest(on, d.provider(d.newYork)));
+    expect(err.grpcCode).toBe(grpc.status.PERMISSION_DENIED);
+    expect(err.message).toMatch(/location policy eu-only denied/);
+    expect(err.message).toMatch(/US/);
+  });
+
+  it('a replayed quote (a previous challenge response) is refused', async () => {
+    const rec = recording(d.provider(d.berlin));
+    await d.attest(on, rec);
+    const old = rec.sent[0]!;
+    const err = await refusal(d.attest(on, { evidence: async () => old }));
+    expect(err.grpcCode).toBe(grpc.status.PERMISSION_DENIED);
+    expect(err.message).toMatch(/extra-data-mismatch.*replayed quote/);
+  });
+
+  it('claims changed after the quote are refused', async () => {
+    const inner = d.provider(d.berlin);
+    const tamper: UnifiedIdentityProvider = {
+      async evidence(nonce, pcrs) {
+        const e = await inner.evidence(nonce, pcrs);
+        const doc = JSON.parse(e.claimsDocument.toString()) as { readings: { lat: number; lon: number }[] };
+        doc.readings[0]!.lat = 48.8566; // "I am in Paris now"
+        doc.readings[0]!.lon = 2.3522;
+        return { ...e, claimsDocument: canonicalClaims(doc) };
+      },
+    };
+    const err = await refusal(d.attest(on, tamper));
+    expect(err.grpcCode).toBe(grpc.status.PERMISSION_DENIED);
+    expect(err.message).toMatch(/claims changed after quoting/);
+  });
+
+  it('a malformed or non-canonical claims document is refused as invalid', async () => {
+    const inner = d.provider(d.berlin);
+    const spaced: UnifiedIdentityProvider = {
+      async evidence(nonce, pcrs) {
+        const e = await inner.evidence(nonce, pcrs);
+        return { ...e, claimsDocument: Buffer.from(JSON.stringify(JSON.parse(e.claimsDocument.toString()), null, 1)) };
+      },
+    };
+    const err = await refusal(d.attest(on, spaced));
+    expect(err.grpcCode).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(err.message).toMatch(/not in RFC 8785 canonical form/);
+  });
+
+  it('no evidence (an agent with the flag off) is refused', async () => {
+    const err = await refusal(d.attest(on));
+    expect(err.grpcCode).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(err.message).toMatch(/must carry unified_identity/);
+  });
+
+  it('a changed PCR in the Keylime policy is refused', async () => {
+    const quoter = d.tpm.quoter!();
+    await quoter.pcrExtend(POLICY_PCR, crypto.createHash('sha256').update('rootkit').digest());
+    try {
+      const err = await refusal(d.attest(on, d.provider(d.berlin)));
+      expect(err.grpcCode).toBe(grpc.status.PERMISSION_DENIED);
+      expect(err.message).toMatch(/Keylime refused the evidence/);
+    } finally {
+      await quoter.pcrReset(POLICY_PCR);
+    }
+    await d.attest(on, d.provider(d.berlin)); // and back in policy, accepted again
+  });
+
+  it('Keylime down: refused, fail closed', async () => {
+    d.verifier.fault = { mode: '5xx' };
+    try {
+      const err = await refusal(d.attest(on, d.provider(d.berlin)));
+      expect(err.grpcCode).toBe(grpc.status.UNAVAILABLE);
+      expect(err.message).toMatch(/fail closed/);
+    } finally {
+      d.verifier.fault = { mode: 'none' };
+    }
+  });
+
+  it('flag on without Keylime configured: refused with a clear error', async () => {
+    const noKeylime = await d.startServer({ flag: true, keylime: false });
+    const err = await refusal(d.attest(noKeylime, d.provider(d.berlin)));
+    expect(err.grpcCode).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(err.message).toMatch(/no Keylime verifier configured.*fail closed/);
+  });
+});
+
+describe('Unified Identity, flag off', () => {
+  it('plain SVIDs: no extension, no claims, no Keylime call; a consumer requiring EU rejects them', async () => {
+    const off = await d.startServer({ flag: false, keylime: true });
+    const r = await readyFlags(off.healthPort!);
+    expect(r.flags).toEqual({ UNIFIED_IDENTITY_ENABLED: { value: false, source: 'default' } });
+    const checks = d.verifier.counters.evidenceChecks;
+    const rec = recording(d.provider(d.berlin));
+    const res = await d.attest(off, rec);
+    expect(rec.sent).toHaveLength(0); // the server asked for no quote
+    expect(d.verifier.counters.evidenceChecks).toBe(checks);
+    const leaf = leafOf(res.svidChain);
+    expect(hasUnifiedExtension(leaf)).toBe(false);
+    expect(unifiedIdentityFromCertificate(leaf)).toBeUndefined();
+    expect(res.unifiedIdentityClaims?.length ?? 0).toBe(0);
+    expect(await nodeClaims(off, res.spiffeId)).toBeUndefined();
+    expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })({ id: SpiffeId.parse(res.spiffeId), x509Chain: [leaf] })).toThrow(/carries no Unified Identity claims/);
+  });
+
+  it('the OID check above does see the extension on a flag-on SVID', async () => {
+    const res = await d.attest(on, d.provider(d.berlin));
+    expect(hasUnifiedExtension(leafOf(res.svidChain))).toBe(true);
+  });
+});
+
+describe('Unified Identity, re-attestation interval', () => {
+  it('when a node\'s claims expire the server tells its agent, which attests again and gets fresh claims', async () => {
+    const short = await d.startServer({ flag: true, keylime: true, reattestInterval: 2 });
+    agent = await startAgent(d, short, true, 'agent-short');
+    const first = agent.lastClaims!['attestedAt'] as string;
+    expect(agent.stats.attestations).toBe(1);
+    const deadline = Date.now() + 10_000;
+    while (agent.stats.attestations < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(agent.stats.attestations).toBeGreaterThanOrEqual(2);
+    expect(Date.parse(agent.lastClaims!['attestedAt'] as string)).toBeGreaterThan(Date.parse(first));
+    const node = await short.store.getNode(agent.spiffeId!);
+    expect(Date.parse(node!.claims!['attestedAt'] as string)).toBeGreaterThan(Date.parse(first));
+    await agent.stop();
+    agent = undefined;
+  });
+});
