@@ -207,17 +207,21 @@ describe('Unified Identity, flag on', () => {
     expect(err.message).toMatch(/must carry unified_identity/);
   });
 
-  it('a changed PCR in the Keylime policy is refused', async () => {
+  it('a changed PCR in the Keylime policy is refused, and the node\'s earlier claims are withdrawn', async () => {
+    const ok = await d.attest(on, d.provider(d.berlin));
+    expect(await nodeClaims(on, ok.spiffeId)).toMatchObject({ country: 'DE' });
     const quoter = d.tpm.quoter!();
     await quoter.pcrExtend(POLICY_PCR, crypto.createHash('sha256').update('rootkit').digest());
     try {
       const err = await refusal(d.attest(on, d.provider(d.berlin)));
       expect(err.grpcCode).toBe(grpc.status.PERMISSION_DENIED);
       expect(err.message).toMatch(/Keylime refused the evidence/);
+      expect(await nodeClaims(on, ok.spiffeId)).toBeUndefined();
     } finally {
       await quoter.pcrReset(POLICY_PCR);
     }
-    await d.attest(on, d.provider(d.berlin)); // and back in policy, accepted again
+    const again = await d.attest(on, d.provider(d.berlin)); // and back in policy, accepted again
+    expect(await nodeClaims(on, again.spiffeId)).toMatchObject({ country: 'DE' });
   });
 
   it('Keylime down: refused, fail closed', async () => {

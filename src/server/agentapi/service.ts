@@ -265,7 +265,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
             ? await o.unifiedIdentity.verify({
               agentId: out.agentId.toString(), nonce: tpm.challenge.nonce, ak: tpm.ak, akPublic: params.akPublic,
               evidence: msg.challengeResponse!.unifiedIdentity,
-            })
+            }).catch((err: unknown) => withdrawOnFailure(out.agentId.toString(), err))
             : undefined;
           // Keylime must have verified a quote from this TPM before anything is issued.
           if (o.keylime) {
@@ -312,6 +312,25 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
       watchHub.dropNode(agent.id.toString(), why);
       throw rpcError(grpc.status.PERMISSION_DENIED, why);
     }
+  }
+
+  /**
+   * A node that proved its TPM (secret, nonce) but whose evidence is now refused (PCR changed, Keylime
+   * refusal, location out of policy, quote not bound to its claims) loses its earlier claims at once:
+   * nothing more is signed for it and its agent drops its SVIDs. An unreachable verifier withdraws
+   * nothing (the node's claims still expire on schedule). Always rethrows.
+   */
+  async function withdrawOnFailure(agentId: string, err: unknown): Promise<never> {
+    if (err instanceof AttestationError && err.code === 'permission_denied') {
+      const node = await o.store.getNode(agentId);
+      if (node?.claims !== undefined && node.claims !== null) {
+        await o.store.updateNode(agentId, { claims: null });
+        const reason = `Unified Identity withdrawn: ${err.message}`;
+        o.auditor.record({ action: 'attest_agent', caller: 'server', subject: agentId, result: 'denied', reason, details: { withdrawn: true } });
+        watchHub.dropNode(agentId, reason);
+      }
+    }
+    throw err;
   }
 
   /** The node's claims for the SVIDs signed through it (flag on and the node has claims). */
