@@ -2,6 +2,7 @@
 // certificates), the Keylime test verifier answering one-shot POST /verify/evidence with real quote
 // checks, gpsd fed by gpsfake with live-stamped NMEA logs (Berlin inside the EU, New York outside), a
 // real terroir server with the flag on, and a real agent attesting with its gpsd sensor.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -20,6 +21,7 @@ import { startGpsfake, type Gpsfake } from '../support/gpsfake.js';
 import { freePort } from '../support/ports.js';
 import { startSwtpm, type Swtpm } from '../support/swtpm.js';
 import { tempDir } from '../support/tmp.js';
+import { ekHash, parseTpm2bPublic } from '../../src/tpm/index.js';
 import { BERLIN, liveNmeaLog, NEW_YORK } from './nmea.js';
 
 export const TD = 'unified.test';
@@ -68,7 +70,13 @@ export interface UnifiedDeployment {
   stop(): Promise<void>;
 }
 
-export async function startUnifiedDeployment(opts: { ekKind?: 'rsa2048' | 'ecc-p256' } = {}): Promise<UnifiedDeployment> {
+export interface UnifiedDeploymentOptions {
+  ekKind?: 'rsa2048' | 'ecc-p256';
+  /** ECC only: make the EK persistent at 0x81010002 first (swtpm_setup persists only the RSA EK), so activation does not re-create it. */
+  persistEk?: boolean;
+}
+
+export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}): Promise<UnifiedDeployment> {
   const logger = pino({ level: process.env['E2E_LOG'] ?? 'silent' });
   const tmp = tempDir('terroir-unified-');
   const stops: (() => Promise<void> | void)[] = [() => tmp.cleanup()];
@@ -93,8 +101,13 @@ export async function startUnifiedDeployment(opts: { ekKind?: 'rsa2048' | 'ecc-p
     // A persistent AK: every attestation of this node quotes with the same key, so a replayed quote
     // still carries a valid signature and must be caught by its binding to the nonce.
     const tpmCfg = { tcti: swtpm.tcti, ekKind: opts.ekKind ?? 'rsa2048', akHandle: 0x81010010 };
+    if (opts.persistEk && tpmCfg.ekKind === 'ecc-p256') {
+      execFileSync('tpm2_createek', ['-T', swtpm.tcti, '-c', '0x81010002', '-G', 'ecc', '-u', path.join(tmp.dir, 'ek.pub')], { stdio: 'pipe' });
+    }
     const tpm = await openTpmCredentialSource(tpmCfg);
     stops.push(() => tpm.close());
+    // swtpm is provisioned with an RSA EK certificate only: an ECC EK is trusted by its enrolled hash.
+    const enrolled = tpmCfg.ekKind === 'rsa2048' ? [] : [ekHash(parseTpm2bPublic((await tpm.attestationData()).ekPublic))];
     let n = 0;
 
     const d: UnifiedDeployment = {
@@ -109,7 +122,7 @@ export async function startUnifiedDeployment(opts: { ekKind?: 'rsa2048' | 'ecc-p
           ca: { keyStore: 'memory', ttl: '1d', x509SvidTtl: '1h' },
           agentApi: { bindAddress: '127.0.0.1', port: await freePort(), watchIntervalMs: 100, attestationRateLimit: { perSecond: 100, burst: 1000 } },
           health: { enabled: true, bindAddress: '127.0.0.1', port: 0 },
-          nodeAttestation: { joinToken: { enabled: false }, tpm: { enabled: true, manufacturerCaFiles: [swtpm.caFile] } },
+          nodeAttestation: { joinToken: { enabled: false }, tpm: { enabled: true, manufacturerCaFiles: [swtpm.caFile], enrolledEkHashes: enrolled } },
           ...(o.keylime ? {
             keylime: {
               verifierUrl: `https://localhost:${verifier.port}`,
