@@ -2,6 +2,9 @@
 // servers and a real agent. Flag on: SVIDs carry the node's claims; every failing check refuses the
 // attestation with a precise error. Flag off: plain SVIDs, no claims.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from '../../src/agent/agent.js';
@@ -11,13 +14,16 @@ import { canonicalClaims } from '../../src/geo/index.js';
 import type { RunningServer } from '../../src/server/index.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
 import { unifiedIdentityFromCertificate, UNIFIED_IDENTITY_OID } from '../../src/spiffe/unified-identity.js';
-import { authorizeUnifiedIdentity } from '../../src/workload/index.js';
+import { SvidIssuer } from '../../src/server/ca/issuer.js';
+import { authorizeAny, authorizeUnifiedIdentity, createTlsServer, StaticX509Source, tlsConnect, type X509SourceLike } from '../../src/workload/index.js';
 import { specClient, type SpecClient, type X509Msg } from '../keylime-e2e/fixture.js';
 import { POLICY_PCR, startAgent, startUnifiedDeployment, TD, type UnifiedDeployment } from './fixture.js';
 
 let d: UnifiedDeployment;
 let on: RunningServer;
 let agent: Agent | undefined;
+/** The compliant workload's SVID (DER leaf, PKCS#8 DER key), from the agent's Workload API. */
+let euSvid: { id: string; cert: Buffer; key: Buffer } | undefined;
 
 beforeAll(async () => {
   d = await startUnifiedDeployment();
@@ -126,6 +132,7 @@ describe('Unified Identity, flag on', () => {
       const leafDer = Buffer.from(new crypto.X509Certificate(svid.x509_svid).raw);
       const claims = unifiedIdentityFromCertificate(leafDer);
       expect(claims).toEqual(await nodeClaims(on, agent.spiffeId!));
+      euSvid = { id: spiffeId, cert: leafDer, key: svid.x509_svid_key };
       authorizeUnifiedIdentity({ regions: ['EU'] })({ id: SpiffeId.parse(spiffeId), x509Chain: [leafDer] });
 
       const token = await fetchJwt(client, 'eu-service');
@@ -134,6 +141,54 @@ describe('Unified Identity, flag on', () => {
       authorizeUnifiedIdentity({ countries: ['DE'], policies: ['eu-only'] })({ id: SpiffeId.parse(spiffeId), jwtClaims: payload });
     } finally {
       client.close();
+    }
+  });
+
+  it('over real mTLS, a consumer requiring region EU accepts the compliant workload and refuses a plain SVID of the same CA', async () => {
+    const pem = (der: Buffer): string => new crypto.X509Certificate(der).toString();
+    const bundleFile = path.join(d.dir, 'consumer-bundle.pem');
+    fs.writeFileSync(bundleFile, on.ca.x509Roots().map(pem).join(''));
+    const source = (name: string, cert: Buffer, key: crypto.KeyObject): X509SourceLike => {
+      const certFile = path.join(d.dir, `${name}.pem`);
+      const keyFile = path.join(d.dir, `${name}.key`);
+      fs.writeFileSync(certFile, pem(cert));
+      fs.writeFileSync(keyFile, key.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+      return StaticX509Source.fromFiles({ certFile, keyFile, bundleFiles: { [TD]: bundleFile } });
+    };
+    const eu = source('eu-app', euSvid!.cert, crypto.createPrivateKey({ key: euSvid!.key, format: 'der', type: 'pkcs8' }));
+    // What a server with the flag off (same CA) issues: the same kind of SVID without the extension.
+    const keys = crypto.generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const plainId = `spiffe://${TD}/workload/plain-app`;
+    const plainCert = new SvidIssuer({ ca: on.ca, maxTtlSeconds: 3600 }).mintX509(SpiffeId.parse(plainId), keys.publicKey, 600).certChain[0]!;
+    expect(hasUnifiedExtension(plainCert)).toBe(false);
+    const plain = source('plain-app', plainCert, keys.privateKey);
+
+    const accepted: string[] = [];
+    const server = createTlsServer({ source: eu, authorizer: authorizeUnifiedIdentity({ regions: ['EU'] }) }, (sock, peer) => {
+      accepted.push(peer.id.toString());
+      sock.end('hello from an EU-only service');
+    });
+    // The control: a consumer accepting any SPIFFE ID of the trust domain takes the plain SVID, so the
+    // refusal above is the claims' doing, not the certificate's.
+    const anyServer = createTlsServer({ source: eu, authorizer: authorizeAny() }, (sock) => sock.end('hello from anyone'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    await new Promise<void>((r) => anyServer.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const call = (src: X509SourceLike, to = port): Promise<string> => new Promise((resolve) => {
+      const sock = tlsConnect({ source: src, authorizer: authorizeAny(), host: '127.0.0.1', port: to });
+      let data = '';
+      sock.on('data', (c: Buffer) => { data += c.toString(); });
+      sock.on('error', () => undefined);
+      sock.on('close', () => resolve(data));
+    });
+    try {
+      expect(await call(eu)).toBe('hello from an EU-only service');
+      expect(await call(plain)).toBe('');
+      expect(accepted).toEqual([euSvid!.id]);
+      expect(await call(plain, (anyServer.address() as AddressInfo).port)).toBe('hello from anyone');
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+      await new Promise<void>((r) => anyServer.close(() => r()));
     }
   });
 
