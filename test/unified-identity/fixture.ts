@@ -48,6 +48,8 @@ export interface ServerOptions {
   keylime: boolean;
   /** Seconds (default 1 h). */
   reattestInterval?: number;
+  /** Keylime mode (default oneshot); continuous also enrolls nodes and gates signing. */
+  keylimeMode?: 'oneshot' | 'continuous';
 }
 
 export interface UnifiedDeployment {
@@ -61,8 +63,8 @@ export interface UnifiedDeployment {
   logger: Logger;
   /** Starts a server (flag on or off, with or without Keylime); stopped with the deployment. */
   startServer(o: ServerOptions): Promise<RunningServer>;
-  /** The agent config for a server, flag on with the Berlin sensor unless told otherwise. */
-  agentConfig(server: RunningServer, flag: boolean, name: string): AgentConfig;
+  /** The agent config for a server, with the Berlin sensor (used when `flag`); `quoteEndpoint` for Keylime continuous mode. */
+  agentConfig(server: RunningServer, flag: boolean, name: string, quoteEndpoint?: boolean): AgentConfig;
   /** A Unified Identity provider on the shared TPM reading one gpsd (closed with the deployment). */
   provider(gps: Gpsfake): AgentUnifiedIdentity;
   /** One AttestAgent exchange against `server` with the shared TPM. */
@@ -127,7 +129,10 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
             keylime: {
               verifierUrl: `https://localhost:${verifier.port}`,
               caFile: pki.files.serverCa, certFile: pki.files.clientCert, keyFile: pki.files.clientKey,
-              mode: 'oneshot', requestTimeoutMs: 1000,
+              mode: o.keylimeMode ?? 'oneshot', requestTimeoutMs: 1000,
+              ...(o.keylimeMode === 'continuous' ? {
+                pollIntervalMs: 250, maxAttestationAge: '10s', enrollTimeout: '10s', tpmPolicy: { [String(POLICY_PCR)]: [ZERO] },
+              } : {}),
             },
           } : {}),
           unifiedIdentity: {
@@ -142,7 +147,7 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
         stops.push(() => server.stop());
         return server;
       },
-      agentConfig(server, flag, name) {
+      agentConfig(server, flag, name, quoteEndpoint = false) {
         return parseAgentConfig({
           trustDomain: TD,
           serverAddress: '127.0.0.1',
@@ -154,6 +159,15 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
           logLevel: 'silent',
           nodeAttestor: { tpm: tpmCfg },
           unifiedIdentity: { sensors: [{ type: 'gpsd', host: '127.0.0.1', port: berlin.port }], sensorTimeoutMs: 8000 },
+          ...(quoteEndpoint ? {
+            keylime: {
+              quoteEndpoint: {
+                bindAddress: '127.0.0.1', port: 0,
+                certFile: write(`${name}-qe.pem`, pki.node.certPem), keyFile: write(`${name}-qe.key`, pki.node.keyPem),
+                clientCaFile: write(`${name}-pull-ca.pem`, pki.pullCa.certPem),
+              },
+            },
+          } : {}),
         }, flag ? { UNIFIED_IDENTITY_ENABLED: '1' } : {});
       },
       provider(gps) {
@@ -180,6 +194,6 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
 }
 
 /** Starts a real agent (Workload API and all) for `server`; the caller stops it. */
-export async function startAgent(d: UnifiedDeployment, server: RunningServer, flag: boolean, name: string): Promise<Agent> {
-  return Agent.start(d.agentConfig(server, flag, name), { tpm: d.tpm, logger: d.logger });
+export async function startAgent(d: UnifiedDeployment, server: RunningServer, flag: boolean, name: string, quoteEndpoint = false): Promise<Agent> {
+  return Agent.start(d.agentConfig(server, flag, name, quoteEndpoint), { tpm: d.tpm, logger: d.logger });
 }

@@ -338,3 +338,49 @@ describe('Unified Identity, re-attestation interval', () => {
     agent = undefined;
   });
 });
+
+describe('Unified Identity with Keylime continuous mode', () => {
+  it('one-shot check at attestation, then the continuous gate: a PCR change withdraws the node\'s workload SVIDs', async () => {
+    const cont = await d.startServer({ flag: true, keylime: true, keylimeMode: 'continuous' });
+    const evidence = d.verifier.counters.evidenceChecks;
+    agent = await startAgent(d, cont, true, 'agent-continuous', true);
+    try {
+      expect(agent.lastClaims).toMatchObject({ country: 'DE', verifier: 'keylime' });
+      expect(d.verifier.counters.evidenceChecks).toBe(evidence + 1);
+      const spiffeId = `spiffe://${TD}/workload/continuous-app`;
+      const [r] = await cont.store.createEntries([{ spiffeId, parentId: agent.spiffeId!, selectors: [{ type: 'unix', value: `uid:${process.getuid!()}` }], federatesWith: [] }]);
+      expect(r?.ok).toBe(true);
+      const client = specClient(agent.socketPath);
+      try {
+        const msg = await fetchX509(client);
+        const svid = msg.svids.find((s) => s.spiffe_id === spiffeId)!;
+        expect(unifiedIdentityFromCertificate(Buffer.from(new crypto.X509Certificate(svid.x509_svid).raw))).toMatchObject({ region: 'EU' });
+      } finally {
+        client.close();
+      }
+      await d.tpm.quoter!().pcrExtend(POLICY_PCR, crypto.createHash('sha256').update('rootkit').digest());
+      try {
+        // Keylime's next pulled quote fails; the server withdraws the node and the agent drops its SVIDs.
+        const serving = async (): Promise<boolean> => {
+          const c = specClient(agent!.socketPath);
+          try {
+            return await fetchX509(c, 500).then(() => true, () => false);
+          } finally {
+            c.close();
+          }
+        };
+        const deadline = Date.now() + 10_000;
+        while (await serving() && Date.now() < deadline) await new Promise((res) => setTimeout(res, 200));
+        expect(await serving()).toBe(false);
+        // Its re-attestation is refused by the one-shot check, which also clears its claims.
+        while ((await nodeClaims(cont, agent.spiffeId!)) !== undefined && Date.now() < deadline) await new Promise((res) => setTimeout(res, 100));
+        expect(await nodeClaims(cont, agent.spiffeId!)).toBeUndefined();
+      } finally {
+        await d.tpm.quoter!().pcrReset(POLICY_PCR);
+      }
+    } finally {
+      await agent.stop();
+      agent = undefined;
+    }
+  });
+});
