@@ -34,10 +34,10 @@ export async function startHealthServer(
   host: string,
   port: number,
   checks: Record<string, ReadinessCheck>,
-  /** Feature flags, shown on /ready as the `terroir-feature-flags` header (JSON) with either status. */
+  /** Feature flags, shown on /ready in the body (`featureFlags`) and the `terroir-feature-flags` header (JSON). */
   featureFlags?: Record<string, { value: boolean; source: string }>,
 ): Promise<HealthServer> {
-  // A header, so the body keeps its {ready, failures} contract for orchestrators and existing probes.
+  // Also a header, so probes that only look at the status and headers (HEAD) see the flags too.
   const flagsHeader = featureFlags === undefined ? undefined : JSON.stringify(featureFlags);
   const server = http.createServer((req, res) => {
     const reply = (status: number, body: unknown, extra: Record<string, string> = {}): void => {
@@ -52,9 +52,11 @@ export async function startHealthServer(
       runReadinessChecks(checks).then(
         (failures) => {
           const ok = Object.keys(failures).length === 0;
-          reply(ok ? 200 : 503, ok ? { ready: true } : { ready: false, failures }, flagsHeader ? { 'terroir-feature-flags': flagsHeader } : {});
+          const flags = featureFlags === undefined ? {} : { featureFlags };
+          reply(ok ? 200 : 503, ok ? { ready: true, ...flags } : { ready: false, failures, ...flags }, flagsHeader ? { 'terroir-feature-flags': flagsHeader } : {});
         },
-        (err: unknown) => reply(503, { ready: false, failures: { internal: String(err) } }, flagsHeader ? { 'terroir-feature-flags': flagsHeader } : {}),
+        (err: unknown) => reply(503, { ready: false, failures: { internal: String(err) }, ...(featureFlags === undefined ? {} : { featureFlags }) },
+          flagsHeader ? { 'terroir-feature-flags': flagsHeader } : {}),
       );
       return;
     }

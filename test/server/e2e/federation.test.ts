@@ -117,7 +117,10 @@ describe('health', () => {
     expect((await fetch(`${base}/live`)).status).toBe(200);
     const ready = await fetch(`${base}/ready`);
     expect(ready.status).toBe(200);
-    expect(await ready.json()).toEqual({ ready: true });
+    expect(await ready.json()).toEqual({
+      ready: true,
+      featureFlags: { UNIFIED_IDENTITY_ENABLED: { value: false, source: expect.stringMatching(/^(default|env|config)$/) } },
+    });
   });
 });
 
