@@ -1,9 +1,8 @@
 // The admin API protocol (proto/admin.proto) as loaded by grpc-js, with TypeScript shapes for its
 // messages. Shared by the server (which implements it) and the terroir-server CLI (which calls it).
-import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import type * as protoLoader from '@grpc/proto-loader';
+import { loadServiceClient, TERROIR_PROTO_OPTIONS } from './proto-file.js';
 
 /** Largest message either side accepts; listings are paged well below it. */
 export const ADMIN_API_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -15,36 +14,13 @@ export const ADMIN_SERVICE_NAME = 'terroir.admin.v1.Admin';
 /** Where the CLI looks for the socket unless told otherwise. */
 export const DEFAULT_ADMIN_SOCKET = '/tmp/terroir-server/private/api.sock';
 
-// The proto sits at <root>/proto; this module runs from <root>/src/api (tsx) or <root>/dist/src/api.
-function protoPath(): string {
-  for (const rel of ['../../proto/admin.proto', '../../../proto/admin.proto']) {
-    const p = fileURLToPath(new URL(rel, import.meta.url));
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error('proto/admin.proto not found next to the terroir installation; reinstall the package');
-}
-
-/** camelCase fields, int64 as JS numbers (times and revisions stay far below 2^53), bytes as Buffer. */
-export const ADMIN_PROTO_OPTIONS: protoLoader.Options = {
-  keepCase: false,
-  longs: Number,
-  enums: String,
-  bytes: Buffer,
-  defaults: true,
-  arrays: true,
-  objects: true,
-  oneofs: true,
-};
+/** camelCase fields, int64 as JS numbers, bytes as Buffer (see proto-file.ts). */
+export const ADMIN_PROTO_OPTIONS: protoLoader.Options = TERROIR_PROTO_OPTIONS;
 
 let cached: grpc.ServiceClientConstructor | undefined;
 
 export function adminServiceClient(): grpc.ServiceClientConstructor {
-  if (cached) return cached;
-  const def = protoLoader.loadSync(protoPath(), ADMIN_PROTO_OPTIONS);
-  const pkg = grpc.loadPackageDefinition(def) as unknown as {
-    terroir: { admin: { v1: { Admin: grpc.ServiceClientConstructor } } };
-  };
-  cached = pkg.terroir.admin.v1.Admin;
+  cached ??= loadServiceClient('admin.proto', ['terroir', 'admin', 'v1', 'Admin']);
   return cached;
 }
 

@@ -1,10 +1,9 @@
 // The agent API protocol (proto/agent.proto) as loaded by grpc-js, with TypeScript shapes for
 // its messages. Shared by the server (which implements it) and the agent (which calls it).
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import type * as protoLoader from '@grpc/proto-loader';
+import { loadServiceClient, TERROIR_PROTO_OPTIONS } from './proto-file.js';
 
 /** Largest message either side accepts (a batch of 500 CSRs plus overhead fits easily). */
 export const AGENT_API_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -15,38 +14,14 @@ export const AGENT_API_MAX_BATCH = 500;
 /** Fully-qualified service name, for logs and errors. */
 export const AGENT_SERVICE_NAME = 'terroir.agent.v1.Agent';
 
-// The proto file sits at <root>/proto; this module runs from <root>/src/api (tsx) or
-// <root>/dist/src/api (compiled), so look in both places.
-function protoPath(): string {
-  for (const rel of ['../../proto/agent.proto', '../../../proto/agent.proto']) {
-    const p = fileURLToPath(new URL(rel, import.meta.url));
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error('proto/agent.proto not found next to the terroir installation; reinstall the package');
-}
-
 /** Loader options both sides use: camelCase fields, int64 as JS numbers, bytes as Buffer, enums as names. */
-export const AGENT_PROTO_OPTIONS: protoLoader.Options = {
-  keepCase: false,
-  longs: Number,
-  enums: String,
-  bytes: Buffer,
-  defaults: true,
-  arrays: true,
-  objects: true,
-  oneofs: true,
-};
+export const AGENT_PROTO_OPTIONS: protoLoader.Options = TERROIR_PROTO_OPTIONS;
 
 let cached: grpc.ServiceClientConstructor | undefined;
 
 /** The grpc-js service definition and client constructor for `terroir.agent.v1.Agent`. */
 export function agentServiceClient(): grpc.ServiceClientConstructor {
-  if (cached) return cached;
-  const def = protoLoader.loadSync(protoPath(), AGENT_PROTO_OPTIONS);
-  const pkg = grpc.loadPackageDefinition(def) as unknown as {
-    terroir: { agent: { v1: { Agent: grpc.ServiceClientConstructor } } };
-  };
-  cached = pkg.terroir.agent.v1.Agent;
+  cached ??= loadServiceClient('agent.proto', ['terroir', 'agent', 'v1', 'Agent']);
   return cached;
 }
 

@@ -1,10 +1,9 @@
 // The SPIFFE Workload API protocol (proto/workload.proto): loading, message types, and the small
 // helpers both ends need (the header, endpoint parsing, google.protobuf.Struct conversion).
 // The agent serves it; the workload library (src/workload) is a client of it.
-import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { protoFile } from './proto-file.js';
 
 /** Metadata key every Workload API request must carry, with exactly one value "true". */
 export const WORKLOAD_API_HEADER = 'workload.spiffe.io';
@@ -86,21 +85,12 @@ export const WORKLOAD_PROTO_OPTIONS: protoLoader.Options = {
   oneofs: true,
 };
 
-function protoPath(): string {
-  // Works from src/api (tsx) and from dist/src/api (compiled), where proto/ sits two or three levels up.
-  for (const rel of ['../../proto/workload.proto', '../../../proto/workload.proto']) {
-    const p = fileURLToPath(new URL(rel, import.meta.url));
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error('proto/workload.proto not found next to the terroir installation');
-}
-
 let cached: grpc.ServiceDefinition | undefined;
 
 /** The SpiffeWorkloadAPI service definition (loaded once). */
 export function workloadServiceDefinition(): grpc.ServiceDefinition {
   if (cached) return cached;
-  const pkg = protoLoader.loadSync(protoPath(), WORKLOAD_PROTO_OPTIONS);
+  const pkg = protoLoader.loadSync(protoFile('workload.proto'), WORKLOAD_PROTO_OPTIONS);
   const svc = pkg['SpiffeWorkloadAPI'];
   if (svc === undefined || !('FetchX509SVID' in svc)) throw new Error('SpiffeWorkloadAPI missing from workload.proto');
   cached = svc as unknown as grpc.ServiceDefinition;
