@@ -7,7 +7,7 @@
 #   npm run demo                 # or: bash scripts/demo.sh
 #   KEEP=1 npm run demo          # leave the demo running until Ctrl-C (to try the CLIs by hand)
 #
-# Unified Identity (UNIFIED_IDENTITY_ENABLED) is not part of this demo yet: see README "Status".
+# The demo runs with UNIFIED_IDENTITY_ENABLED off (no Keylime verifier or GNSS here): see docs/unified-identity.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
