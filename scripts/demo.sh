@@ -12,6 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
+shopt -s nocasematch
+if [[ "${UNIFIED_IDENTITY_ENABLED:-}" =~ ^(true|1|yes|on)$ ]]; then
+  echo "demo: UNIFIED_IDENTITY_ENABLED is on, but this demo has no Keylime verifier or GNSS sensor to run that path" >&2
+  echo "      (the server would refuse every TPM attestation). Unset it; docs/unified-identity.md shows the flag-on setup." >&2
+  exit 2
+fi
+shopt -u nocasematch
+
 bash scripts/setup.sh
 npm run build --silent
 
