@@ -193,6 +193,50 @@ const keylimeSchema = z.object({
   quoteEndpointAddress: z.enum(['source', 'advertised']).default('source'),
 }).strict();
 
+const E164 = /^\+[1-9][0-9]{4,14}$/;
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+const ipv4 = z.string().regex(IPV4, 'a dotted IPv4 address');
+/** The SIM the server asks the operator about for one node: bound by the server, never named by the agent. */
+const operatorDeviceSchema = z.union([
+  z.object({ phoneNumber: z.string().regex(E164, 'an E.164 phone number with a leading +, e.g. +4915112345678') }).strict(),
+  z.object({
+    ipv4Address: z.object({
+      publicAddress: ipv4,
+      privateAddress: ipv4.optional(),
+      publicPort: port.optional(),
+    }).strict().refine((a) => a.privateAddress !== undefined || a.publicPort !== undefined, 'ipv4Address needs privateAddress or publicPort besides publicAddress (CAMARA)'),
+  }).strict(),
+], { error: 'a device is { phoneNumber: "+<E.164>" } or { ipv4Address: { publicAddress, privateAddress | publicPort } }' });
+
+/** Server-side mobile-operator check (CAMARA Device Location Verification) of each node's attested GNSS position. */
+const operatorSchema = z.object({
+  /** API root including the version path, e.g. https://operator.example/location-verification/v3 */
+  baseUrl: z.string().url().refine((u) => u.startsWith('https://'), 'the operator API URL must be https://'),
+  tokenUrl: z.string().url().refine((u) => u.startsWith('https://'), 'the operator token URL must be https://'),
+  clientId: z.string().min(1),
+  /** File holding the OAuth2 client secret (read at start; surrounding whitespace ignored). */
+  clientSecretFile: z.string().min(1),
+  /** PEM CA certificate(s) to trust for the operator instead of the system roots. */
+  caFile: z.string().min(1).optional(),
+  /** Radius (m) of the circle around the node's GNSS position the operator is asked about. */
+  radiusM: z.number().int().min(1).max(200_000).default(2000),
+  /** How old (s) the operator's own location fix may be; absent: the operator's choice. */
+  maxAgeS: z.number().int().min(0).max(86_400).optional(),
+  requestTimeoutMs: z.number().int().min(100).max(120_000).default(5000),
+  /** Node EK hash (hex SHA-256, as in the tpm:ek_hash selector) → the SIM to ask about. */
+  devices: z.record(z.string(), operatorDeviceSchema).superRefine((devices, ctx) => {
+    const seen = new Set<string>();
+    for (const k of Object.keys(devices)) {
+      if (!/^[0-9a-fA-F]{64}$/.test(k)) {
+        ctx.addIssue({ code: 'custom', path: [k], message: `"${k.slice(0, 80)}" is not an EK hash: write 64 hex characters (the tpm:ek_hash selector value)` });
+      } else if (seen.has(k.toLowerCase())) {
+        ctx.addIssue({ code: 'custom', path: [k], message: 'this EK hash is mapped twice (keys are case-insensitive)' });
+      }
+      seen.add(k.toLowerCase());
+    }
+  }).default({}),
+}).strict();
+
 /** Unified Identity (featureFlags.unifiedIdentity): quote, Keylime one-shot, location policy, claims. */
 const unifiedIdentitySchema = z.object({
   /** Sovereign-location policies (src/geo format): a file, or the document inline (YAML text or a mapping). */
@@ -208,6 +252,8 @@ const unifiedIdentitySchema = z.object({
   tpmPolicy: tpmPolicySchema.optional(),
   /** Claims older than this are expired: no SVIDs until the node re-attests (the server tells it to). */
   reattestInterval: duration.default(3600),
+  /** Optional: ask the node's mobile operator whether its SIM is where its GNSS says (policies with operator.required need it). */
+  operator: operatorSchema.optional(),
 }).strict();
 
 const serverSchema = z.object({
@@ -333,6 +379,12 @@ export function parseServerConfig(input: unknown, baseDir: string, env: NodeJS.P
       locationPolicies: c.unifiedIdentity.locationPolicies.file !== undefined
         ? { file: abs(c.unifiedIdentity.locationPolicies.file) }
         : c.unifiedIdentity.locationPolicies,
+      operator: c.unifiedIdentity.operator && {
+        ...c.unifiedIdentity.operator,
+        clientSecretFile: abs(c.unifiedIdentity.operator.clientSecretFile),
+        caFile: c.unifiedIdentity.operator.caFile && abs(c.unifiedIdentity.operator.caFile),
+        devices: Object.fromEntries(Object.entries(c.unifiedIdentity.operator.devices).map(([k, v]) => [k.toLowerCase(), v])),
+      },
     },
     federation: {
       ...c.federation,
@@ -396,6 +448,17 @@ function checkConsistency(c: ServerConfig): void {
     for (const pcr of Object.keys(policy ?? {})) {
       if (!ui.pcrs.includes(Number(pcr))) {
         throw new ConfigError(`unifiedIdentity: the Keylime PCR policy pins PCR ${pcr}, which is not in unifiedIdentity.pcrs (${ui.pcrs.join(', ')}): add it, or Keylime can never check it`);
+      }
+    }
+    const op = ui.operator;
+    if (op) {
+      for (const [name, file] of [['clientSecretFile', op.clientSecretFile], ['caFile', op.caFile]] as const) {
+        if (file === undefined) continue;
+        try {
+          fs.accessSync(file, fs.constants.R_OK);
+        } catch (err) {
+          throw new ConfigError(`unifiedIdentity.operator.${name}: cannot read ${file}: ${(err as Error).message}`, { cause: err });
+        }
       }
     }
   }

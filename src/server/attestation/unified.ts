@@ -2,7 +2,7 @@
 // runs after the TPM attestor proved the AK (activated secret, constant-time) and consumed the nonce,
 // and checks, in order: the claims document (strict, size-limited, canonical), the quote locally
 // (AK signature, extraData bound to nonce and claims, PCR digest), Keylime's one-shot verdict, and the
-// sovereign-location policy. Only when all pass does it return the coarse claims the SVIDs carry.
+// sovereign-location policy (with the mobile operator's answer when configured). Only when all pass does it return the coarse claims the SVIDs carry.
 // Nothing here writes state: the caller stores the claims after minting.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -10,7 +10,10 @@ import YAML from 'yaml';
 import type { Logger } from 'pino';
 import type { UnifiedIdentityEvidence } from '../../api/agent-api.js';
 import { MAX_CLAIMS_DOCUMENT_BYTES, unifiedIdentityQualifyingData } from '../../api/agent-api.js';
-import { canonicalClaims, evaluatePolicy, parsePolicies, readingFromJson, type LocationReading, type PolicySet } from '../../geo/index.js';
+import {
+  CamaraError, CamaraLocationVerifier, CamaraUnavailableError, canonicalClaims, evaluatePolicy, parsePolicies, readingFromJson,
+  type CamaraDevice, type LocationReading, type OperatorVerification, type PolicySet,
+} from '../../geo/index.js';
 import {
   encodeQuoteString, KeylimeConfigError, KeylimeEvidenceRejectedError, KeylimeRequestError, KeylimeVerifierClient,
   tpmPolicyJson, verifyEvidence, type TpmPolicy,
@@ -24,6 +27,10 @@ import type { AttestedNode } from '../datastore/types.js';
 import { AttestationError } from './errors.js';
 
 export type UnifiedIdentitySettings = NonNullable<ServerConfig['unifiedIdentity']>;
+type OperatorSettings = NonNullable<UnifiedIdentitySettings['operator']>;
+
+/** Agent IDs the TPM attestor mints end in /agent/tpm/<ek hash>: the server's own binding, not the agent's word. */
+const TPM_AGENT_PATH = /\/agent\/tpm\/([0-9a-f]{64})$/;
 
 /** Claims document version the agent builds ({"readings":[...],"v":1}). */
 export const CLAIMS_DOCUMENT_VERSION = 1;
@@ -35,6 +42,8 @@ export interface PipelineStages {
   claims: number;
   quote: number;
   keylime: number;
+  /** The mobile-operator round trip (0 when not asked). */
+  operator: number;
   policy: number;
 }
 
@@ -105,6 +114,7 @@ export class UnifiedIdentityPipeline {
   private readonly tpmPolicy: string | undefined;
   private readonly log: Logger;
   private readonly now: () => Date;
+  private readonly operator: { client: CamaraLocationVerifier; settings: OperatorSettings } | undefined;
 
   constructor(o: UnifiedIdentityPipelineOptions) {
     this.log = o.logger.child({ component: 'unified-identity' });
@@ -131,13 +141,23 @@ export class UnifiedIdentityPipeline {
         if (err instanceof KeylimeConfigError) throw new ConfigError(`keylime: ${err.message}`, { cause: err });
         throw err;
       }
-    } else {
+    }
+    this.operator = o.settings.operator ? { client: operatorClient(o.settings.operator), settings: o.settings.operator } : undefined;
+    if (!this.operator) {
+      const needing = this.policies.names().filter((n) => this.policies.get(n).operatorRequired);
+      if (needing.includes(this.defaultPolicy)) {
+        this.log.error({ policy: this.defaultPolicy }, 'the default location policy requires the mobile operator but unifiedIdentity.operator is not configured: every attestation will be refused (fail closed)');
+      } else if (needing.length > 0) {
+        this.log.warn({ policies: needing }, 'these location policies require the mobile operator but unifiedIdentity.operator is not configured: no node will satisfy them');
+      }
+    }
+    if (!o.keylime) {
       this.log.error('UNIFIED IDENTITY IS ON BUT NO KEYLIME VERIFIER IS CONFIGURED: every TPM node attestation will be refused (fail closed); add a `keylime` section');
     }
   }
 
   async close(): Promise<void> {
-    await this.client?.close();
+    await Promise.all([this.client?.close(), this.operator?.client.close()]);
   }
 
   /** Throws unless a verdict is possible at all (Keylime configured). */
@@ -203,14 +223,18 @@ export class UnifiedIdentityPipeline {
     }
     const keylimeMs = lap();
 
+    const op = await this.askOperator(input.agentId, readings);
+    const operatorMs = lap();
+
     const now = this.now();
-    const decision = evaluatePolicy(this.policies.get(this.defaultPolicy), readings, { now });
+    const ctx = { now, ...(op.result ? { operatorResult: op.result } : {}) };
+    const decision = evaluatePolicy(this.policies.get(this.defaultPolicy), readings, ctx);
     if (!decision.allowed || !decision.claims) {
       throw new AttestationError('permission_denied', `location policy ${this.defaultPolicy} ${decision.decision === 'deny' ? 'denied' : 'could not decide'}: ${decision.reasons.join('; ')}`);
     }
     const satisfied = this.policies.names().filter((name) => {
       if (name === this.defaultPolicy) return true;
-      return evaluatePolicy(this.policies.get(name), readings, { now }).allowed;
+      return evaluatePolicy(this.policies.get(name), readings, ctx).allowed;
     });
     const policyMs = lap();
 
@@ -226,7 +250,8 @@ export class UnifiedIdentityPipeline {
       satisfiedPolicies: satisfied,
     };
     canonicalUnifiedIdentity(claims); // the SVID extension must be able to carry them: fail here, not at minting
-    this.lastStages = { claims: claimsMs, quote: quoteMs, keylime: keylimeMs, policy: policyMs };
+    const stages = { claims: claimsMs, quote: quoteMs, keylime: keylimeMs, operator: operatorMs, policy: policyMs };
+    this.lastStages = stages;
     return {
       claims,
       audit: {
@@ -234,9 +259,10 @@ export class UnifiedIdentityPipeline {
         policyReasons: decision.reasons,
         claimsDocumentSha256: crypto.createHash('sha256').update(ev.claimsDocument).digest('hex'),
         keylimeClaims,
+        ...(op.audit ? { operator: op.audit } : {}),
         ...(ev.sensorEvidence && ev.sensorEvidence.length > 0 ? { sensorEvidenceSha256: crypto.createHash('sha256').update(ev.sensorEvidence).digest('hex') } : {}),
       },
-      stages: { claims: claimsMs, quote: quoteMs, keylime: keylimeMs, policy: policyMs },
+      stages,
     };
   }
 
@@ -268,6 +294,56 @@ export class UnifiedIdentityPipeline {
     return overMs >= 0 ? `${Math.round(overMs / 1000)} s ago (unifiedIdentity.reattestInterval ${this.reattestIntervalS} s)` : undefined;
   }
 
+  /**
+   * Asks the node's mobile operator whether its SIM lies within radiusM of its attested GNSS
+   * position, when the default policy requires it or the node has a device mapping. Throws (fail
+   * closed) when the default policy requires the operator and no answer can be had; otherwise a
+   * failure leaves the result out, so policies requiring the operator are simply not satisfied.
+   * The audit part carries the operator's answer, never the SIM's identifier or coordinates.
+   */
+  private async askOperator(agentId: string, readings: LocationReading[]): Promise<{ result?: OperatorVerification; audit?: Record<string, unknown> }> {
+    const required = this.policies.get(this.defaultPolicy).operatorRequired;
+    const ekHash = TPM_AGENT_PATH.exec(agentId)?.[1];
+    const device = ekHash !== undefined ? this.operator?.settings.devices[ekHash] : undefined;
+    const refuse = (code: 'failed_precondition' | 'permission_denied' | 'unavailable', why: string, cause?: unknown): never => {
+      throw new AttestationError(code, `location policy ${this.defaultPolicy} requires the mobile operator's check: ${why}; attestation refused (fail closed)`, cause !== undefined ? { cause } : undefined);
+    };
+    if (!this.operator) {
+      if (required) refuse('failed_precondition', 'this server has no unifiedIdentity.operator section');
+      return {};
+    }
+    if (device === undefined) {
+      if (required) refuse('failed_precondition', `node ${agentId} has no SIM mapped to its EK hash in unifiedIdentity.operator.devices`);
+      return {};
+    }
+    const gnss = freshestAttestedGnss(readings);
+    if (gnss === undefined) {
+      if (required) refuse('permission_denied', 'the claims document has no attested GNSS reading to ask the operator about');
+      return { audit: { skipped: 'no attested GNSS reading' } };
+    }
+    const s = this.operator.settings;
+    const deviceKind = 'phoneNumber' in device ? 'phoneNumber' : 'ipv4Address';
+    try {
+      const result = await this.operator.client.verify(device as CamaraDevice, { lat: gnss.lat, lon: gnss.lon, radiusM: s.radiusM }, s.maxAgeS !== undefined ? { maxAgeS: s.maxAgeS } : {});
+      return {
+        result,
+        audit: {
+          result: result.result,
+          ...(result.matchRate !== undefined ? { matchRate: result.matchRate } : {}),
+          ...(result.lastLocationTime ? { lastLocationTime: result.lastLocationTime.toISOString() } : {}),
+          radiusM: s.radiusM, gnssSensorId: gnss.sensorId, deviceKind,
+        },
+      };
+    } catch (err) {
+      if (!(err instanceof CamaraError)) throw err;
+      this.log.warn({ agentId, code: err.code, status: err.status, required }, `mobile operator check failed: ${err.message}`);
+      if (required) {
+        refuse(err instanceof CamaraUnavailableError ? 'unavailable' : 'failed_precondition', `the operator gave no answer (${err.code}): ${err.message}`, err);
+      }
+      return { audit: { error: err.code, ...(err.status !== undefined ? { status: err.status } : {}), radiusM: s.radiusM, deviceKind } };
+    }
+  }
+
   private parsePcrs(pcrs: Record<string, Buffer> | undefined): Map<number, Buffer> {
     const out = new Map<number, Buffer>();
     for (const [k, v] of Object.entries(pcrs ?? {})) {
@@ -280,6 +356,39 @@ export class UnifiedIdentityPipeline {
     if (missing.length > 0) throw new AttestationError('invalid_argument', `unified_identity.quote.pcrs lacks PCR(s) ${missing.join(', ')}: quote every PCR of the challenge's quote_pcrs`);
     return out;
   }
+}
+
+function operatorClient(s: OperatorSettings): CamaraLocationVerifier {
+  const read = (file: string, field: string): Buffer => {
+    try {
+      return fs.readFileSync(file);
+    } catch (err) {
+      throw new ConfigError(`unifiedIdentity.operator.${field}: cannot read ${file}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const secret = read(s.clientSecretFile, 'clientSecretFile').toString('utf8').trim();
+  if (secret === '') throw new ConfigError(`unifiedIdentity.operator.clientSecretFile: ${s.clientSecretFile} is empty; put the operator's OAuth2 client secret in it`);
+  try {
+    return new CamaraLocationVerifier({
+      baseUrl: s.baseUrl, tokenUrl: s.tokenUrl, clientId: s.clientId, clientSecret: secret,
+      ...(s.caFile !== undefined ? { ca: read(s.caFile, 'caFile') } : {}),
+      timeoutMs: s.requestTimeoutMs,
+    });
+  } catch (err) {
+    if (err instanceof CamaraError) throw new ConfigError(`unifiedIdentity.operator: ${err.message}`, { cause: err });
+    throw err;
+  }
+}
+
+/** The newest attested GNSS reading (ties: the more precise one): the position the operator is asked to confirm. */
+function freshestAttestedGnss(readings: LocationReading[]): LocationReading | undefined {
+  let best: LocationReading | undefined;
+  for (const r of readings) {
+    if (r.kind !== 'gnss' || !r.attested) continue;
+    const t = r.time.getTime();
+    if (best === undefined || t > best.time.getTime() || (t === best.time.getTime() && r.horizontalErrorM < best.horizontalErrorM)) best = r;
+  }
+  return best;
 }
 
 /** Parses the agent's claims document strictly: size, UTF-8, JSON, canonical form, shape, readings. */
