@@ -36,7 +36,7 @@ const audit: Record<string, unknown>[] = [];
 const servers: RunningServer[] = [];
 let mapped: RunningServer;
 
-async function serverWith(devices: Record<string, unknown>): Promise<RunningServer> {
+async function serverWith(devices: Record<string, unknown>, urls: { baseUrl: string; tokenUrl: string } = op): Promise<RunningServer> {
   const dir = path.join(d.dir, `op-server-${servers.length}`);
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(path.join(dir, 'policies.yaml'), POLICIES);
@@ -62,7 +62,7 @@ async function serverWith(devices: Record<string, unknown>): Promise<RunningServ
       pcrs: [0, 7, POLICY_PCR],
       tpmPolicy: { [String(POLICY_PCR)]: [ZERO] },
       operator: {
-        baseUrl: op.baseUrl, tokenUrl: op.tokenUrl, clientId: 'terroir-server',
+        baseUrl: urls.baseUrl, tokenUrl: urls.tokenUrl, clientId: 'terroir-server',
         clientSecretFile: 'operator-secret', caFile: 'operator-ca.pem', radiusM: 2000, maxAgeS: 600, requestTimeoutMs: 2000,
         devices,
       },
@@ -139,6 +139,13 @@ describe('Unified Identity with the mobile operator (CAMARA double)', () => {
     // The next attempt, with the operator back, succeeds: nothing was left half-done.
     const ok = await d.attest(mapped, d.provider(d.berlin));
     expect(unifiedIdentityFromCertificate(ok.svidChain[0]!)).toMatchObject({ policy: 'eu-operator' });
+  });
+
+  it('operator unreachable (nothing listening): refused as unavailable', async () => {
+    const dead = await freePort();
+    const s = await serverWith({ [nodeEk]: { phoneNumber: PHONE } }, { baseUrl: `https://127.0.0.1:${dead}/location-verification/v3`, tokenUrl: `https://127.0.0.1:${dead}/oauth2/token` });
+    const err = await refusal(d.attest(s, d.provider(d.berlin)));
+    expect(err.message).toMatch(/gave no answer \(GEO_OPERATOR_UNAVAILABLE\): operator at https:\/\/127\.0\.0\.1:\d+ unreachable/);
   });
 
   it('no SIM mapped to the node while the policy requires the operator: refused without asking the operator', async () => {
