@@ -263,7 +263,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
           // Secret and nonce are settled; now quote, claims, Keylime one-shot and location policy.
           const unified = o.unifiedIdentity
             ? await o.unifiedIdentity.verify({
-              agentId: out.agentId.toString(), nonce: tpm.challenge.nonce, ak: tpm.ak, akPublic: params.akPublic,
+              agentId: out.agentId.toString(), ekHash: tpm.ekHash, nonce: tpm.challenge.nonce, ak: tpm.ak, akPublic: params.akPublic,
               evidence: msg.challengeResponse!.unifiedIdentity,
             }).catch((err: unknown) => withdrawOnFailure(out.agentId.toString(), err))
             : undefined;

@@ -29,9 +29,6 @@ import { AttestationError } from './errors.js';
 export type UnifiedIdentitySettings = NonNullable<ServerConfig['unifiedIdentity']>;
 type OperatorSettings = NonNullable<UnifiedIdentitySettings['operator']>;
 
-/** Agent IDs the TPM attestor mints end in /agent/tpm/<ek hash>: the server's own binding, not the agent's word. */
-const TPM_AGENT_PATH = /\/agent\/tpm\/([0-9a-f]{64})$/;
-
 /** Claims document version the agent builds ({"readings":[...],"v":1}). */
 export const CLAIMS_DOCUMENT_VERSION = 1;
 const MAX_READINGS = 16;
@@ -57,6 +54,8 @@ export interface VerifiedUnifiedIdentity {
 
 export interface VerifyInput {
   agentId: string;
+  /** The EK hash the server computed from the EK it verified (never the agent's word): selects the node's SIM. */
+  ekHash: string;
   nonce: Buffer;
   ak: TpmPublic;
   /** The AK as sent (TPM2B_PUBLIC), for Keylime. */
@@ -223,7 +222,7 @@ export class UnifiedIdentityPipeline {
     }
     const keylimeMs = lap();
 
-    const op = await this.askOperator(input.agentId, readings);
+    const op = await this.askOperator(input.agentId, input.ekHash, readings);
     const operatorMs = lap();
 
     const now = this.now();
@@ -301,10 +300,9 @@ export class UnifiedIdentityPipeline {
    * failure leaves the result out, so policies requiring the operator are simply not satisfied.
    * The audit part carries the operator's answer, never the SIM's identifier or coordinates.
    */
-  private async askOperator(agentId: string, readings: LocationReading[]): Promise<{ result?: OperatorVerification; audit?: Record<string, unknown> }> {
+  private async askOperator(agentId: string, ekHash: string, readings: LocationReading[]): Promise<{ result?: OperatorVerification; audit?: Record<string, unknown> }> {
     const required = this.policies.get(this.defaultPolicy).operatorRequired;
-    const ekHash = TPM_AGENT_PATH.exec(agentId)?.[1];
-    const device = ekHash !== undefined ? this.operator?.settings.devices[ekHash] : undefined;
+    const device = this.operator?.settings.devices[ekHash.toLowerCase()];
     const refuse = (code: 'failed_precondition' | 'permission_denied' | 'unavailable', why: string, cause?: unknown): never => {
       throw new AttestationError(code, `location policy ${this.defaultPolicy} requires the mobile operator's check: ${why}; attestation refused (fail closed)`, cause !== undefined ? { cause } : undefined);
     };
