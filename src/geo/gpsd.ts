@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { SensorError } from './errors.js';
 import type { LocationReading } from './reading.js';
-import { JumpGuard, ReadWaiters, type ReadOptions, type SensorPlugin } from './sensor.js';
+import { JumpGuard, offerGnssFix, ReadWaiters, type ReadOptions, type SensorPlugin } from './sensor.js';
 
 export interface GpsdSensorOptions {
   id?: string;
@@ -163,25 +163,11 @@ export class GpsdSensor implements SensorPlugin {
       this.lastSkip = 'TPV report without a horizontal error estimate (eph or epx/epy)';
       return;
     }
-    const { jump, ready } = this.guard.observe(lat, lon, time.getTime(), errM);
-    if (jump !== null) {
-      const err = new SensorError('GEO_SENSOR_JUMP', this.id, jump);
-      // Tell whoever is waiting now; otherwise the next read() gets it.
-      if (this.waiters.size > 0) this.waiters.failAll(err);
-      else this.pendingJump = err;
-      return;
-    }
-    if (!ready) return;
-    this.waiters.deliver({
-      kind: 'gnss',
-      sensorId: this.id,
-      time,
-      lat,
-      lon,
-      horizontalErrorM: errM,
-      attested: true,
+    const jump = offerGnssFix(this.id, this.guard, this.waiters, {
+      time, lat, lon, horizontalErrorM: errM,
       evidence: { source: 'gpsd', device: m.device, mode, time: m.time, lat, lon, eph: m.eph, epx: m.epx, epy: m.epy },
     });
+    if (jump !== undefined) this.pendingJump = jump;
   }
 }
 

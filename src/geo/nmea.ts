@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { parseNmeaSentence, type GGAPacket, type RMCPacket } from 'nmea-simple';
 import { SensorError } from './errors.js';
 import type { LocationReading } from './reading.js';
-import { JumpGuard, ReadWaiters, type ReadOptions, type SensorPlugin } from './sensor.js';
+import { JumpGuard, offerGnssFix, ReadWaiters, type ReadOptions, type SensorPlugin } from './sensor.js';
 
 const execFileP = promisify(execFile);
 
@@ -205,23 +205,10 @@ export class NmeaSensor implements SensorPlugin {
     if (!(time instanceof Date) || Number.isNaN(time.getTime())) return this.reject('RMC has no valid date/time');
     this.lastNoFix = '';
     const errM = hdop * this.uereM;
-    const { jump, ready } = this.guard.observe(lat, lon, time.getTime(), errM);
-    if (jump !== null) {
-      const err = new SensorError('GEO_SENSOR_JUMP', this.id, jump);
-      if (this.waiters.size > 0) this.waiters.failAll(err);
-      else this.pendingJump = err;
-      return;
-    }
-    if (!ready) return;
-    this.waiters.deliver({
-      kind: 'gnss',
-      sensorId: this.id,
-      time,
-      lat,
-      lon,
-      horizontalErrorM: errM,
-      attested: true,
+    const jump = offerGnssFix(this.id, this.guard, this.waiters, {
+      time, lat, lon, horizontalErrorM: errM,
       evidence: { source: 'nmea', sentences: [gga.raw, rmc.raw], fixType: gga.packet.fixType, satellites: gga.packet.satellitesInView, hdop },
     });
+    if (jump !== undefined) this.pendingJump = jump;
   }
 }

@@ -127,3 +127,31 @@ export class JumpGuard {
     this.settling = 0;
   }
 }
+
+/** A GNSS fix as a streaming sensor parsed it, before the jump guard has seen it. */
+export interface GnssFix {
+  time: Date;
+  lat: number;
+  lon: number;
+  horizontalErrorM: number;
+  evidence: unknown;
+}
+
+/**
+ * The common last step of the streaming GNSS plugins: the fix goes through the jump guard and, when
+ * trustworthy, to every pending read(). A jump fails the pending reads; with none pending it is
+ * returned, for the plugin to report on the next read() (so a jump is never silently skipped).
+ */
+export function offerGnssFix(sensorId: string, guard: JumpGuard, waiters: ReadWaiters, fix: GnssFix): SensorError | undefined {
+  const { jump, ready } = guard.observe(fix.lat, fix.lon, fix.time.getTime(), fix.horizontalErrorM);
+  if (jump !== null) {
+    const err = new SensorError('GEO_SENSOR_JUMP', sensorId, jump);
+    if (waiters.size > 0) {
+      waiters.failAll(err);
+      return undefined;
+    }
+    return err;
+  }
+  if (ready) waiters.deliver({ kind: 'gnss', sensorId, attested: true, ...fix });
+  return undefined;
+}
