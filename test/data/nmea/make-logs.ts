@@ -4,23 +4,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { nmeaDegreesMinutes as dm, nmeaSentence as sentence } from '../../support/nmea.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-function checksum(body: string): string {
-  let x = 0;
-  for (const c of body) x ^= c.charCodeAt(0);
-  return x.toString(16).toUpperCase().padStart(2, '0');
-}
-const sentence = (body: string): string => `$${body}*${checksum(body)}`;
-
-function dm(v: number, isLat: boolean): string {
-  const a = Math.abs(v);
-  const d = Math.floor(a);
-  const m = (a - d) * 60;
-  const hemi = isLat ? (v >= 0 ? 'N' : 'S') : v >= 0 ? 'E' : 'W';
-  return `${String(d).padStart(isLat ? 2 : 3, '0')}${m.toFixed(4).padStart(7, '0')},${hemi}`;
-}
 
 interface Epoch { lat?: number; lon?: number; mode: 1 | 2 | 3; hdop?: number; sats?: number }
 
