@@ -12,11 +12,9 @@ import { createCsr, generateKeyPair } from '../../src/agent/csr.js';
 import { presentedServerChain } from '../../src/agent/insecure-bootstrap.js';
 import { attestNode, NodeAttestationError } from '../../src/agent/node-attestor.js';
 import { connectToServer, spiffeServerIdentityCheck } from '../../src/agent/server-conn.js';
-import { parseServerConfig, startServer, type RunningServer } from '../../src/server/index.js';
-import { Bundle, TrustDomain } from '../../src/spiffe/index.js';
-import { freePort } from '../support/ports.js';
+import type { RunningServer } from '../../src/server/index.js';
 import { tempDir } from '../support/tmp.js';
-import { makeCa, makeSvid } from './fixtures.js';
+import { makeCa, makeSvid, startTestServer } from './fixtures.js';
 
 const TD = 'boot.test';
 
@@ -26,16 +24,7 @@ describe('server authentication at bootstrap', () => {
   let roots: Buffer[];
 
   beforeAll(async () => {
-    server = await startServer(parseServerConfig({
-      trustDomain: TD,
-      dataDir: path.join(tmp.dir, 'server'),
-      logLevel: 'silent',
-      dataStore: { type: 'sqlite', path: path.join(tmp.dir, 'server', 'ds.sqlite3') },
-      ca: { keyStore: 'memory' },
-      agentApi: { bindAddress: '127.0.0.1', port: await freePort() },
-      health: { enabled: false },
-    }, tmp.dir, {}), { logger: pino({ level: 'silent' }) });
-    roots = Bundle.parse(TrustDomain.parse(TD), server.ca.bundle().bundleJson).x509Authorities();
+    ({ server, roots } = await startTestServer(tmp.dir, TD));
   });
 
   afterAll(async () => {

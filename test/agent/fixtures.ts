@@ -6,6 +6,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { CachedSvid, TrustBundle } from '../../src/agent/cache.js';
 import { createCsr, generateKeyPair, pkcs8Der } from '../../src/agent/csr.js';
+import pino from 'pino';
+import { parseServerConfig, startServer, type RunningServer } from '../../src/server/index.js';
+import { Bundle, TrustDomain } from '../../src/spiffe/index.js';
+import { freePort } from '../support/ports.js';
 import { tempDir } from '../support/tmp.js';
 
 export interface TestCa {
@@ -65,4 +69,24 @@ export function makeSvid(ca: TestCa, spiffeId: string, ttlMs = 3600_000): Cached
   ], ca.dir);
   const now = Date.now();
   return { spiffeId, chain: [der], key: pkcs8Der(keys.privateKey), notBefore: now - 10_000, notAfter: now + ttlMs };
+}
+
+/**
+ * A real terroir server for agent tests: SQLite under `dir`/server, CA keys in memory, agent API on
+ * a free loopback port, no health endpoint. `extra` adds config sections (e.g. nodeAttestation).
+ * Returns the server and its bundle's X.509 roots.
+ */
+export async function startTestServer(dir: string, trustDomain: string, extra: Record<string, unknown> = {}): Promise<{ server: RunningServer; roots: Buffer[] }> {
+  const server = await startServer(parseServerConfig({
+    trustDomain,
+    dataDir: path.join(dir, 'server'),
+    logLevel: 'silent',
+    dataStore: { type: 'sqlite', path: path.join(dir, 'server', 'ds.sqlite3') },
+    ca: { keyStore: 'memory' },
+    agentApi: { bindAddress: '127.0.0.1', port: await freePort() },
+    health: { enabled: false },
+    ...extra,
+  }, dir, {}), { logger: pino({ level: 'silent' }) });
+  const roots = Bundle.parse(TrustDomain.parse(trustDomain), server.ca.bundle().bundleJson).x509Authorities();
+  return { server, roots };
 }

@@ -1,19 +1,16 @@
 // TPM node attestation variants against a real server and swtpm: the ECC P-384 EK, and an AK kept
 // at a persistent handle across agent restarts (tpm2-tools as the independent check that it is there).
 import { execFile } from 'node:child_process';
-import path from 'node:path';
 import { promisify } from 'node:util';
-import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCsr, generateKeyPair } from '../../src/agent/csr.js';
 import { attestNode } from '../../src/agent/node-attestor.js';
 import { connectToServer } from '../../src/agent/server-conn.js';
 import { openTpmCredentialSource } from '../../src/agent/tpm-session.js';
-import { parseServerConfig, startServer, type RunningServer } from '../../src/server/index.js';
-import { Bundle, TrustDomain } from '../../src/spiffe/index.js';
-import { freePort } from '../support/ports.js';
+import type { RunningServer } from '../../src/server/index.js';
 import { startSwtpm, type Swtpm } from '../support/swtpm.js';
 import { tempDir } from '../support/tmp.js';
+import { startTestServer } from './fixtures.js';
 
 const run = promisify(execFile);
 const TD = 'tpm.test';
@@ -27,17 +24,9 @@ describe('TPM node attestation variants', () => {
 
   beforeAll(async () => {
     swtpm = await startSwtpm();
-    server = await startServer(parseServerConfig({
-      trustDomain: TD,
-      dataDir: path.join(tmp.dir, 'server'),
-      logLevel: 'silent',
-      dataStore: { type: 'sqlite', path: path.join(tmp.dir, 'server', 'ds.sqlite3') },
-      ca: { keyStore: 'memory' },
-      agentApi: { bindAddress: '127.0.0.1', port: await freePort() },
-      health: { enabled: false },
+    ({ server, roots } = await startTestServer(tmp.dir, TD, {
       nodeAttestation: { tpm: { enabled: true, manufacturerCaFiles: [swtpm.caFile] } },
-    }, tmp.dir, {}), { logger: pino({ level: 'silent' }) });
-    roots = Bundle.parse(TrustDomain.parse(TD), server.ca.bundle().bundleJson).x509Authorities();
+    }));
   });
 
   afterAll(async () => {
