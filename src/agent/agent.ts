@@ -605,9 +605,10 @@ export class Agent {
     }
     this.watch = call;
     call.on('data', (ev: AgentEvent) => {
-      this.watchBackoffMs = MIN_BACKOFF_MS;
       switch (ev.kind) {
         case 'READY':
+          // Only a watch the server accepted resets the backoff (a refused one sends DROP_SVIDS and ends).
+          this.watchBackoffMs = MIN_BACKOFF_MS;
           // Anything that changed while the watch was down is picked up now.
           void this.syncOnce().catch(() => undefined);
           break;

@@ -135,6 +135,13 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
       const csr = createCsr(generateKeyPair(), workloadId);
       await expect(unaryCall(conn, 'BatchNewX509Svid', { params: [{ entryId, csr }] })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
       await expect(unaryCall(conn, 'RenewAgent', { csr: createCsr(generateKeyPair()) })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+      // An agent that missed the push (no watch open at that moment) is told when it opens one.
+      const watch = (conn['WatchAgent'] as (req: object) => grpc.ClientReadableStream<{ kind: string; reason: string }>).call(conn, {});
+      const events: { kind: string; reason: string }[] = [];
+      watch.on('data', (ev: { kind: string; reason: string }) => events.push(ev));
+      const ended = await new Promise<grpc.ServiceError>((resolve) => watch.on('error', resolve));
+      expect(ended.code).toBe(grpc.status.PERMISSION_DENIED);
+      expect(events).toEqual([expect.objectContaining({ kind: 'DROP_SVIDS', reason: expect.stringMatching(/not trusted by Keylime: Keylime state 9 Invalid Quote/) })]);
     } finally {
       conn.close();
     }

@@ -469,6 +469,17 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
     call.on('cancelled', () => { closed = true; remove?.(); });
     auth.authenticate(call).then(async (agent) => {
       const agentId = agent.id.toString();
+      // A node that lost its standing while its agent had no watch open (reconnecting, re-keying)
+      // missed the push: tell it now, so withdrawn SVIDs never outlive a reconnect.
+      const refusal = o.keylime?.check(agentId, agent.node.attestationType) ?? (() => {
+        const why = o.unifiedIdentity?.signingRefusal(agent.node, undefined);
+        return why === undefined ? undefined : rpcError(grpc.status.PERMISSION_DENIED, why);
+      })();
+      if (refusal !== undefined) {
+        if (!closed) call.write({ kind: 'DROP_SVIDS', revision: '', bundleSequence: 0, reason: refusal.message });
+        close(refusal.code, refusal.message);
+        return;
+      }
       const set = await entries.get(agentId, agent.node.selectors);
       if (closed) return;
       const watcher = {
