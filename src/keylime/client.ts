@@ -49,6 +49,11 @@ export interface KeylimeClientOptions {
    * handshake). With more, undici opens a second connection even for back-to-back calls.
    */
   connections?: number;
+  /**
+   * Accept a verifier that says it is terroir's development stand-in (the test double under test/,
+   * which marks its `/version` answer). Default false: such a verifier is refused on every call.
+   */
+  allowDevelopmentStandIn?: boolean;
   logger?: Logger;
 }
 
@@ -84,6 +89,8 @@ const envelope = z.object({ code: z.number().int(), status: z.string(), results:
 const versionResults = z.object({
   current_version: z.string(),
   supported_versions: z.array(z.string()).max(64),
+  /** Set only by terroir's development stand-in (test/doubles/keylime-verifier.ts); Keylime never sends it. */
+  terroir_development_stand_in: z.boolean().optional(),
 });
 
 export class KeylimeVerifierClient {
@@ -94,13 +101,14 @@ export class KeylimeVerifierClient {
   private readonly retryBaseDelayMs: number;
   private readonly maxResponseBytes: number;
   private readonly pinnedVersion: string | undefined;
+  private readonly allowDevelopmentStandIn: boolean;
   private readonly logger: Logger | undefined;
   private versionPromise: Promise<string> | undefined;
   private readonly stats: KeylimeClientCounters = {
     requests: 0,
     handshakes: 0,
     retries: 0,
-    failures: { connect: 0, tls: 0, timeout: 0, http: 0, oversized: 0, malformed: 0, version: 0 },
+    failures: { connect: 0, tls: 0, timeout: 0, http: 0, oversized: 0, malformed: 0, version: 0, stand_in: 0 },
   };
 
   constructor(opts: KeylimeClientOptions) {
@@ -128,6 +136,7 @@ export class KeylimeVerifierClient {
       throw new KeylimeConfigError(`apiVersion ${opts.apiVersion} is not one this client speaks (${CLIENT_API_VERSIONS.join(', ')})`);
     }
     this.pinnedVersion = opts.apiVersion;
+    this.allowDevelopmentStandIn = opts.allowDevelopmentStandIn === true;
     this.logger = opts.logger?.child({ component: 'keylime-client', verifier: this.origin });
 
     const connectTls = buildConnector({
@@ -190,6 +199,13 @@ export class KeylimeVerifierClient {
 
   private async negotiate(): Promise<string> {
     const { results } = await this.send('/version', { method: 'GET', path: '/version', results: versionResults, idempotent: true });
+    if (results.terroir_development_stand_in === true) {
+      if (!this.allowDevelopmentStandIn) {
+        throw this.fail('stand_in', `the verifier at ${this.origin} is terroir's development stand-in, not a Keylime verifier: its verdicts prove `
+          + 'nothing, so it is refused. Point keylime.verifierUrl at a real Keylime verifier (keylime.allowDevelopmentStandIn: true is for development configurations only)');
+      }
+      this.logger?.warn({ verifier: this.origin }, 'DEVELOPMENT STAND-IN: the Keylime verifier is terroir\'s test double, not Keylime; allowed by keylime.allowDevelopmentStandIn');
+    }
     const theirs = new Set(results.supported_versions);
     theirs.add(results.current_version);
     if (this.pinnedVersion !== undefined) {

@@ -12,6 +12,7 @@ export type KeylimeErrorCode =
   | 'KEYLIME_OVERSIZED'
   | 'KEYLIME_MALFORMED'
   | 'KEYLIME_VERSION'
+  | 'KEYLIME_DEVELOPMENT_STAND_IN'
   | 'KEYLIME_EVIDENCE_REJECTED'
   | 'KEYLIME_QUOTE_FORMAT'
   | 'KEYLIME_NODE_UNTRUSTED'
@@ -35,7 +36,7 @@ export class KeylimeConfigError extends KeylimeError {
 }
 
 /** Kinds of transport/protocol failure, also used as counter labels. */
-export type KeylimeFailureKind = 'connect' | 'tls' | 'timeout' | 'http' | 'oversized' | 'malformed' | 'version';
+export type KeylimeFailureKind = 'connect' | 'tls' | 'timeout' | 'http' | 'oversized' | 'malformed' | 'version' | 'stand_in';
 
 /** The verifier could not be reached or answered something unusable. Always fail closed on this. */
 export class KeylimeRequestError extends KeylimeError {
@@ -59,6 +60,7 @@ function codeForKind(kind: KeylimeFailureKind): KeylimeErrorCode {
     case 'oversized': return 'KEYLIME_OVERSIZED';
     case 'malformed': return 'KEYLIME_MALFORMED';
     case 'version': return 'KEYLIME_VERSION';
+    case 'stand_in': return 'KEYLIME_DEVELOPMENT_STAND_IN';
   }
 }
 

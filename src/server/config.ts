@@ -191,6 +191,11 @@ const keylimeSchema = z.object({
    * cannot point the verifier at another machine; `advertised` the host the agent reports (behind NAT).
    */
   quoteEndpointAddress: z.enum(['source', 'advertised']).default('source'),
+  /**
+   * Development only: accept terroir's Keylime stand-in (the test double the native demo runs), which
+   * announces itself in GET /version. Refused with NODE_ENV=production.
+   */
+  allowDevelopmentStandIn: z.boolean().default(false),
 }).strict();
 
 const E164 = /^\+[1-9][0-9]{4,14}$/;
@@ -401,6 +406,10 @@ export function parseServerConfig(input: unknown, baseDir: string, env: NodeJS.P
     },
   };
   checkConsistency(cfg);
+  if (cfg.keylime?.allowDevelopmentStandIn === true && env['NODE_ENV'] === 'production') {
+    throw new ConfigError('keylime.allowDevelopmentStandIn is true but NODE_ENV=production: a production server never accepts the development '
+      + 'Keylime stand-in; remove the setting and point keylime.verifierUrl at a real Keylime verifier');
+  }
   try {
     cfg.flags = loadFeatureFlags(cfg.featureFlags, env);
   } catch (err) {

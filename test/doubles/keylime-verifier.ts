@@ -9,6 +9,8 @@
 //   (pinning the node's mtls_cert) every quoteIntervalMs with fresh nonces, and moves through
 //   Keylime's operational states: 3 Get Quote, 4 retry, 7 Failed, 9 Invalid Quote.
 // - Fault injection (slow, 5xx, garbage, oversized) and stop()/restart() on the same port.
+// - `GET /version` adds `terroir_development_stand_in: true`: a terroir server refuses this double unless
+//   its configuration allows a development stand-in (the native demo runs it, clearly labelled).
 import crypto from 'node:crypto';
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -179,7 +181,11 @@ export class TestKeylimeVerifier {
     const url = new URL(req.url ?? '/', 'https://verifier.invalid');
     if (url.pathname === '/version' && req.method === 'GET') {
       const versions = this.opts.supportedVersions;
-      return send(res, 200, 'Success', { current_version: versions.filter((v) => v.startsWith('2.')).pop() ?? versions[versions.length - 1], supported_versions: versions });
+      // It says what it is: terroir servers refuse it unless configured for development (keylime.allowDevelopmentStandIn).
+      return send(res, 200, 'Success', {
+        current_version: versions.filter((v) => v.startsWith('2.')).pop() ?? versions[versions.length - 1], supported_versions: versions,
+        terroir_development_stand_in: true,
+      });
     }
     const m = /^\/v(\d+\.\d+)(\/.*)$/.exec(url.pathname);
     if (m === null || !this.opts.supportedVersions.includes(m[1] as string)) return send(res, 400, 'Invalid API version or path');

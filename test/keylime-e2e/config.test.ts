@@ -62,6 +62,14 @@ describe('server keylime section', () => {
     expect(() => parseServerConfig(serverConfig(k), tmp.dir, {})).toThrow(message);
   });
 
+  it('allows the development Keylime stand-in only when asked, and never with NODE_ENV=production', () => {
+    expect(parseServerConfig(serverConfig(keylime()), tmp.dir, {}).keylime?.allowDevelopmentStandIn).toBe(false);
+    expect(parseServerConfig(serverConfig(keylime({ allowDevelopmentStandIn: true })), tmp.dir, { NODE_ENV: 'development' }).keylime?.allowDevelopmentStandIn).toBe(true);
+    expect(() => parseServerConfig(serverConfig(keylime({ allowDevelopmentStandIn: true })), tmp.dir, { NODE_ENV: 'production' }))
+      .toThrow(/allowDevelopmentStandIn is true but NODE_ENV=production/);
+    expect(parseServerConfig(serverConfig(keylime()), tmp.dir, { NODE_ENV: 'production' }).keylime?.allowDevelopmentStandIn).toBe(false);
+  });
+
   it('refuses keylime without TPM node attestation', () => {
     expect(() => parseServerConfig({ ...serverConfig(keylime(), false) as object, nodeAttestation: { joinToken: { enabled: true } } }, tmp.dir, {}))
       .toThrow(/nodeAttestation\.tpm is disabled/);

@@ -129,7 +129,7 @@ export async function startDeployment(opts: DeploymentOptions = {}): Promise<Dep
       nodeAttestation: { joinToken: { enabled: false }, tpm: { enabled: true, manufacturerCaFiles: [swtpm.caFile] } },
       keylime: {
         verifierUrl: `https://localhost:${verifier.port}`,
-        caFile: pki.files.serverCa, certFile: pki.files.clientCert, keyFile: pki.files.clientKey,
+        caFile: pki.files.serverCa, certFile: pki.files.clientCert, keyFile: pki.files.clientKey, allowDevelopmentStandIn: true,
         mode: 'continuous',
         pollIntervalMs: opts.pollIntervalMs ?? 250,
         maxAttestationAge: '10s',

@@ -215,3 +215,20 @@ describe('failures fail closed with a clear error and a counter, and the client 
     }
   });
 });
+
+describe('the development stand-in', () => {
+  it('is refused on every call unless the client allows it; the verifier is never asked anything else', async () => {
+    const strict = client({ allowDevelopmentStandIn: false });
+    const before = verifier.counters.requests;
+    for (const call of [() => strict.apiVersion(), () => new KeylimeTenant(strict).deleteAgent('n1')]) {
+      const err = await requestError(call());
+      expect(err.kind).toBe('stand_in');
+      expect(err.code).toBe('KEYLIME_DEVELOPMENT_STAND_IN');
+      expect(err.message).toMatch(/terroir's development stand-in, not a Keylime verifier/);
+    }
+    // Only the two GET /version calls reached it (not retried: the answer is not a transient failure).
+    expect(verifier.counters.requests - before).toBe(2);
+    expect(strict.counters().failures.stand_in).toBe(2);
+    expect(await client({ allowDevelopmentStandIn: true }).apiVersion()).toBe('2.6');
+  });
+});

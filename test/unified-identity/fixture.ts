@@ -46,6 +46,8 @@ policies:
 export interface ServerOptions {
   flag: boolean;
   keylime: boolean;
+  /** keylime.allowDevelopmentStandIn (default true: the verifier here is the test double). */
+  allowStandIn?: boolean;
   /** Seconds (default 1 h). */
   reattestInterval?: number;
   /** Keylime mode (default oneshot); continuous also enrolls nodes and gates signing. */
@@ -128,7 +130,7 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
           ...(o.keylime ? {
             keylime: {
               verifierUrl: `https://localhost:${verifier.port}`,
-              caFile: pki.files.serverCa, certFile: pki.files.clientCert, keyFile: pki.files.clientKey,
+              caFile: pki.files.serverCa, certFile: pki.files.clientCert, keyFile: pki.files.clientKey, allowDevelopmentStandIn: o.allowStandIn ?? true,
               mode: o.keylimeMode ?? 'oneshot', requestTimeoutMs: 1000,
               ...(o.keylimeMode === 'continuous' ? {
                 pollIntervalMs: 250, maxAttestationAge: '10s', enrollTimeout: '10s', tpmPolicy: { [String(POLICY_PCR)]: [ZERO] },

@@ -53,7 +53,7 @@ async function serverWith(devices: Record<string, unknown>, urls: { baseUrl: str
     nodeAttestation: { joinToken: { enabled: false }, tpm: { enabled: true, manufacturerCaFiles: [d.swtpm.caFile] } },
     keylime: {
       verifierUrl: `https://localhost:${d.verifier.port}`,
-      caFile: d.pki.files.serverCa, certFile: d.pki.files.clientCert, keyFile: d.pki.files.clientKey,
+      caFile: d.pki.files.serverCa, certFile: d.pki.files.clientCert, keyFile: d.pki.files.clientKey, allowDevelopmentStandIn: true,
       mode: 'oneshot', requestTimeoutMs: 1000,
     },
     unifiedIdentity: {

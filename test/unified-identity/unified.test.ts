@@ -290,6 +290,16 @@ describe('Unified Identity, flag on', () => {
     }
   });
 
+  it('a server not configured for development refuses the Keylime stand-in: attestation refused, fail closed', async () => {
+    const strict = await d.startServer({ flag: true, keylime: true, allowStandIn: false });
+    const checks = d.verifier.counters.evidenceChecks;
+    const err = await refusal(d.attest(strict, d.provider(d.berlin)));
+    expect(err.grpcCode).toBe(grpc.status.UNAVAILABLE);
+    expect(err.message).toMatch(/development stand-in, not a Keylime verifier.*refused/);
+    // The evidence never went to it.
+    expect(d.verifier.counters.evidenceChecks).toBe(checks);
+  });
+
   it('flag on without Keylime configured: refused with a clear error', async () => {
     const noKeylime = await d.startServer({ flag: true, keylime: false });
     const err = await refusal(d.attest(noKeylime, d.provider(d.berlin)));

@@ -80,7 +80,7 @@ export class KeylimeGate {
       this.client = new KeylimeVerifierClient({
         url: s.verifierUrl, caFile: s.caFile, certFile: s.certFile, keyFile: s.keyFile,
         ...(s.servername !== undefined ? { servername: s.servername } : {}),
-        timeoutMs: s.requestTimeoutMs, logger: this.log,
+        timeoutMs: s.requestTimeoutMs, allowDevelopmentStandIn: s.allowDevelopmentStandIn, logger: this.log,
       });
     } catch (err) {
       if (err instanceof KeylimeConfigError) throw new ConfigError(`keylime: ${err.message}`, { cause: err });

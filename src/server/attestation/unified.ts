@@ -134,7 +134,7 @@ export class UnifiedIdentityPipeline {
         this.client = new KeylimeVerifierClient({
           url: o.keylime.verifierUrl, caFile: o.keylime.caFile, certFile: o.keylime.certFile, keyFile: o.keylime.keyFile,
           ...(o.keylime.servername !== undefined ? { servername: o.keylime.servername } : {}),
-          timeoutMs: o.keylime.requestTimeoutMs, logger: this.log,
+          timeoutMs: o.keylime.requestTimeoutMs, allowDevelopmentStandIn: o.keylime.allowDevelopmentStandIn, logger: this.log,
         });
       } catch (err) {
         if (err instanceof KeylimeConfigError) throw new ConfigError(`keylime: ${err.message}`, { cause: err });
