@@ -4,32 +4,54 @@
 # certificate chain), register a workload, fetch its X.509-SVID and a JWT-SVID over the SPIFFE
 # Workload API, show them, and clean up exactly what was started.
 #
-#   npm run demo                 # or: bash scripts/demo.sh
-#   KEEP=1 npm run demo          # leave the demo running until Ctrl-C (to try the CLIs by hand)
+#   npm run demo                                   # plain SPIFFE issuance (flag off)
+#   UNIFIED_IDENTITY_ENABLED=true npm run demo     # Unified Identity: TPM + Keylime + location
+#   KEEP=1 npm run demo                            # leave it running until Ctrl-C (to try the CLIs by hand)
 #
-# The demo runs with UNIFIED_IDENTITY_ENABLED off (no Keylime verifier or GNSS here): see docs/unified-identity.md.
+# With UNIFIED_IDENTITY_ENABLED on, the demo also starts gpsd fed by gpsfake (deploy/gpsd.sh: a live
+# fix in Paris) as the node's location sensor, and a Keylime verifier: the one you name with
+# TERROIR_KEYLIME_URL + TERROIR_KEYLIME_CA + TERROIR_KEYLIME_CERT + TERROIR_KEYLIME_KEY (its CA, and a
+# client certificate it trusts), or else terroir's DEVELOPMENT STAND-IN (test/doubles/keylime-verifier.ts:
+# real quote checks, but not Keylime), which the server accepts only because this demo's configuration
+# says keylime.allowDevelopmentStandIn: true; a production configuration refuses it.
+#
+# DEMO_SKIP_SETUP=1 skips scripts/setup.sh and the build, TERROIR_FROM_SOURCE=1 runs the TypeScript
+# sources through tsx instead of dist/ (how test/demo/ runs this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=../deploy/lib.sh
+. deploy/lib.sh
 
+UI=""
 shopt -s nocasematch
-if [[ "${UNIFIED_IDENTITY_ENABLED:-}" =~ ^(true|1|yes|on)$ ]]; then
-  echo "demo: UNIFIED_IDENTITY_ENABLED is on, but this demo has no Keylime verifier or GNSS sensor to run that path" >&2
-  echo "      (the server would refuse every TPM attestation). Unset it; docs/unified-identity.md shows the flag-on setup." >&2
-  exit 2
-fi
+case "${UNIFIED_IDENTITY_ENABLED:-}" in
+  ""|false|0|no|off) ;;
+  true|1|yes|on) UI=1 ;;
+  *) echo "demo: UNIFIED_IDENTITY_ENABLED must be true or false, got '$UNIFIED_IDENTITY_ENABLED'" >&2; exit 2 ;;
+esac
 shopt -u nocasematch
+KL_URL=${TERROIR_KEYLIME_URL:-}
+if [ -n "$KL_URL" ]; then
+  [ -n "$UI" ] || { echo "demo: TERROIR_KEYLIME_URL is set but UNIFIED_IDENTITY_ENABLED is off: Keylime is used only with the flag on" >&2; exit 2; }
+  for v in TERROIR_KEYLIME_CA TERROIR_KEYLIME_CERT TERROIR_KEYLIME_KEY; do
+    [ -r "${!v:-}" ] || { echo "demo: TERROIR_KEYLIME_URL needs $v (a readable PEM file: the verifier's CA, and a client certificate and key it trusts)" >&2; exit 2; }
+  done
+fi
 
-bash scripts/setup.sh
-npm run build --silent
+if [ "${DEMO_SKIP_SETUP:-0}" != 1 ]; then
+  bash scripts/setup.sh
+  npm run build --silent
+fi
 
 W=$(mktemp -d /tmp/terroir-demo.XXXXXX)
 chmod 0755 "$W"
-SERVER_PID="" AGENT_PID="" SWTPM_STARTED=""
+SERVER_PID="" AGENT_PID="" SWTPM_STARTED="" GPSD_PID="" VERIFIER_PID=""
 cleanup() {
   set +e
-  [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  for pid in "$AGENT_PID" "$SERVER_PID" "$VERIFIER_PID" "$GPSD_PID"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  done
   [ -n "$SWTPM_STARTED" ] && bash swtpm/stop.sh "$W/tpm" >/dev/null 2>&1
   rm -rf "$W"
 }
@@ -38,8 +60,8 @@ trap 'exit 130' INT TERM
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 free_port() { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
-server_cli() { node "$ROOT/dist/src/cli/terroir-server.js" "$@" -socketPath "$W/server/admin.sock"; }
-agent_cli() { node "$ROOT/dist/src/cli/terroir-agent.js" "$@" -socketPath "$W/agent/public/api.sock"; }
+server_cli() { terroir_cli terroir-server "$@" -socketPath "$W/server/admin.sock"; }
+agent_cli() { terroir_cli terroir-agent "$@" -socketPath "$W/agent/public/api.sock"; }
 wait_for() { # wait_for SECONDS DESCRIPTION LOGFILE COMMAND...
   local secs=$1 what=$2 log=$3; shift 3
   for _ in $(seq 1 $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -60,7 +82,49 @@ TCTI=$(sed -n 's/^TCTI=//p' <<<"$SWTPM_OUT")
 CA_FILE=$(sed -n 's/^CA_FILE=//p' <<<"$SWTPM_OUT")
 echo "$SWTPM_OUT"
 
-step "terroir-server (trust domain $TD, SQLite datastore, TPM node attestation)"
+SERVER_EXTRA="" AGENT_EXTRA=""
+if [ -n "$UI" ]; then
+  step "location sensor: gpsd fed by gpsfake (deploy/gpsd.sh), a GNSS fix in Paris stamped with the current time"
+  GPSD_PORT=$(free_port)
+  GPSD_PORT=$GPSD_PORT GPSD_LISTEN_ALL=0 bash deploy/gpsd.sh >"$W/gpsd.log" 2>&1 &
+  GPSD_PID=$!
+  wait_for 20 "gpsd" "$W/gpsd.log" bash -c "exec 3<>/dev/tcp/127.0.0.1/$GPSD_PORT"
+  echo "gpsd pid $GPSD_PID on 127.0.0.1:$GPSD_PORT"
+
+  if [ -n "$KL_URL" ]; then
+    step "Keylime verifier: $KL_URL (yours; strict mTLS with TERROIR_KEYLIME_CA / _CERT / _KEY)"
+    KL_CA=$TERROIR_KEYLIME_CA KL_CERT=$TERROIR_KEYLIME_CERT KL_KEY=$TERROIR_KEYLIME_KEY KL_STANDIN=false
+  else
+    step "Keylime verifier: DEVELOPMENT STAND-IN (terroir's test double, not Keylime; name a real one with TERROIR_KEYLIME_URL)"
+    KEYLIME_VERIFIER_HOST=localhost bash deploy/certs-init.sh "$W/pki" >/dev/null
+    node --import "file://$ROOT/node_modules/tsx/dist/loader.mjs" test/doubles/keylime-standin.ts --pki "$W/pki/keylime" >"$W/verifier.out" 2>"$W/verifier.log" &
+    VERIFIER_PID=$!
+    wait_for 30 "the Keylime stand-in" "$W/verifier.log" grep -q '"standIn":true' "$W/verifier.out"
+    KL_URL=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8").split("\n")[0]).url)' "$W/verifier.out")
+    KL_CA=$W/pki/keylime/ca.crt KL_CERT=$W/pki/keylime/terroir-client.crt KL_KEY=$W/pki/keylime/terroir-client.key KL_STANDIN=true
+    cat "$W/verifier.log"
+  fi
+  # A fresh swtpm has measured nothing: PCR 15 is all zeros, and that is the PCR policy Keylime checks
+  # here. A real node pins its firmware and boot PCRs instead (docs/enrollment.md).
+  ZERO=$(printf '0%.0s' $(seq 1 64))
+  SERVER_EXTRA="keylime:
+  verifierUrl: $KL_URL
+  caFile: $KL_CA
+  certFile: $KL_CERT
+  keyFile: $KL_KEY
+  mode: oneshot
+  allowDevelopmentStandIn: $KL_STANDIN
+unifiedIdentity:
+  locationPolicies: { file: $ROOT/deploy/location-policies.yaml }
+  defaultPolicy: eu
+  pcrs: [0, 7, 15]
+  tpmPolicy: { \"15\": [\"$ZERO\"] }"
+  AGENT_EXTRA="  unifiedIdentity:
+    sensors:
+      - { type: gpsd, host: 127.0.0.1, port: $GPSD_PORT }"
+fi
+
+step "terroir-server (trust domain $TD, SQLite datastore, TPM node attestation${UI:+, Unified Identity on})"
 AGENT_API_PORT=$(free_port)
 HEALTH_PORT=$(free_port)
 mkdir -p "$W/server"
@@ -76,8 +140,10 @@ health: { enabled: true, bindAddress: 127.0.0.1, port: $HEALTH_PORT }
 nodeAttestation:
   joinToken: { enabled: true }
   tpm: { enabled: true, manufacturerCaFiles: [$CA_FILE] }
+$SERVER_EXTRA
 EOF
-node dist/src/cli/terroir-server.js run -c "$W/server.yaml" >"$W/server.log" 2>&1 &
+terroir_cmd terroir-server
+"${CMD[@]}" run -c "$W/server.yaml" >"$W/server.log" 2>&1 &
 SERVER_PID=$!
 wait_for 30 "terroir-server" "$W/server.log" server_cli healthcheck
 echo "server pid $SERVER_PID, agent API 127.0.0.1:$AGENT_API_PORT, health http://127.0.0.1:$HEALTH_PORT/ready"
@@ -104,8 +170,10 @@ agent:
   syncIntervalMs: 1000
   nodeAttestor:
     tpm: { tcti: "$TCTI", ekKind: rsa2048 }
+$AGENT_EXTRA
 EOF
-node dist/src/cli/terroir-agent.js run -c "$W/agent.yaml" >"$W/agent.log" 2>&1 &
+terroir_cmd terroir-agent
+"${CMD[@]}" run -c "$W/agent.yaml" >"$W/agent.log" 2>&1 &
 AGENT_PID=$!
 wait_for 30 "terroir-agent" "$W/agent.log" agent_cli healthcheck
 server_cli agent list
@@ -114,8 +182,15 @@ step "a workload fetches its X.509-SVID over the SPIFFE Workload API"
 mkdir -p "$W/svid"
 for _ in $(seq 1 50); do agent_cli api fetch x509 -write "$W/svid" >"$W/fetch.out" 2>&1 && break; sleep 0.2; done
 cat "$W/fetch.out"
+if [ ! -s "$W/svid/svid.0.pem" ]; then
+  echo "demo: the workload got no X.509-SVID; the agent's log:" >&2; tail -n 40 "$W/agent.log" >&2; exit 1
+fi
 openssl x509 -in "$W/svid/svid.0.pem" -noout -subject -serial -dates -ext subjectAltName,keyUsage,extendedKeyUsage,basicConstraints
 openssl verify -CAfile "$W/svid/bundle.0.pem" "$W/svid/svid.0.pem"
+if [ -n "$UI" ]; then
+  echo "The Unified Identity extension as openssl sees it (OID 2.25.250341728606082657925786220697128205103, DER UTF8String of canonical JSON):"
+  openssl x509 -in "$W/svid/svid.0.pem" -noout -text | grep -A1 '2\.25\.250341728606082657925786220697128205103'
+fi
 
 step "a JWT-SVID for audience \"demo-service\", validated through the Workload API"
 agent_cli api fetch jwt -audience demo-service >"$W/jwt.out"
@@ -125,7 +200,16 @@ echo "${TOKEN:0:60}..."
 agent_cli api validate jwt -audience demo-service -svid "$TOKEN"
 
 step "done"
-echo "The node was attested with its TPM; the workload got spiffe://$TD/workload/demo."
+if [ -n "$UI" ]; then
+  verifier_label="the Keylime verifier at $KL_URL"
+  [ "$KL_STANDIN" = true ] && verifier_label="the DEVELOPMENT STAND-IN Keylime verifier (not Keylime)"
+  echo "The node was attested with its TPM, $verifier_label accepted its quote, and its GNSS fix satisfied location policy eu."
+  echo "The workload got spiffe://$TD/workload/demo carrying these claims:"
+  sed -n 's/^Unified Identity:[[:space:]]*//p' "$W/fetch.out" | head -n 1
+else
+  echo "The node was attested with its TPM; the workload got spiffe://$TD/workload/demo."
+  echo "Run again with UNIFIED_IDENTITY_ENABLED=true for TPM + Keylime + location claims in the SVID."
+fi
 if [ "${KEEP:-}" = 1 ]; then
   echo "KEEP=1: running until Ctrl-C. Server admin socket: $W/server/admin.sock; Workload API: unix://$W/agent/public/api.sock"
   wait "$AGENT_PID"

@@ -10,6 +10,7 @@ import {
 } from '../api/workload-api.js';
 import { AgentConfigError, loadAgentConfig } from '../agent/config.js';
 import type { TpmSession } from '../agent/tpm-session.js';
+import { unifiedIdentityFromCertificate } from '../spiffe/index.js';
 import { FlagError, FlagSet, str, type FlagSpec, type ParsedFlags } from './flags.js';
 
 const HELP = `terroir-agent — proves its node (TPM, location) and serves the SPIFFE Workload API
@@ -103,6 +104,7 @@ async function fetchX509(args: string[]): Promise<number> {
       process.stdout.write(`\nSPIFFE ID:\t\t${s.spiffe_id}\n`);
       if (s.hint) process.stdout.write(`Hint:\t\t\t${s.hint}\n`);
       process.stdout.write(`SVID Valid After:\t${leaf.validFrom}\nSVID Valid Until:\t${leaf.validTo}\n`);
+      process.stdout.write(`Unified Identity:\t${describeClaims(chain[0] as Buffer)}\n`);
       const cas = splitDerCertificates(s.bundle);
       cas.forEach((ca, j) => {
         const c = new crypto.X509Certificate(ca);
@@ -123,6 +125,16 @@ async function fetchX509(args: string[]): Promise<number> {
     return 0;
   } finally {
     client.close();
+  }
+}
+
+/** The SVID's Unified Identity claims as one JSON line, or why there are none. */
+function describeClaims(leafDer: Buffer): string {
+  try {
+    const claims = unifiedIdentityFromCertificate(leafDer);
+    return claims === undefined ? 'none (a plain SVID; the server adds claims only with UNIFIED_IDENTITY_ENABLED on)' : JSON.stringify(claims);
+  } catch (err) {
+    return `malformed extension (${(err as Error).message})`;
   }
 }
 

@@ -102,6 +102,7 @@ export class KeylimeVerifierClient {
   private readonly maxResponseBytes: number;
   private readonly pinnedVersion: string | undefined;
   private readonly allowDevelopmentStandIn: boolean;
+  private standIn: boolean | undefined;
   private readonly logger: Logger | undefined;
   private versionPromise: Promise<string> | undefined;
   private readonly stats: KeylimeClientCounters = {
@@ -176,6 +177,14 @@ export class KeylimeVerifierClient {
     return { ...this.stats, failures: { ...this.stats.failures } };
   }
 
+  /**
+   * Whether the verifier announced itself as terroir's development stand-in (only possible with
+   * allowDevelopmentStandIn); undefined until the API version was negotiated.
+   */
+  get developmentStandIn(): boolean | undefined {
+    return this.standIn;
+  }
+
   /** The API version in use: pinned, or the highest 2.x both sides support (asked once, cached). */
   async apiVersion(): Promise<string> {
     if (this.versionPromise === undefined) {
@@ -206,6 +215,7 @@ export class KeylimeVerifierClient {
       }
       this.logger?.warn({ verifier: this.origin }, 'DEVELOPMENT STAND-IN: the Keylime verifier is terroir\'s test double, not Keylime; allowed by keylime.allowDevelopmentStandIn');
     }
+    this.standIn = results.terroir_development_stand_in === true;
     const theirs = new Set(results.supported_versions);
     theirs.add(results.current_version);
     if (this.pinnedVersion !== undefined) {

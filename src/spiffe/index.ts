@@ -19,7 +19,7 @@ export { derToPem, pemToDer } from './pem.js';
 export { parseCertificate, MAX_CERTIFICATE_BYTES, type CertificateView, type CertificateExtension } from './certificate.js';
 export type { NameFields } from './cert-builder.js';
 export {
-  UNIFIED_IDENTITY_OID, UNIFIED_IDENTITY_JWT_CLAIM, MAX_UNIFIED_IDENTITY_BYTES, UnifiedIdentityError, canonicalUnifiedIdentity,
+  UNIFIED_IDENTITY_OID, UNIFIED_IDENTITY_JWT_CLAIM, MAX_UNIFIED_IDENTITY_BYTES, DEVELOPMENT_STAND_IN_VERIFIER, UnifiedIdentityError, canonicalUnifiedIdentity,
   unifiedIdentityExtension, unifiedIdentityJwtClaim, decodeUnifiedIdentityExtension, unifiedIdentityFromCertificate,
   unifiedIdentityFromJwtClaims, type UnifiedIdentityClaims, type UnifiedIdentityErrorCode,
 } from './unified-identity.js';

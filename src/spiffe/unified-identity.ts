@@ -16,6 +16,8 @@ export const UNIFIED_IDENTITY_OID = '2.25.25034172860608265792578622069712820510
 export const UNIFIED_IDENTITY_JWT_CLAIM = 'unified_identity';
 /** Largest canonical claims document accepted or produced, in bytes. Real claims are a few hundred. */
 export const MAX_UNIFIED_IDENTITY_BYTES = 4096;
+/** The `verifier` claim of evidence checked only by terroir's development Keylime stand-in, never by Keylime. */
+export const DEVELOPMENT_STAND_IN_VERIFIER = 'keylime-development-stand-in';
 const MAX_DEPTH = 4;
 
 export type UnifiedIdentityErrorCode = 'invalid-claims' | 'too-large' | 'malformed-extension' | 'not-canonical' | 'duplicate-extension';

@@ -5,7 +5,7 @@
 import { SpiffeId, TrustDomain } from '../spiffe/id.js';
 import type { ValidatedJwtSvid } from '../spiffe/jwtsvid.js';
 import {
-  unifiedIdentityFromCertificate, unifiedIdentityFromJwtClaims, UnifiedIdentityError, type UnifiedIdentityClaims,
+  DEVELOPMENT_STAND_IN_VERIFIER, unifiedIdentityFromCertificate, unifiedIdentityFromJwtClaims, UnifiedIdentityError, type UnifiedIdentityClaims,
 } from '../spiffe/unified-identity.js';
 import type { VerifiedX509Svid } from '../spiffe/x509svid.js';
 import { AuthorizationError, WorkloadError } from './errors.js';
@@ -80,6 +80,11 @@ export interface UnifiedIdentityRequirement {
   countries?: string[];
   regions?: string[];
   policies?: string[];
+  /**
+   * Accept claims whose `verifier` is the development Keylime stand-in (demos and tests only).
+   * Default false: such claims were never checked by a Keylime verifier.
+   */
+  allowDevelopmentStandIn?: boolean;
 }
 
 /**
@@ -100,6 +105,10 @@ export function authorizeUnifiedIdentity(req: UnifiedIdentityRequirement): Autho
   return (peer) => {
     const claims = unifiedIdentityOf(peer);
     if (claims === undefined) throw new AuthorizationError(`peer ${peer.id.toString()} carries no Unified Identity claims`);
+    if (claims['verifier'] === DEVELOPMENT_STAND_IN_VERIFIER && req.allowDevelopmentStandIn !== true) {
+      throw new AuthorizationError(`peer ${peer.id.toString()}'s claims were checked only by terroir's development Keylime stand-in, not by Keylime `
+        + '(pass allowDevelopmentStandIn: true to accept them in a demo)');
+    }
     check(peer, claims, 'country', countries);
     check(peer, claims, 'region', regions);
     check(peer, claims, 'policy', policies);

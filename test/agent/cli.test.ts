@@ -120,6 +120,7 @@ describe('terroir-agent CLI', () => {
       return x.code === 0 ? x : undefined;
     }, 'an X.509-SVID from the agent');
     expect(r.out).toContain(`spiffe://${TD}/cli-workload`);
+    expect(r.out).toMatch(/Unified Identity:\tnone \(a plain SVID/);
     expect(fs.statSync(path.join(out, 'svid.0.key')).mode & 0o777).toBe(0o600);
     const verify = spawnSync('openssl', ['verify', '-CAfile', path.join(out, 'bundle.0.pem'), path.join(out, 'svid.0.pem')]);
     expect(verify.stdout.toString()).toContain(': OK');

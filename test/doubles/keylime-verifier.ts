@@ -88,6 +88,8 @@ export class TestKeylimeVerifier {
   /** TLS version of the last session. */
   lastTlsProtocol: string | null = null;
   fault: Fault = { mode: 'none' };
+  /** false: answer /version exactly as Keylime does (no stand-in marker), to test what a server does with a real verifier. */
+  announceStandIn = true;
   /** The last body POSTed to /verify/evidence, for asserting the exact keys sent. */
   lastEvidenceBody: unknown;
   port = 0;
@@ -184,7 +186,7 @@ export class TestKeylimeVerifier {
       // It says what it is: terroir servers refuse it unless configured for development (keylime.allowDevelopmentStandIn).
       return send(res, 200, 'Success', {
         current_version: versions.filter((v) => v.startsWith('2.')).pop() ?? versions[versions.length - 1], supported_versions: versions,
-        terroir_development_stand_in: true,
+        ...(this.announceStandIn ? { terroir_development_stand_in: true } : {}),
       });
     }
     const m = /^\/v(\d+\.\d+)(\/.*)$/.exec(url.pathname);

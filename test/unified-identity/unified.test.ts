@@ -13,7 +13,7 @@ import type { UnifiedIdentityEvidence } from '../../src/api/agent-api.js';
 import { canonicalClaims } from '../../src/geo/index.js';
 import type { RunningServer } from '../../src/server/index.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
-import { unifiedIdentityFromCertificate, UNIFIED_IDENTITY_OID } from '../../src/spiffe/unified-identity.js';
+import { DEVELOPMENT_STAND_IN_VERIFIER, unifiedIdentityFromCertificate, UNIFIED_IDENTITY_OID } from '../../src/spiffe/unified-identity.js';
 import { SvidIssuer } from '../../src/server/ca/issuer.js';
 import { authorizeAny, authorizeUnifiedIdentity, createTlsServer, StaticX509Source, tlsConnect, type X509SourceLike } from '../../src/workload/index.js';
 import { specClient, type SpecClient, type X509Msg } from '../keylime-e2e/fixture.js';
@@ -107,7 +107,7 @@ describe('Unified Identity, flag on', () => {
     const before = Date.now();
     const res = await d.attest(on, d.provider(d.berlin));
     const claims = unifiedIdentityFromCertificate(leafOf(res.svidChain));
-    expect(claims).toMatchObject({ country: 'DE', region: 'EU', policy: 'eu-only', sensorKinds: ['gnss'], verifier: 'keylime', satisfiedPolicies: ['eu-only'] });
+    expect(claims).toMatchObject({ country: 'DE', region: 'EU', policy: 'eu-only', sensorKinds: ['gnss'], verifier: DEVELOPMENT_STAND_IN_VERIFIER, satisfiedPolicies: ['eu-only'] });
     expect(claims!['pcrDigest']).toMatch(/^[0-9a-f]{64}$/);
     expect(Date.parse(claims!['attestedAt'] as string)).toBeGreaterThanOrEqual(before - 1000);
     // Never coordinates in what the SVID says.
@@ -133,12 +133,15 @@ describe('Unified Identity, flag on', () => {
       const claims = unifiedIdentityFromCertificate(leafDer);
       expect(claims).toEqual(await nodeClaims(on, agent.spiffeId!));
       euSvid = { id: spiffeId, cert: leafDer, key: svid.x509_svid_key };
-      authorizeUnifiedIdentity({ regions: ['EU'] })({ id: SpiffeId.parse(spiffeId), x509Chain: [leafDer] });
+      // The verifier here is the development stand-in, and the claims say so: refused unless allowed.
+      expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })({ id: SpiffeId.parse(spiffeId), x509Chain: [leafDer] }))
+        .toThrow(/checked only by terroir's development Keylime stand-in/);
+      authorizeUnifiedIdentity({ regions: ['EU'], allowDevelopmentStandIn: true })({ id: SpiffeId.parse(spiffeId), x509Chain: [leafDer] });
 
       const token = await fetchJwt(client, 'eu-service');
       const payload = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as Record<string, unknown>;
       expect(payload['unified_identity']).toEqual(claims);
-      authorizeUnifiedIdentity({ countries: ['DE'], policies: ['eu-only'] })({ id: SpiffeId.parse(spiffeId), jwtClaims: payload });
+      authorizeUnifiedIdentity({ countries: ['DE'], policies: ['eu-only'], allowDevelopmentStandIn: true })({ id: SpiffeId.parse(spiffeId), jwtClaims: payload });
     } finally {
       client.close();
     }
@@ -164,7 +167,7 @@ describe('Unified Identity, flag on', () => {
     const plain = source('plain-app', plainCert, keys.privateKey);
 
     const accepted: string[] = [];
-    const server = createTlsServer({ source: eu, authorizer: authorizeUnifiedIdentity({ regions: ['EU'] }) }, (sock, peer) => {
+    const server = createTlsServer({ source: eu, authorizer: authorizeUnifiedIdentity({ regions: ['EU'], allowDevelopmentStandIn: true }) }, (sock, peer) => {
       accepted.push(peer.id.toString());
       sock.end('hello from an EU-only service');
     });
@@ -290,6 +293,19 @@ describe('Unified Identity, flag on', () => {
     }
   });
 
+  it('with a verifier that is not the stand-in, the claims name Keylime and a consumer needs no allowance', async () => {
+    d.verifier.announceStandIn = false;
+    try {
+      const strict = await d.startServer({ flag: true, keylime: true, allowStandIn: false });
+      const res = await d.attest(strict, d.provider(d.berlin));
+      const leaf = leafOf(res.svidChain);
+      expect(unifiedIdentityFromCertificate(leaf)).toMatchObject({ verifier: 'keylime', region: 'EU' });
+      authorizeUnifiedIdentity({ regions: ['EU'] })({ id: SpiffeId.parse(res.spiffeId), x509Chain: [leaf] });
+    } finally {
+      d.verifier.announceStandIn = true;
+    }
+  });
+
   it('a server not configured for development refuses the Keylime stand-in: attestation refused, fail closed', async () => {
     const strict = await d.startServer({ flag: true, keylime: true, allowStandIn: false });
     const checks = d.verifier.counters.evidenceChecks;
@@ -334,6 +350,8 @@ describe('Unified Identity, flag off', () => {
 
 describe('Unified Identity, re-attestation interval', () => {
   it('when a node\'s claims expire the server tells its agent, which attests again and gets fresh claims', async () => {
+    // One agent at a time: an earlier one (same swtpm, same node) would attest too and skew the counts.
+    await agent?.stop();
     const short = await d.startServer({ flag: true, keylime: true, reattestInterval: 2 });
     agent = await startAgent(d, short, true, 'agent-short');
     const first = agent.lastClaims!['attestedAt'] as string;
@@ -351,11 +369,12 @@ describe('Unified Identity, re-attestation interval', () => {
 
 describe('Unified Identity with Keylime continuous mode', () => {
   it('one-shot check at attestation, then the continuous gate: a PCR change withdraws the node\'s workload SVIDs', async () => {
+    await agent?.stop();
     const cont = await d.startServer({ flag: true, keylime: true, keylimeMode: 'continuous' });
     const evidence = d.verifier.counters.evidenceChecks;
     agent = await startAgent(d, cont, true, 'agent-continuous', true);
     try {
-      expect(agent.lastClaims).toMatchObject({ country: 'DE', verifier: 'keylime' });
+      expect(agent.lastClaims).toMatchObject({ country: 'DE', verifier: DEVELOPMENT_STAND_IN_VERIFIER });
       expect(d.verifier.counters.evidenceChecks).toBe(evidence + 1);
       const spiffeId = `spiffe://${TD}/workload/continuous-app`;
       const [r] = await cont.store.createEntries([{ spiffeId, parentId: agent.spiffeId!, selectors: [{ type: 'unix', value: `uid:${process.getuid!()}` }], federatesWith: [] }]);

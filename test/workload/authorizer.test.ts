@@ -39,6 +39,16 @@ describe('authorizers', () => {
     expect(() => a(x509('/a'))).toThrow(/carries no Unified Identity claims/);
   });
 
+  it('Unified Identity: claims checked only by the development Keylime stand-in are refused unless allowed', () => {
+    const standIn = { country: 'FR', region: 'EU', policy: 'eu', verifier: 'keylime-development-stand-in' };
+    expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })(x509('/a', standIn))).toThrow(/checked only by terroir's development Keylime stand-in/);
+    expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })(jwt('/a', { unified_identity: standIn }))).toThrow(/development Keylime stand-in/);
+    expect(() => authorizeUnifiedIdentity({ regions: ['EU'], allowDevelopmentStandIn: true })(x509('/a', standIn))).not.toThrow();
+    // Allowing the stand-in relaxes nothing else.
+    expect(() => authorizeUnifiedIdentity({ regions: ['EU'], countries: ['DE'], allowDevelopmentStandIn: true })(x509('/a', standIn))).toThrow(/country "FR"/);
+    expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })(x509('/a', { ...standIn, verifier: 'keylime' }))).not.toThrow();
+  });
+
   it('refuses meaningless configurations', () => {
     expect(() => authorizeUnifiedIdentity({})).toThrow(WorkloadError);
     expect(() => authorizeUnifiedIdentity({ countries: ['de'] })).toThrow(/upper case/);

@@ -19,7 +19,7 @@ import {
   tpmPolicyJson, verifyEvidence, type TpmPolicy,
 } from '../../keylime/index.js';
 import type { UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
-import { canonicalUnifiedIdentity } from '../../spiffe/unified-identity.js';
+import { canonicalUnifiedIdentity, DEVELOPMENT_STAND_IN_VERIFIER } from '../../spiffe/unified-identity.js';
 import { TpmQuoteError, verifyQuote, type TpmPublic } from '../../tpm/index.js';
 import type { ServerConfig } from '../config.js';
 import { ConfigError } from '../config.js';
@@ -244,7 +244,9 @@ export class UnifiedIdentityPipeline {
       sensorKinds: decision.claims.sensorKinds,
       readingTime: decision.claims.readingTime,
       pcrDigest: quoteInfo.pcrDigest.toString('hex'),
-      verifier: 'keylime',
+      // Relying parties can tell (and authorizeUnifiedIdentity refuses by default) evidence that only
+      // the development stand-in checked.
+      verifier: this.client?.developmentStandIn === true ? DEVELOPMENT_STAND_IN_VERIFIER : 'keylime',
       attestedAt: now.toISOString(),
       satisfiedPolicies: satisfied,
     };
