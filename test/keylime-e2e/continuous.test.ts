@@ -1,6 +1,7 @@
 // Keylime continuous mode end to end: a real terroir server with a `keylime` section, a real agent
 // attesting with swtpm and serving its quote endpoint from the same TPM and AK, the test verifier
 // pulling quotes every second over mTLS, and a workload on the Workload API (spec proto client).
+import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,7 +10,9 @@ import { attestNode, NodeAttestationError } from '../../src/agent/node-attestor.
 import { connectToServer, unaryCall } from '../../src/agent/server-conn.js';
 import { SvidStore } from '../../src/agent/svid-store.js';
 import { AdminClient } from '../../src/api/admin-api.js';
+import { startServer } from '../../src/server/index.js';
 import { Bundle, TrustDomain } from '../../src/spiffe/index.js';
+import { freePort } from '../support/ports.js';
 import { badMeasurement, POLICY_PCR, specClient, startDeployment, TD, X509Stream, type Deployment, type SpecClient } from './fixture.js';
 
 const logs: Record<string, unknown>[] = [];
@@ -112,6 +115,39 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
     expect(msg?.svids.map((s) => s.spiffe_id)).toEqual([workloadId]);
     expect(d.server.keylime!.check(d.agent.spiffeId!, 'tpm')).toBeUndefined();
   }, 60_000);
+
+  it('a second server sharing the datastore adopts the node: it signs once it has read Keylime\'s verdict, with no new attestation', async () => {
+    const attestations = d.agent.stats.attestations;
+    const enrollment = d.verifier.agents.get(d.keylimeId);
+    const dir = path.join(d.dir, 'server-b');
+    const b = await startServer({
+      ...d.serverConfig, dataDir: dir, adminApi: { socketPath: path.join(dir, 'admin.sock') },
+      ca: { ...d.serverConfig.ca, keyDir: path.join(dir, 'keys') }, agentApi: { ...d.serverConfig.agentApi, port: await freePort() },
+    }, { logger: pino({ level: 'silent' }) });
+    const state = new SvidStore(d.agentConfig.dataDir).load()!;
+    const conn = connectToServer({
+      address: '127.0.0.1', port: b.agentApiPort, trustDomain: TD,
+      roots: Bundle.parse(TrustDomain.parse(TD), b.ca.bundle().bundleJson).x509Authorities(), identity: { chain: state.chain, key: state.key },
+    });
+    try {
+      const entryId = (await b.store.listEntries()).find((e) => e.spiffeId === workloadId)!.id;
+      const sign = () => unaryCall<object, { spiffeId: string; token: string }>(conn, 'NewJwtSvid', { entryId, audience: ['db'] });
+      // Server B has never seen the node: the first request is answered "retry" (not "attest again").
+      await expect(sign()).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE, details: expect.stringMatching(/still reading its Keylime verdict/) });
+      let signed;
+      for (let i = 0; i < 100 && !signed; i++) {
+        signed = await sign().catch(() => undefined);
+        if (!signed) await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(signed).toMatchObject({ spiffeId: workloadId, token: expect.stringMatching(/^ey/) });
+      expect(b.keylime!.check(d.agent.spiffeId!, 'tpm')).toBeUndefined();
+      expect(d.agent.stats.attestations).toBe(attestations);
+      expect(d.verifier.agents.get(d.keylimeId)).toBe(enrollment); // not enrolled again
+    } finally {
+      conn.close();
+      await b.stop();
+    }
+  });
 
   it('a PCR extended on the node: Keylime fails it, its workloads lose their SVIDs, the server signs nothing for it', async () => {
     const stream = openStream();

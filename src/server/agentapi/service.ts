@@ -476,7 +476,8 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
         return why === undefined ? undefined : rpcError(grpc.status.PERMISSION_DENIED, why);
       })();
       if (refusal !== undefined) {
-        if (!closed) call.write({ kind: 'DROP_SVIDS', revision: '', bundleSequence: 0, reason: refusal.message });
+        // UNAVAILABLE: the verdict is still being read; the agent keeps its SVIDs and opens the watch again.
+        if (!closed && refusal.code !== grpc.status.UNAVAILABLE) call.write({ kind: 'DROP_SVIDS', revision: '', bundleSequence: 0, reason: refusal.message });
         close(refusal.code, refusal.message);
         return;
       }

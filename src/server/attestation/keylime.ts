@@ -192,15 +192,29 @@ export class KeylimeGate {
     const e = this.enrolled.get(agentId);
     if (e !== undefined) {
       if (this.monitor.isTrusted(e.keylimeId)) return undefined;
+      if (this.monitor.verdict(e.keylimeId) === 'pending' && e.fingerprint === '') return this.pending(agentId);
       const why = this.monitor.failure(e.keylimeId)?.message ?? 'no recent verified quote';
       return rpcError(grpc.status.PERMISSION_DENIED, `node ${agentId} is not trusted by Keylime: ${why}; nothing is signed for it`);
     }
     if (this.admitting.has(agentId)) return rpcError(grpc.status.PERMISSION_DENIED, `node ${agentId} is not trusted until Keylime verifies its new attestation; retry when it has`);
     const refused = this.refused.get(agentId);
     if (refused !== undefined) return rpcError(grpc.status.PERMISSION_DENIED, `node ${agentId} was refused by Keylime: ${refused}`);
-    // Unknown here (e.g. this server restarted, or the verifier was down at its attestation): attesting
-    // again enrolls it.
-    return rpcError(grpc.status.UNAUTHENTICATED, `node ${agentId} has no current Keylime attestation on this server; attest again with AttestAgent`);
+    const keylimeId = keylimeIdOf(agentId);
+    if (keylimeId === undefined) {
+      return rpcError(grpc.status.UNAUTHENTICATED, `node ${agentId} has no current Keylime attestation on this server; attest again with AttestAgent`);
+    }
+    // Attested through another server sharing the datastore, or before this server restarted: the
+    // verifier may well be attesting it already. Watch it and sign once Keylime's verdict says so; a
+    // verifier that does not know it (404) or fails it withdraws it like any other node.
+    this.enrolled.set(agentId, { keylimeId, fingerprint: '' });
+    this.byKeylimeId.set(keylimeId, agentId);
+    this.monitor.watch(keylimeId);
+    this.log.info({ agent: agentId, keylimeId }, 'node attested elsewhere: reading its Keylime verdict');
+    return this.pending(agentId);
+  }
+
+  private pending(agentId: string): RpcError {
+    return rpcError(grpc.status.UNAVAILABLE, `node ${agentId}: this server is still reading its Keylime verdict (attested through another server or before a restart); retry shortly`);
   }
 
   /** The node was evicted or banned: stop watching it and remove it from the verifier. */
