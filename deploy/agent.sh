@@ -17,6 +17,11 @@
 #   TERROIR_TPM_EK                 rsa2048 | ecc-p256 | ecc-p384 (default rsa2048)
 #   TERROIR_AGENT_JOIN_TOKEN       set: attest with this join token instead of the TPM (read by the agent itself)
 #   TERROIR_AGENT_LOG_LEVEL        info
+#
+# Unified Identity: with UNIFIED_IDENTITY_ENABLED on (read by the agent itself; this script asks the same
+# parser, feature-flags/) the agent reads a gpsd location sensor at every attestation:
+#   TERROIR_GPSD_HOST / TERROIR_GPSD_PORT   the gpsd (default gpsd / 2947: the compose service)
+#   TERROIR_GPSD_TIMEOUT_MS        how long an attestation waits for a fix (default 10000)
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -29,6 +34,23 @@ wait_s=${TERROIR_BUNDLE_WAIT:-120}
 [[ $wait_s =~ ^[0-9]+$ ]] || die "TERROIR_BUNDLE_WAIT must be a number of seconds, got '$wait_s'"
 for _ in $(seq 1 $((wait_s * 10))); do [ -s "$bundle" ] && break; sleep 0.1; done
 [ -r "$bundle" ] || die "no bootstrap bundle at $bundle after ${wait_s}s: deploy/register.sh writes it from the running server (terroir-server bundle show)"
+
+flag=$(unified_identity_flag) || die "UNIFIED_IDENTITY_ENABLED: see the message above"
+unified_yaml=""
+if [ "$flag" = on ]; then
+  [ -z "${TERROIR_AGENT_JOIN_TOKEN:-}" ] || die "UNIFIED_IDENTITY_ENABLED is on but TERROIR_AGENT_JOIN_TOKEN is set: Unified Identity claims are bound to a TPM quote; unset the join token"
+  gpsd_host=${TERROIR_GPSD_HOST:-gpsd}
+  gpsd_port=${TERROIR_GPSD_PORT:-2947}
+  gpsd_timeout=${TERROIR_GPSD_TIMEOUT_MS:-10000}
+  [[ $gpsd_host =~ ^[A-Za-z0-9.:_-]+$ ]] || die "TERROIR_GPSD_HOST must be a host name or address, got '$gpsd_host'"
+  [[ $gpsd_port =~ ^[0-9]+$ ]] && [ "$gpsd_port" -ge 1 ] && [ "$gpsd_port" -le 65535 ] || die "TERROIR_GPSD_PORT must be a port number, got '$gpsd_port'"
+  [[ $gpsd_timeout =~ ^[0-9]+$ ]] || die "TERROIR_GPSD_TIMEOUT_MS must be a number of milliseconds, got '$gpsd_timeout'"
+  unified_yaml="
+  unifiedIdentity:
+    sensors:
+      - { type: gpsd, id: gpsd, host: \"$gpsd_host\", port: $gpsd_port }
+    sensorTimeoutMs: $gpsd_timeout"
+fi
 
 mkdir -p "$data" "$sockdir"
 chmod 0700 "$data"
@@ -45,7 +67,7 @@ agent:
   trustBundlePath: $bundle
   logLevel: ${TERROIR_AGENT_LOG_LEVEL:-info}
   nodeAttestor:
-    tpm: { tcti: "${TERROIR_TPM_TCTI:-swtpm:host=swtpm,port=2321}", ekKind: ${TERROIR_TPM_EK:-rsa2048} }
+    tpm: { tcti: "${TERROIR_TPM_TCTI:-swtpm:host=swtpm,port=2321}", ekKind: ${TERROIR_TPM_EK:-rsa2048} }$unified_yaml
 YAML
 # The socket path comes from the file; a SPIFFE_ENDPOINT_SOCKET inherited from the caller must not move it.
 unset SPIFFE_ENDPOINT_SOCKET

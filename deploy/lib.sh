@@ -19,3 +19,27 @@ terroir_cli() {
   terroir_cmd "$1"; shift
   "${CMD[@]}" "$@"
 }
+
+# terroir_module PATH: the importable file of terroir module PATH (without extension, relative to the
+# checkout), e.g. `terroir_module src/workload/index`: the compiled .js in dist/, or the .ts source with
+# TERROIR_FROM_SOURCE=1 (then node needs TERROIR_NODE_IMPORT, set below, to load it).
+terroir_module() {
+  if [ "${TERROIR_FROM_SOURCE:-0}" = 1 ]; then echo "$root/$1.ts"; else echo "$root/dist/$1.js"; fi
+}
+# node's arguments that let it import terroir_module paths (the tsx loader for the sources, else none).
+TERROIR_NODE_IMPORT=()
+[ "${TERROIR_FROM_SOURCE:-0}" = 1 ] && TERROIR_NODE_IMPORT=(--import "file://$root/node_modules/tsx/dist/loader.mjs")
+
+# unified_identity_flag: prints on or off for UNIFIED_IDENTITY_ENABLED, decided by terroir's own
+# feature-flag parser (feature-flags/), so a script never disagrees with the server or agent about a
+# spelling ("On", "1", "yes"...). A value that is not a boolean: the parser's message on stderr, exit 1.
+unified_identity_flag() {
+  TERROIR_FLAGS_MODULE=$(terroir_module feature-flags/index) node "${TERROIR_NODE_IMPORT[@]}" --input-type=module -e '
+    const { loadFeatureFlags } = await import(process.env.TERROIR_FLAGS_MODULE);
+    try {
+      console.log(loadFeatureFlags(undefined, process.env).flags.unifiedIdentity ? "on" : "off");
+    } catch (err) {
+      console.error(err.message);
+      process.exit(1);
+    }'
+}

@@ -15,8 +15,29 @@
 #                              (waited for up to TERROIR_TPM_CA_WAIT seconds, default 10: swtpm writes it on first start)
 #   TERROIR_JOIN_TOKENS        true|false: join-token attestation (default true)
 #   TERROIR_LOG_LEVEL          info
-#   UNIFIED_IDENTITY_ENABLED   read by the server itself (feature-flags/); see docs/deployment.md for
-#                              what it does and does not do yet
+#
+# Unified Identity (docs/unified-identity.md). UNIFIED_IDENTITY_ENABLED is read by the server itself;
+# this script asks the same parser (feature-flags/) and, with the flag on, writes the `keylime` and
+# `unifiedIdentity` sections. With the flag off it writes neither: a plain SPIFFE issuer.
+#   UNIFIED_IDENTITY_ENABLED   true|false (also 1/0, yes/no, on/off), default false
+#   TERROIR_KEYLIME_URL        the Keylime verifier, https only (compose: https://keylime-verifier:8881)
+#   TERROIR_KEYLIME_CA         the verifier's CA, PEM: the only trust anchor for it
+#   TERROIR_KEYLIME_CERT / TERROIR_KEYLIME_KEY   this server's client certificate and key for the verifier
+#                              (all four required with the flag on; compose: /etc/terroir/pki/keylime/
+#                              ca.crt, terroir-client.crt, terroir-client.key, made by certs-init.sh)
+#   TERROIR_KEYLIME_MODE       oneshot (default: each attestation's quote to POST /verify/evidence) |
+#                              continuous (also enrolls nodes; their agents then need a quote endpoint,
+#                              which deploy/agent.sh does not set up)
+#   TERROIR_KEYLIME_ALLOW_DEV_STANDIN  true|false (default false): accept terroir's Keylime test double
+#                              (test/doubles/keylime-standin.ts) as the verifier. Development only; never
+#                              in compose, which runs the real Keylime images.
+#   TERROIR_LOCATION_POLICIES  location policy file (default deploy/location-policies.yaml next to this script)
+#   TERROIR_DEFAULT_POLICY     the policy every node must satisfy (default eu)
+#   TERROIR_UNIFIED_PCRS       comma-separated sha256 PCRs the agents quote (default 0,7,15)
+#   TERROIR_KEYLIME_TPM_POLICY the PCR allowlist Keylime checks, JSON {"PCR": ["hex", ...]} on one line;
+#                              its PCRs must be among TERROIR_UNIFIED_PCRS. Default {"15": [64 zeros]}:
+#                              what a fresh software TPM, which measured nothing, holds. A real node pins
+#                              its firmware and boot PCRs instead (docs/deployment.md, docs/enrollment.md).
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -43,6 +64,53 @@ if [ -n "$tpm_cas" ]; then
   tpm_yaml="tpm: { enabled: true, manufacturerCaFiles: [$list] }"
 fi
 
+# ---- Unified Identity ------------------------------------------------------------------------------
+flag=$(unified_identity_flag) || die "UNIFIED_IDENTITY_ENABLED: see the message above"
+unified_yaml=""
+if [ "$flag" = on ]; then
+  [ -n "$tpm_cas" ] || die "UNIFIED_IDENTITY_ENABLED is on but TPM attestation is off (TERROIR_TPM_CA_FILES is empty): Unified Identity claims are bound to a TPM quote"
+  missing=""
+  for v in TERROIR_KEYLIME_URL TERROIR_KEYLIME_CA TERROIR_KEYLIME_CERT TERROIR_KEYLIME_KEY; do
+    [ -n "${!v:-}" ] || missing="$missing $v"
+  done
+  [ -z "$missing" ] || die "UNIFIED_IDENTITY_ENABLED is on but${missing} not set: the server needs a Keylime verifier (URL, its CA, a client certificate and key) to verify TPM quotes"
+  [[ $TERROIR_KEYLIME_URL =~ ^https://[^[:space:]]+$ ]] || die "TERROIR_KEYLIME_URL must be an https:// URL, got '$TERROIR_KEYLIME_URL'"
+  for v in TERROIR_KEYLIME_CA TERROIR_KEYLIME_CERT TERROIR_KEYLIME_KEY; do
+    [ -r "${!v}" ] || die "$v: cannot read ${!v} (deploy/certs-init.sh makes the Keylime PKI; is its volume mounted?)"
+  done
+  mode=${TERROIR_KEYLIME_MODE:-oneshot}
+  [ "$mode" = oneshot ] || [ "$mode" = continuous ] || die "TERROIR_KEYLIME_MODE must be oneshot or continuous, got '$mode'"
+  standin=${TERROIR_KEYLIME_ALLOW_DEV_STANDIN:-false}
+  [ "$standin" = true ] || [ "$standin" = false ] || die "TERROIR_KEYLIME_ALLOW_DEV_STANDIN must be true or false, got '$standin'"
+  policies=${TERROIR_LOCATION_POLICIES:-$root/deploy/location-policies.yaml}
+  [ -r "$policies" ] || die "TERROIR_LOCATION_POLICIES: cannot read $policies"
+  default_policy=${TERROIR_DEFAULT_POLICY:-eu}
+  [[ $default_policy =~ ^[A-Za-z0-9._-]+$ ]] || die "TERROIR_DEFAULT_POLICY must be a policy name, got '$default_policy'"
+  pcrs=${TERROIR_UNIFIED_PCRS:-0,7,15}
+  [[ $pcrs =~ ^[0-9]+(,[0-9]+)*$ ]] || die "TERROIR_UNIFIED_PCRS must be comma-separated PCR numbers, got '$pcrs'"
+  zero=0000000000000000000000000000000000000000000000000000000000000000
+  tpm_policy=${TERROIR_KEYLIME_TPM_POLICY:-"{\"15\": [\"$zero\"]}"}
+  # JSON is YAML: the server validates the values; here only that it is one object on one line.
+  [[ $tpm_policy =~ ^\{[^$'\n']*\}$ ]] || die "TERROIR_KEYLIME_TPM_POLICY must be a JSON object on one line, {\"PCR\": [\"hex digest\", ...]}, got '$tpm_policy'"
+  keylime_extra=""
+  [ "$mode" = continuous ] && keylime_extra="
+  tpmPolicy: $tpm_policy"
+  [ "$standin" = true ] && keylime_extra="$keylime_extra
+  allowDevelopmentStandIn: true   # TERROIR_KEYLIME_ALLOW_DEV_STANDIN: terroir's test verifier, development only"
+  unified_yaml="
+keylime:
+  verifierUrl: \"$TERROIR_KEYLIME_URL\"
+  caFile: \"$TERROIR_KEYLIME_CA\"
+  certFile: \"$TERROIR_KEYLIME_CERT\"
+  keyFile: \"$TERROIR_KEYLIME_KEY\"
+  mode: $mode$keylime_extra
+unifiedIdentity:
+  locationPolicies: { file: \"$policies\" }
+  defaultPolicy: \"$default_policy\"
+  pcrs: [$pcrs]
+  tpmPolicy: $tpm_policy"
+fi
+
 mkdir -p "$data"
 chmod 0700 "$data"
 cat >"$data/server.yaml" <<YAML
@@ -62,7 +130,7 @@ adminApi: { socketPath: $data/admin/api.sock }
 health: { enabled: true, bindAddress: ${TERROIR_HEALTH_BIND_ADDRESS:-127.0.0.1}, port: ${TERROIR_HEALTH_PORT:-8080} }
 nodeAttestation:
   joinToken: { enabled: $join }
-  $tpm_yaml
+  $tpm_yaml$unified_yaml
 YAML
 terroir_cmd terroir-server
 exec "${CMD[@]}" run -c "$data/server.yaml"

@@ -1,115 +1,160 @@
-/* global process, console, setTimeout, setInterval, URL */
-// The two demo workloads, doing mutual TLS with the X.509-SVIDs the terroir agent hands them.
+/* global process, console, setTimeout, URL */
+// The two demo workloads, doing mutual TLS with the X.509-SVIDs the terroir agent hands them, through
+// terroir's workload library (src/workload: X509Source, createTlsServer, tlsConnect, authorizers).
 //
-//   node mtls-demo.mjs serve PORT ALLOWED_SPIFFE_ID   the consumer: answers clients whose SVID is ALLOWED_SPIFFE_ID
-//   node mtls-demo.mjs call HOST:PORT SERVER_SPIFFE_ID [--once]   the client: calls the consumer every 5 s
+//   node mtls-demo.mjs serve PORT CLIENT_SPIFFE_ID              the consumer
+//   node mtls-demo.mjs call HOST:PORT CONSUMER_SPIFFE_ID [--once]   the client: calls the consumer every 5 s
 //
-// Each gets its SVID through the SPIFFE Workload API with the agent's CLI (`terroir-agent api fetch x509
-// -write DIR`) and fetches again every SVID_REFRESH_S seconds (default 30), so rotated SVIDs are used.
-// Environment: TERROIR_AGENT_ARGV (node's arguments that run terroir-agent, one per line; deploy/workload.sh
-// sets it), SPIFFE_ENDPOINT_SOCKET, SVID_DIR, SVID_FETCH_TIMEOUT_S (how long to wait for a first SVID, default 120).
+// Both get their SVID from the Workload API (SPIFFE_ENDPOINT_SOCKET) and follow its rotation. TLS
+// authenticates both sides against the trust bundle; then each authorizes the other:
+//  - the client accepts only CONSUMER_SPIFFE_ID;
+//  - the consumer accepts only CLIENT_SPIFFE_ID and, with UNIFIED_IDENTITY_ENABLED on, only a caller whose
+//    SVID carries Unified Identity claims satisfying CONSUMER_REQUIRE_COUNTRY / _REGION / _POLICY
+//    (comma-separated lists; each one given must hold). A plain SVID is refused, and so are claims that
+//    terroir's development Keylime stand-in checked, unless CONSUMER_ALLOW_DEV_STANDIN=true. Its answers name the
+//    caller's claims (country, region, policy: never coordinates, which SVIDs do not carry).
+// A refused caller gets {"error":"permission denied","reason":...}, and the consumer logs the reason.
 //
-// Authentication is TLS against the trust bundle; authorization is the peer's SPIFFE ID, checked on
-// both sides. Unified Identity claims (country, PCR digest, ...) are not checked: the server does not
-// issue them before issue 8; the consumer says so in every answer rather than pretend.
-import { execFile } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
-import { mkdirSync, readFileSync } from 'node:fs';
-import tls from 'node:tls';
+// Environment: TERROIR_WORKLOAD_MODULE and TERROIR_FLAGS_MODULE (the library and feature-flag modules,
+// compiled or TypeScript; deploy/workload.sh sets them), SPIFFE_ENDPOINT_SOCKET, SVID_FETCH_TIMEOUT_S
+// (how long to wait for a first SVID, default 120), UNIFIED_IDENTITY_ENABLED, CONSUMER_REQUIRE_*,
+// CONSUMER_ALLOW_DEV_STANDIN.
+import pino from 'pino';
 
 const [mode, target, expectedId, flag] = process.argv.slice(2);
-const agentArgv = (process.env.TERROIR_AGENT_ARGV ?? new URL('../../dist/src/cli/terroir-agent.js', import.meta.url).pathname)
-  .split('\n').filter((a) => a !== '');
-const dir = process.env.SVID_DIR ?? `/tmp/svid-${process.getuid?.() ?? 'x'}`;
-const refreshMs = 1000 * Number(process.env.SVID_REFRESH_S ?? 30);
 
 function fail(msg) {
   console.error(`mtls-demo: ${msg}`);
   process.exit(1);
 }
 if (!['serve', 'call'].includes(mode) || !target || !expectedId?.startsWith('spiffe://')) {
-  fail('usage: mtls-demo.mjs serve PORT ALLOWED_SPIFFE_ID | call HOST:PORT SERVER_SPIFFE_ID [--once]');
+  fail('usage: mtls-demo.mjs serve PORT CLIENT_SPIFFE_ID | call HOST:PORT CONSUMER_SPIFFE_ID [--once]');
 }
+const lib = await import(process.env.TERROIR_WORKLOAD_MODULE ?? new URL('../../dist/src/workload/index.js', import.meta.url).pathname);
+const { loadFeatureFlags } = await import(process.env.TERROIR_FLAGS_MODULE ?? new URL('../../dist/feature-flags/index.js', import.meta.url).pathname);
 
-/** Fetches this process's SVID from the agent (retrying while the agent or the entry is not there yet). */
-async function fetchSvid(deadlineMs = 1000 * Number(process.env.SVID_FETCH_TIMEOUT_S ?? 120)) {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const until = Date.now() + deadlineMs;
-  let last = '';
-  while (Date.now() < until) {
-    const err = await new Promise((resolve) => {
-      execFile(process.execPath, [...agentArgv, 'api', 'fetch', 'x509', '-write', dir], (e, _out, stderr) => resolve(e ? stderr || e.message : null));
-    });
-    if (err === null) return loadSvid();
-    last = err.trim();
-    await new Promise((r) => setTimeout(r, 500));
+// The library logs (refused peers, Workload API trouble) go to stderr; the last warning explains a missing SVID.
+let lastWarning = '';
+const logger = pino({ name: `mtls-demo ${mode}`, level: 'warn' }, {
+  write(line) {
+    try {
+      const rec = JSON.parse(line);
+      lastWarning = [rec.msg, rec.details ?? rec.err].filter(Boolean).join(': ');
+    } catch {
+      lastWarning = line.trim();
+    }
+    process.stderr.write(line);
+  },
+});
+
+/** Our X509Source, once the agent has given us an SVID (it may still be attesting, or the entry not synced yet). */
+async function source() {
+  const timeoutS = Number(process.env.SVID_FETCH_TIMEOUT_S ?? 120);
+  try {
+    return await lib.X509Source.create({ timeoutMs: timeoutS * 1000, logger });
+  } catch (err) {
+    fail(`no X.509-SVID from the agent within ${timeoutS} s: ${err.message}${lastWarning ? ` (last from the Workload API: ${lastWarning})` : ''}`);
   }
-  fail(`no X.509-SVID from the agent: ${last}`);
 }
 
-function loadSvid() {
-  const cert = readFileSync(`${dir}/svid.0.pem`);
-  return { cert, key: readFileSync(`${dir}/svid.0.key`), ca: readFileSync(`${dir}/bundle.0.pem`), id: spiffeIdOf(new X509Certificate(cert)) };
+/** The Unified Identity requirement from CONSUMER_REQUIRE_*, or undefined when none is set. */
+function requirement() {
+  const list = (name) => {
+    const v = process.env[name]?.trim();
+    return v ? v.split(',').map((s) => s.trim()).filter((s) => s !== '') : undefined;
+  };
+  const req = { countries: list('CONSUMER_REQUIRE_COUNTRY'), regions: list('CONSUMER_REQUIRE_REGION'), policies: list('CONSUMER_REQUIRE_POLICY') };
+  for (const k of Object.keys(req)) if (req[k] === undefined) delete req[k];
+  if (Object.keys(req).length === 0) return undefined;
+  // Claims checked by terroir's Keylime test double instead of Keylime: only when told (native demo and tests).
+  if (process.env.CONSUMER_ALLOW_DEV_STANDIN === 'true') req.allowDevelopmentStandIn = true;
+  return req;
 }
 
-/** The one URI SAN of an X.509-SVID, or null when there is not exactly one. */
-function spiffeIdOf(cert) {
-  const uris = (cert.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
-  return uris.length === 1 && uris[0].startsWith('spiffe://') ? uris[0] : null;
-}
-
-function peerIdOf(socket) {
-  const raw = socket.getPeerX509Certificate?.();
-  return raw ? spiffeIdOf(raw) : null;
+/** The coarse claims a consumer reports back: never more than the SVID says, and SVIDs carry no coordinates. */
+function claimsSummary(claims) {
+  if (claims === undefined) return null;
+  const { country, region, policy, satisfiedPolicies, sensorKinds, attestedAt } = claims;
+  return { country, region, policy, satisfiedPolicies, sensorKinds, attestedAt };
 }
 
 async function serve() {
-  const port = Number(target);
-  let svid = await fetchSvid();
-  const options = () => ({ cert: svid.cert, key: svid.key, ca: svid.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' });
-  const server = tls.createServer(options(), (socket) => {
-    const peer = peerIdOf(socket);
-    if (peer !== expectedId) {
-      console.log(`refused ${peer ?? '(no SPIFFE ID)'}: only ${expectedId} may call`);
-      socket.end(`${JSON.stringify({ error: 'permission denied', peer })}\n`);
+  let unified;
+  try {
+    unified = loadFeatureFlags(undefined, process.env).flags.unifiedIdentity;
+  } catch (err) {
+    fail(err.message);
+  }
+  const req = requirement();
+  if (unified && req === undefined) {
+    fail('UNIFIED_IDENTITY_ENABLED is on: set CONSUMER_REQUIRE_REGION, CONSUMER_REQUIRE_COUNTRY and/or CONSUMER_REQUIRE_POLICY (the claims a caller must carry)');
+  }
+  // Built before any SVID is fetched, so a bad requirement (e.g. country "fr") fails at once.
+  let policy;
+  try {
+    policy = lib.authorizeAll(lib.authorizeId(expectedId), ...(unified ? [lib.authorizeUnifiedIdentity(req)] : []));
+  } catch (err) {
+    fail(`CONSUMER_REQUIRE_*: ${err.message}`);
+  }
+  const src = await source();
+  const self = src.getX509Svid().id.toString();
+  // TLS admits any verified SVID of our trust domain; the policy is applied next, so a refused
+  // caller is told why instead of seeing a reset connection.
+  const server = lib.createTlsServer({ source: src, authorizer: lib.authorizeMemberOf(src.getX509Svid().id.trustDomain), logger }, (socket, peer) => {
+    const id = peer.id.toString();
+    try {
+      policy(peer);
+    } catch (err) {
+      if (!(err instanceof lib.AuthorizationError)) throw err;
+      console.log(`refused ${id}: ${err.message}`);
+      socket.end(`${JSON.stringify({ error: 'permission denied', peer: id, reason: err.message })}\n`);
       return;
     }
-    console.log(`served ${peer}`);
-    socket.end(`${JSON.stringify({ from: svid.id, to: peer, unifiedIdentity: 'not checked: pending issue 8' })}\n`);
+    const claims = unified ? claimsSummary(lib.unifiedIdentityOf(peer)) : undefined;
+    console.log(`served ${id}${claims ? ` (${claims.country}, ${claims.region ?? '-'}, policy ${claims.policy})` : ''}`);
+    socket.end(`${JSON.stringify({
+      from: self,
+      to: id,
+      unifiedIdentity: unified ? { checked: true, required: req, caller: claims } : 'not checked: UNIFIED_IDENTITY_ENABLED is off',
+    })}\n`);
   });
-  server.on('tlsClientError', (err) => console.log(`TLS handshake refused: ${err.message}`));
-  server.listen(port, () => console.log(`consumer ${svid.id} listening on ${port}, allowing ${expectedId}`));
-  setInterval(async () => {
-    svid = await fetchSvid();
-    server.setSecureContext(options());
-  }, refreshMs).unref();
+  server.listen(Number(target), () => {
+    const what = unified ? `${expectedId} with Unified Identity claims ${JSON.stringify(req)}` : `${expectedId} (Unified Identity off: SPIFFE ID only)`;
+    console.log(`consumer ${self} listening on ${target}, allowing ${what}`);
+  });
+  const stop = () => {
+    server.close();
+    void src.close().then(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
 }
 
 async function call() {
-  const [host, portText] = target.split(':');
-  const callOnce = async () => {
-    const svid = await fetchSvid();
-    return new Promise((resolve, reject) => {
-      const socket = tls.connect({
-        host, port: Number(portText), cert: svid.cert, key: svid.key, ca: svid.ca, servername: 'consumer', minVersion: 'TLSv1.2',
-        // SPIFFE authorizes by ID, not host name: the server's SVID must name the expected consumer.
-        checkServerIdentity: (_name, cert) => {
-          const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
-          return uris.length === 1 && uris[0] === expectedId ? undefined : new Error(`server is ${uris.join(',') || '(no URI SAN)'}, expected ${expectedId}`);
-        },
-      });
-      let body = '';
-      socket.on('data', (d) => { body += d; });
-      socket.on('end', () => resolve(body.trim()));
-      socket.on('error', reject);
-    });
-  };
+  const sep = target.lastIndexOf(':');
+  const host = target.slice(0, sep);
+  const port = Number(target.slice(sep + 1));
+  if (sep <= 0 || !Number.isInteger(port) || port < 1 || port > 65535) fail(`not HOST:PORT: ${target}`);
+  const src = await source();
+  const callOnce = () => new Promise((resolve, reject) => {
+    // The consumer must present exactly CONSUMER_SPIFFE_ID (verified before any data is exchanged).
+    const socket = lib.tlsConnect({ source: src, authorizer: lib.authorizeId(expectedId), logger, host, port });
+    let body = '';
+    socket.setEncoding('utf8');
+    socket.setTimeout(15_000, () => socket.destroy(new Error('no answer within 15 s')));
+    socket.on('data', (d) => { body += d; });
+    socket.on('end', () => resolve(body.trim()));
+    socket.on('error', reject);
+  });
   for (;;) {
     try {
       const answer = await callOnce();
       console.log(answer);
       if (JSON.parse(answer).error !== undefined) throw new Error(`the consumer refused us: ${answer}`);
-      if (flag === '--once') process.exit(0);
+      if (flag === '--once') {
+        await src.close();
+        process.exit(0);
+      }
     } catch (err) {
       console.error(`call failed: ${err.message}`);
       if (flag === '--once') process.exit(1);
