@@ -76,13 +76,13 @@ mkdir -p "$W/svid-c" "$W/svid-k"
 chown 10101:10101 "$W/svid-c"
 chown 10102:10102 "$W/svid-k"
 setpriv --reuid 10101 --regid 10101 --clear-groups env SPIFFE_ENDPOINT_SOCKET="unix://$W/run/api.sock" \
-  SVID_DIR="$W/svid-c" CONSUMER_PORT="$consumer_port" bash "$here/workload.sh" consumer >"$W/consumer.log" 2>&1 &
+  CONSUMER_PORT="$consumer_port" bash "$here/workload.sh" consumer >"$W/consumer.log" 2>&1 &
 pids+=($!)
 wait_for 60 "consumer SVID" grep -q "listening on" "$W/consumer.log"
 phase "consumer: first X.509-SVID, TLS listener up"
 
 setpriv --reuid 10102 --regid 10102 --clear-groups env SPIFFE_ENDPOINT_SOCKET="unix://$W/run/api.sock" \
-  SVID_DIR="$W/svid-k" CONSUMER_ADDR="127.0.0.1:$consumer_port" bash "$here/workload.sh" client --once >"$W/client.log" 2>&1
+  CONSUMER_ADDR="127.0.0.1:$consumer_port" bash "$here/workload.sh" client --once >"$W/client.log" 2>&1
 phase "client: SVID + first mutual-TLS call answered"
 
 echo "terroir bring-up, native, $( [ "${BENCH_DIST:-0}" = 1 ] && echo "compiled dist/" || echo "sources via tsx"), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"

@@ -25,6 +25,7 @@ interface Service {
   user?: string;
   pid?: string;
   healthcheck?: { test: string[] };
+  networks?: string[] | Record<string, unknown>;
   init?: boolean;
   depends_on?: Record<string, { condition: string }>;
 }
@@ -44,6 +45,11 @@ function svc(c: Compose, name: string): Service {
   const found = c.services[name];
   if (found === undefined) throw new Error(`docker-compose.yml has no service ${name}`);
   return found;
+}
+
+/** A service's networks, whether the config lists them or maps them. */
+function networksOf(s: Service): string[] {
+  return Array.isArray(s.networks) ? s.networks : Object.keys(s.networks ?? {});
 }
 
 let compose: Compose;
@@ -141,6 +147,63 @@ describe('docker-compose.yml', () => {
     }
     expect(svc(compose, 'terroir-agent').depends_on?.register?.condition).toBe('service_completed_successfully');
     expect(svc(compose, 'terroir-server').depends_on?.['certs-init']?.condition).toBe('service_completed_successfully');
+  });
+
+  it('wires Unified Identity: the server to the real Keylime verifier with certs-init\'s PKI, the agent to gpsd, the consumer to its policy', async () => {
+    const server = svc(compose, 'terroir-server');
+    const env = server.environment ?? {};
+    // The verifier is the Keylime service on its own port, reached over the keylime network.
+    const verifierPort = svc(compose, 'keylime-verifier').environment?.KEYLIME_VERIFIER_PORT;
+    expect(env.TERROIR_KEYLIME_URL).toBe(`https://keylime-verifier:${verifierPort}`);
+    expect(networksOf(server)).toContain('keylime');
+    expect(server.depends_on?.['keylime-verifier']?.condition).toBe('service_healthy');
+    // The CA and client certificate are files certs-init makes, in the pki volume the server mounts.
+    const out = path.join(tmp.dir, 'pki-ui');
+    await run('bash', [path.join(ROOT, 'deploy', 'certs-init.sh'), out]);
+    expect(server.volumes).toContain('pki:/etc/terroir/pki:ro');
+    for (const k of ['TERROIR_KEYLIME_CA', 'TERROIR_KEYLIME_CERT', 'TERROIR_KEYLIME_KEY']) {
+      const f = env[k] ?? '';
+      expect(f, k).toMatch(/^\/etc\/terroir\/pki\//);
+      expect(fs.existsSync(path.join(out, path.relative('/etc/terroir/pki', f))), `${k}: ${f}`).toBe(true);
+    }
+    // certs-init hands the client key to the server's uid.
+    expect(svc(compose, 'certs-init').environment?.TERROIR_UID).toBe('10001');
+    expect(env.TERROIR_KEYLIME_MODE).toBe('oneshot');
+    // The location policies ship in the image (COPY deploy), and the default policy is one of them.
+    expect(env.TERROIR_LOCATION_POLICIES).toBe('/app/deploy/location-policies.yaml');
+    const policies = YAML.parse(fs.readFileSync(path.join(ROOT, 'deploy', 'location-policies.yaml'), 'utf8')) as { policies: Record<string, unknown> };
+    expect(Object.keys(policies.policies)).toContain(env.TERROIR_DEFAULT_POLICY);
+    // Compose runs the real Keylime images: the development stand-in is never allowed.
+    for (const [name, service] of Object.entries(compose.services)) {
+      expect(Object.keys(service.environment ?? {}), name).not.toContain('TERROIR_KEYLIME_ALLOW_DEV_STANDIN');
+      expect(Object.keys(service.environment ?? {}), name).not.toContain('CONSUMER_ALLOW_DEV_STANDIN');
+    }
+    // The agent reads the gpsd service on the sensors network they share.
+    const agent = svc(compose, 'terroir-agent');
+    expect(agent.environment?.TERROIR_GPSD_HOST).toBe('gpsd');
+    expect(agent.environment?.TERROIR_GPSD_PORT).toBe(svc(compose, 'gpsd').environment?.GPSD_PORT);
+    expect(networksOf(agent)).toContain('sensors');
+    expect(networksOf(svc(compose, 'gpsd'))).toEqual(['sensors']);
+    expect(agent.depends_on?.gpsd?.condition).toBe('service_healthy');
+    expect(svc(compose, 'gpsd').environment).toMatchObject({ GPS_LAT: '48.8566', GPS_LON: '2.3522' });
+    // The consumer gets the flag and its requirement from the env file.
+    expect(svc(compose, 'workload-consumer').environment).toMatchObject({ UNIFIED_IDENTITY_ENABLED: 'false', CONSUMER_REQUIRE_REGION: 'EU', CONSUMER_REQUIRE_POLICY: 'eu' });
+  }, 30_000);
+
+  it('the env file turns Unified Identity on for server, agent and consumer together, and sets the place and the policy', async () => {
+    const envFile = path.join(tmp.dir, 'ui.env');
+    fs.writeFileSync(envFile, 'UNIFIED_IDENTITY_ENABLED=true\nTERROIR_DEFAULT_POLICY=fr\nGPS_LAT=52.52\nGPS_LON=13.405\nCONSUMER_REQUIRE_COUNTRY=DE\n');
+    const on = await composeConfig(envFile);
+    for (const s of ['terroir-server', 'terroir-agent', 'workload-consumer']) expect(svc(on, s).environment?.UNIFIED_IDENTITY_ENABLED, s).toBe('true');
+    expect(svc(on, 'terroir-server').environment?.TERROIR_DEFAULT_POLICY).toBe('fr');
+    expect(svc(on, 'gpsd').environment).toMatchObject({ GPS_LAT: '52.52', GPS_LON: '13.405' });
+    expect(svc(on, 'workload-consumer').environment?.CONSUMER_REQUIRE_COUNTRY).toBe('DE');
+  }, 30_000);
+
+  it('says nothing is pending any more: no "issue 8" left in the compose file, the env file, the Dockerfile or deploy/', () => {
+    const files = ['docker-compose.yml', 'Dockerfile', 'deploy/.env.example', ...fs.readdirSync(path.join(ROOT, 'deploy'), { recursive: true, encoding: 'utf8' })
+      .map((f) => path.join('deploy', f)).filter((f) => fs.statSync(path.join(ROOT, f)).isFile())];
+    for (const f of files) expect(fs.readFileSync(path.join(ROOT, f), 'utf8'), f).not.toMatch(/issue 8|pending/i);
   });
 
   it('the Dockerfile only copies paths that exist and that .dockerignore lets through', () => {

@@ -10,7 +10,7 @@ const tmp = tempDir('terroir-deploy-errors-');
 afterAll(() => tmp.cleanup());
 
 function script(name: string, args: string[], extra: Record<string, string>): { status: number | null; stderr: string } {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(TERROIR_|SPIFFE_|SWTPM_|GPS)/.test(k)));
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(TERROIR_|SPIFFE_|SWTPM_|GPS|UNIFIED_IDENTITY|CONSUMER_)/.test(k)));
   const r = spawnSync('bash', [path.join(DEPLOY, name), ...args], { env: { ...base, TERROIR_FROM_SOURCE: '1', ...extra }, timeout: 20_000 });
   return { status: r.status, stderr: r.stderr.toString() };
 }
@@ -50,5 +50,52 @@ describe('deploy/ scripts refuse bad settings', () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("CERT_DAYS must be a positive number of days, got '-5'");
     expect(fs.existsSync(out)).toBe(false);
+  });
+
+  it('server.sh with Unified Identity on: a misspelt flag, half-set Keylime settings, missing files, bad values', () => {
+    const data = path.join(tmp.dir, 'server-ui');
+    const ca = path.join(tmp.dir, 'tpm-ca.pem');
+    fs.writeFileSync(ca, 'not read before the checks below fail\n');
+    const base = { TERROIR_DATA_DIR: data, TERROIR_TPM_CA_FILES: ca, TERROIR_TPM_CA_WAIT: '0' };
+    // The flag is parsed by terroir's own parser: its message, not a guess.
+    const typo = script('server.sh', [], { ...base, UNIFIED_IDENTITY_ENABLED: 'ture' });
+    expect(typo.status).toBe(1);
+    expect(typo.stderr).toContain('environment variable UNIFIED_IDENTITY_ENABLED="ture" is not a boolean; use true or false');
+    const half = script('server.sh', [], { ...base, UNIFIED_IDENTITY_ENABLED: 'On', TERROIR_KEYLIME_URL: 'https://keylime-verifier:8881', TERROIR_KEYLIME_CA: ca });
+    expect(half.status).toBe(1);
+    expect(half.stderr).toContain('deploy/server.sh: UNIFIED_IDENTITY_ENABLED is on but TERROIR_KEYLIME_CERT TERROIR_KEYLIME_KEY not set');
+    const full = { ...base, UNIFIED_IDENTITY_ENABLED: '1', TERROIR_KEYLIME_URL: 'https://keylime-verifier:8881', TERROIR_KEYLIME_CA: ca, TERROIR_KEYLIME_CERT: ca, TERROIR_KEYLIME_KEY: ca };
+    const noKey = path.join(tmp.dir, 'absent.key');
+    expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_KEY: noKey }).stderr).toContain(`TERROIR_KEYLIME_KEY: cannot read ${noKey} (deploy/certs-init.sh makes the Keylime PKI`);
+    expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_URL: 'http://keylime:8881' }).stderr).toContain("TERROIR_KEYLIME_URL must be an https:// URL, got 'http://keylime:8881'");
+    expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_MODE: 'pull' }).stderr).toContain("TERROIR_KEYLIME_MODE must be oneshot or continuous, got 'pull'");
+    expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_ALLOW_DEV_STANDIN: 'yes' }).stderr).toContain("TERROIR_KEYLIME_ALLOW_DEV_STANDIN must be true or false, got 'yes'");
+    const noPolicies = path.join(tmp.dir, 'absent.yaml');
+    expect(script('server.sh', [], { ...full, TERROIR_LOCATION_POLICIES: noPolicies }).stderr).toContain(`TERROIR_LOCATION_POLICIES: cannot read ${noPolicies}`);
+    expect(script('server.sh', [], { ...full, TERROIR_UNIFIED_PCRS: '0, 7' }).stderr).toContain("TERROIR_UNIFIED_PCRS must be comma-separated PCR numbers, got '0, 7'");
+    expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_TPM_POLICY: '15: [00]' }).stderr).toContain('TERROIR_KEYLIME_TPM_POLICY must be a JSON object on one line');
+    expect(script('server.sh', [], { ...full, TERROIR_TPM_CA_FILES: '' }).stderr).toContain('UNIFIED_IDENTITY_ENABLED is on but TPM attestation is off (TERROIR_TPM_CA_FILES is empty)');
+    expect(fs.existsSync(data)).toBe(false);
+  }, 30_000);
+
+  it('agent.sh with Unified Identity on: a join token, a bad gpsd port', () => {
+    const bundle = path.join(tmp.dir, 'bundle.pem');
+    fs.writeFileSync(bundle, '-----BEGIN CERTIFICATE-----\n');
+    const base = { TERROIR_BOOTSTRAP_BUNDLE: bundle, TERROIR_AGENT_DATA_DIR: path.join(tmp.dir, 'agent-ui'), UNIFIED_IDENTITY_ENABLED: 'true' };
+    expect(script('agent.sh', [], { ...base, TERROIR_AGENT_JOIN_TOKEN: 'abc' }).stderr).toContain('UNIFIED_IDENTITY_ENABLED is on but TERROIR_AGENT_JOIN_TOKEN is set');
+    expect(script('agent.sh', [], { ...base, TERROIR_GPSD_PORT: '99999' }).stderr).toContain("TERROIR_GPSD_PORT must be a port number, got '99999'");
+    expect(fs.existsSync(path.join(tmp.dir, 'agent-ui'))).toBe(false);
+  });
+
+  it('gpsd.sh: a position or step out of range; workload.sh: the consumer with the flag on needs a requirement', () => {
+    const lat = script('gpsd.sh', [], { GPSD_PORT: '1', GPS_LAT: '95' });
+    expect(lat.status).toBe(1);
+    expect(lat.stderr).toContain("live-nmea: latitude must be a number in [-90, 90], got '95'");
+    expect(script('gpsd.sh', [], { GPS_STEP_S: 'fast' }).stderr).toContain('GPS_STEP_S must be a number of seconds in [0.05, 60], got "fast"');
+    const c = script('workload.sh', ['consumer'], { UNIFIED_IDENTITY_ENABLED: 'yes', SPIFFE_ENDPOINT_SOCKET: `unix://${path.join(tmp.dir, 'none.sock')}` });
+    expect(c.status).toBe(1);
+    expect(c.stderr).toContain('mtls-demo: UNIFIED_IDENTITY_ENABLED is on: set CONSUMER_REQUIRE_REGION, CONSUMER_REQUIRE_COUNTRY and/or CONSUMER_REQUIRE_POLICY');
+    const bad = script('workload.sh', ['consumer'], { UNIFIED_IDENTITY_ENABLED: 'yes', CONSUMER_REQUIRE_COUNTRY: 'fr' });
+    expect(bad.stderr).toContain('mtls-demo: CONSUMER_REQUIRE_*: countries must be ISO 3166-1 alpha-2 codes in upper case');
   });
 });
