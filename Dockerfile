@@ -77,6 +77,7 @@ EXPOSE 2321 2322
 ENTRYPOINT ["/app/deploy/swtpm.sh"]
 
 # ---- gpsd fed by gpsfake -------------------------------------------------------------------------------
+# On the Node runtime: deploy/gps/live-nmea.mjs writes the NMEA log, stamped with the current time.
 FROM runtime AS gpsd
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gpsd gpsd-clients python3-gps \
@@ -88,6 +89,7 @@ EXPOSE 2947
 ENTRYPOINT ["/app/deploy/gpsd.sh"]
 
 # ---- demo workloads --------------------------------------------------------------------------------------
+# deploy/workload/mtls-demo.mjs on terroir's workload library (dist/src/workload) and feature flags.
 FROM runtime AS workload
 ENTRYPOINT ["/app/deploy/workload.sh"]
 

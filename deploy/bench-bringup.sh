@@ -6,6 +6,8 @@
 #
 #   deploy/bench-bringup.sh            # the TypeScript sources through tsx (no build needed)
 #   BENCH_DIST=1 deploy/bench-bringup.sh   # the compiled dist/ (npm run build first), as in the images
+#   UNIFIED_IDENTITY_ENABLED=true deploy/bench-bringup.sh   # flag on: gpsd.sh and the Keylime development
+#                                      # stand-in (test/doubles, through tsx) join the bring-up
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -42,11 +44,30 @@ for _ in $(seq 1 20); do
   if node -e "require('net').createServer().once('error',()=>process.exit(1)).listen($((p + 1)),'127.0.0.1',function(){this.close()})"; then tpm_port=$p; break; fi
 done
 [ -n "$tpm_port" ] || { echo "bench-bringup: no free port pair for swtpm" >&2; exit 1; }
-api_port=$(free_port) health_port=$(free_port) consumer_port=$(free_port)
+api_port=$(free_port) health_port=$(free_port) consumer_port=$(free_port) gpsd_port=$(free_port)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+flag=$(unified_identity_flag) || exit 1
+export UNIFIED_IDENTITY_ENABLED=$([ "$flag" = on ] && echo true || echo false)
 t0=$(now_ms) last=$t0
 
 bash "$here/certs-init.sh" "$W/pki" >/dev/null
 phase "certs-init.sh (Keylime mTLS PKI, 5 keys)"
+
+if [ "$flag" = on ]; then
+  GPSD_PORT=$gpsd_port GPSD_LISTEN_ALL=0 bash "$here/gpsd.sh" >"$W/gpsd.log" 2>&1 &
+  pids+=($!)
+  node --import "file://$root/node_modules/tsx/dist/loader.mjs" "$root/test/doubles/keylime-standin.ts" --pki "$W/pki/keylime" >"$W/standin.out" 2>"$W/standin.log" &
+  pids+=($!)
+  wait_for 30 "Keylime stand-in ready" grep -q '"standIn":true' "$W/standin.out"
+  wait_for 30 "gpsd listening" bash -c "exec 3<>/dev/tcp/127.0.0.1/$gpsd_port"
+  phase "gpsd.sh + Keylime stand-in, in parallel, until ready"
+  export TERROIR_KEYLIME_URL
+  TERROIR_KEYLIME_URL=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8").split("\n")[0]).url)' "$W/standin.out")
+  export TERROIR_KEYLIME_CA=$W/pki/keylime/ca.crt TERROIR_KEYLIME_CERT=$W/pki/keylime/terroir-client.crt \
+    TERROIR_KEYLIME_KEY=$W/pki/keylime/terroir-client.key TERROIR_KEYLIME_ALLOW_DEV_STANDIN=true \
+    TERROIR_GPSD_HOST=127.0.0.1 TERROIR_GPSD_PORT=$gpsd_port CONSUMER_REQUIRE_REGION=EU CONSUMER_ALLOW_DEV_STANDIN=true
+fi
 
 SWTPM_STATE_DIR=$W/tpm SWTPM_CA_DIR=$W/tpm-ca SWTPM_PORT=$tpm_port SWTPM_BIND=127.0.0.1 \
   bash "$here/swtpm.sh" >"$W/swtpm.log" 2>&1 &
@@ -70,7 +91,7 @@ TERROIR_AGENT_SERVER_ADDRESS=127.0.0.1 TERROIR_AGENT_SERVER_PORT=$api_port TERRO
   TERROIR_TPM_TCTI="swtpm:host=127.0.0.1,port=$tpm_port" bash "$here/agent.sh" >"$W/agent.log" 2>&1 &
 pids+=($!)
 wait_for 60 "node attestation" grep -q '"msg":"node attested"' "$W/agent.log"
-phase "agent.sh until TPM node attestation succeeded"
+phase "$([ "$flag" = on ] && echo "agent.sh: TPM + Keylime + location attestation" || echo "agent.sh until TPM node attestation succeeded")"
 
 mkdir -p "$W/svid-c" "$W/svid-k"
 chown 10101:10101 "$W/svid-c"
@@ -85,7 +106,7 @@ setpriv --reuid 10102 --regid 10102 --clear-groups env SPIFFE_ENDPOINT_SOCKET="u
   CONSUMER_ADDR="127.0.0.1:$consumer_port" bash "$here/workload.sh" client --once >"$W/client.log" 2>&1
 phase "client: SVID + first mutual-TLS call answered"
 
-echo "terroir bring-up, native, $( [ "${BENCH_DIST:-0}" = 1 ] && echo "compiled dist/" || echo "sources via tsx"), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
+echo "terroir bring-up, native, Unified Identity $flag, $( [ "${BENCH_DIST:-0}" = 1 ] && echo "compiled dist/" || echo "sources via tsx"), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
 printf '%-52s %10s %11s\n' "phase" "took" "elapsed"
 printf '%s\n' "${rows[@]}"
 echo "client answer: $(cat "$W/client.log")"
