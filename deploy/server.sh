@@ -75,6 +75,10 @@ if [ "$flag" = on ]; then
   done
   [ -z "$missing" ] || die "UNIFIED_IDENTITY_ENABLED is on but${missing} not set: the server needs a Keylime verifier (URL, its CA, a client certificate and key) to verify TPM quotes"
   [[ $TERROIR_KEYLIME_URL =~ ^https://[^[:space:]]+$ ]] || die "TERROIR_KEYLIME_URL must be an https:// URL, got '$TERROIR_KEYLIME_URL'"
+  for v in TERROIR_KEYLIME_URL TERROIR_KEYLIME_CA TERROIR_KEYLIME_CERT TERROIR_KEYLIME_KEY TERROIR_LOCATION_POLICIES; do
+    # They go into server.yaml as double-quoted strings.
+    [[ ${!v:-} != *[\"\\]* ]] || die "$v must not contain a double quote or a backslash, got '${!v}'"
+  done
   for v in TERROIR_KEYLIME_CA TERROIR_KEYLIME_CERT TERROIR_KEYLIME_KEY; do
     [ -r "${!v}" ] || die "$v: cannot read ${!v} (deploy/certs-init.sh makes the Keylime PKI; is its volume mounted?)"
   done

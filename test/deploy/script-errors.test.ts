@@ -68,6 +68,7 @@ describe('deploy/ scripts refuse bad settings', () => {
     const noKey = path.join(tmp.dir, 'absent.key');
     expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_KEY: noKey }).stderr).toContain(`TERROIR_KEYLIME_KEY: cannot read ${noKey} (deploy/certs-init.sh makes the Keylime PKI`);
     expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_URL: 'http://keylime:8881' }).stderr).toContain("TERROIR_KEYLIME_URL must be an https:// URL, got 'http://keylime:8881'");
+    expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_CA: '/etc/a"b.pem' }).stderr).toContain('TERROIR_KEYLIME_CA must not contain a double quote or a backslash');
     expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_MODE: 'pull' }).stderr).toContain("TERROIR_KEYLIME_MODE must be oneshot or continuous, got 'pull'");
     expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_ALLOW_DEV_STANDIN: 'yes' }).stderr).toContain("TERROIR_KEYLIME_ALLOW_DEV_STANDIN must be true or false, got 'yes'");
     const noPolicies = path.join(tmp.dir, 'absent.yaml');
