@@ -84,28 +84,47 @@ describe('the deployment scripts, natively, Unified Identity off', () => {
     expect(r.stderr.toString()).toMatch(/no X\.509-SVID from the agent within 3 s: .*(PermissionDenied|PERMISSION_DENIED|withdrew|no identity)/i);
   }, 40_000);
 
-  it('gpsd.sh serves a fix stamped with the current time, listening on all addresses as in compose', async () => {
+  it('gpsd.sh serves fixes stamped with the current time, and again after writing a fresh log; listening on all addresses as in compose', async () => {
     const gpsdPort = s.ports.gpsd;
-    const child = s.start('gpsd', 'bash', [path.join(DEPLOY, 'gpsd.sh')], s.env({ GPSD_PORT: String(gpsdPort), GPSD_LISTEN_ALL: '1', GPS_STEP_S: '0.2', GPS_LAT: '-33.8688', GPS_LON: '151.2093' }));
+    const child = s.start('gpsd', 'bash', [path.join(DEPLOY, 'gpsd.sh')], s.env({
+      GPSD_PORT: String(gpsdPort), GPSD_LISTEN_ALL: '1', GPS_STEP_S: '0.2', GPS_LOG_SECONDS: '2', GPS_LAT: '-33.8688', GPS_LON: '151.2093',
+    }));
+    /** The first fix gpsd reports to a fresh client (undefined while gpsd restarts). */
+    const fix = (): { lat?: number; lon?: number; time?: string } | undefined => {
+      const r = spawnSync('gpspipe', ['-w', '-n', '12', `127.0.0.1:${gpsdPort}`], { timeout: 10_000 });
+      return r.stdout.toString().split('\n').filter((l) => l.includes('"class":"TPV"'))
+        .map((l) => JSON.parse(l) as { mode: number; lat?: number; lon?: number; time?: string })
+        .find((t) => t.mode >= 2 && t.time !== undefined);
+    };
+    /** The gpsfake gpsd.sh is running now (its child, by PID). */
+    const player = (): string | undefined => spawnSync('ps', ['-o', 'pid=,args=', '--ppid', String(child.pid)]).stdout.toString()
+      .split('\n').find((l) => l.includes('gpsfake'))?.trim().split(/\s+/)[0];
     try {
       await waitForPort(gpsdPort, '127.0.0.1', 15_000);
+      const firstPlayer = player();
+      expect(firstPlayer).toMatch(/^\d+$/);
       // gpsfake cannot pass -G itself; the GPSD_HOME wrapper must have done it.
       // /proc/net/tcp: local address 00000000:<port hex>, state 0A (LISTEN).
       const wildcard = `00000000:${gpsdPort.toString(16).toUpperCase().padStart(4, '0')}`;
       const listening = fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').map((l) => l.trim().split(/\s+/));
       expect(listening.some((f) => f[1] === wildcard && f[3] === '0A'), `no listener on 0.0.0.0:${gpsdPort}`).toBe(true);
-      const r = spawnSync('gpspipe', ['-w', '-n', '12', `127.0.0.1:${gpsdPort}`], { timeout: 15_000 });
-      const tpv = r.stdout.toString().split('\n').filter((l) => l.includes('"class":"TPV"')).map((l) => JSON.parse(l) as { mode: number; lat?: number; lon?: number; time?: string });
-      const fix = tpv.find((t) => t.mode >= 2 && t.time !== undefined);
-      expect(fix, r.stdout.toString()).toBeDefined();
-      expect(fix?.lat).toBeCloseTo(-33.8688, 4);
-      expect(fix?.lon).toBeCloseTo(151.2093, 4);
+      const first = fix();
+      expect(first, s.log('gpsd')).toBeDefined();
+      expect(first?.lat).toBeCloseTo(-33.8688, 4);
+      expect(first?.lon).toBeCloseTo(151.2093, 4);
       // Live: the fix's time is the wall clock's, give or take gpsd's start-up.
-      expect(Math.abs(Date.now() - Date.parse(fix?.time ?? ''))).toBeLessThan(10_000);
+      expect(Math.abs(Date.now() - Date.parse(first?.time ?? ''))).toBeLessThan(10_000);
+      // After GPS_LOG_SECONDS a fresh log replaces the played one (gpsd restarts): fixes stay current.
+      await new Promise((r) => setTimeout(r, 2500));
+      let later: ReturnType<typeof fix>;
+      await s.until('no fix after the log was renewed', () => (later = fix()) !== undefined, 10_000);
+      expect(player(), 'gpsd.sh did not restart gpsfake with a fresh log').not.toBe(firstPlayer);
+      expect(Date.parse(later?.time ?? '')).toBeGreaterThan(Date.parse(first?.time ?? '') + 2000);
+      expect(Math.abs(Date.now() - Date.parse(later?.time ?? ''))).toBeLessThan(10_000);
     } finally {
       await stopChild(child);
     }
-    // Stopped by its PID, gpsd.sh stops gpsfake (which stops its gpsd) and removes its generated log.
+    // Stopped by its PID, gpsd.sh stops gpsfake (which stops its gpsd): nothing listens any more.
     await s.until('gpsd still listens after gpsd.sh stopped', () => !fs.readFileSync('/proc/net/tcp', 'utf8').includes(`:${gpsdPort.toString(16).toUpperCase().padStart(4, '0')} 00000000:0000 0A`), 5_000);
   }, 40_000);
 });
