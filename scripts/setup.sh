@@ -11,7 +11,7 @@ DEB_PACKAGES=(
   gpsd gpsd-clients python3-gps
   postgresql
   openssl
-  util-linux systemd
+  util-linux systemd procps
   docker-compose
 )
 
