@@ -200,9 +200,15 @@ describe('EK certificates', () => {
       expect(info.chain).toHaveLength(2);
       const ek = parseTpm2bPublic(fixture(pub));
       expect(info.ekHash).toBe(ekHash(ek));
+      expect(info.spki).toEqual(info.publicKey.export({ type: 'spki', format: 'der' }));
+      expect(info.publicKey.equals(new crypto.X509Certificate(fixture(crt)).publicKey)).toBe(true);
       expect(ekPublicMatchesCertificate(ek, fixture(crt))).toBe(true);
+      // The verified certificate's info gives the same answer without parsing the certificate again.
+      expect(ekPublicMatchesCertificate(ek, info)).toBe(true);
     }
     expect(ekPublicMatchesCertificate(parseTpm2bPublic(fixture('ek-rsa2048.pub')), fixture('ek-p384.crt'))).toBe(false);
+    expect(ekPublicMatchesCertificate(parseTpm2bPublic(fixture('ek-rsa2048.pub')), verifyEkCertificate(fixture('ek-p384.crt'), manufacturerCas()))).toBe(false);
+    expect(ekPublicMatchesCertificate(parseTpm2bPublic(fixture('ek-p384.pub')), verifyEkCertificate(fixture('ek-rsa2048.crt'), manufacturerCas()))).toBe(false);
   });
 
   it('reads an RSA EK key labelled id-RSAES-OAEP (a real-world quirk) as the same key', () => {

@@ -1,12 +1,11 @@
 // The agent API handlers (proto/agent.proto): node attestation, agent SVID renewal, entry sync,
 // bundles, X.509-SVID and JWT-SVID signing, and the watch stream. Every refusal is a gRPC status
 // with a message; a refused request writes nothing but its audit record.
-import type { KeyObject } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type * as api from '../../api/agent-api.js';
 import { AGENT_API_MAX_BATCH } from '../../api/agent-api.js';
-import { publicKeyFromCsr, verifyCsr, type CsrPublicKey } from '../../spiffe/csr.js';
+import { verifyCsr, type CsrPublicKey } from '../../spiffe/csr.js';
 import { SpiffeId, type TrustDomain } from '../../spiffe/id.js';
 import { DataStoreError, type DataStore, type RegistrationEntry } from '../datastore/types.js';
 import type { CaManager } from '../ca/manager.js';
@@ -59,10 +58,11 @@ export interface AgentService {
   close(): void;
 }
 
-function parseCsr(csr: Buffer, field: string): KeyObject {
+/** The CSR's verified key, kept as its SPKI bytes: minting copies them, so no KeyObject is decoded. */
+function parseCsr(csr: Buffer, field: string): CsrPublicKey {
   if (!csr || csr.length === 0) throw rpcError(grpc.status.INVALID_ARGUMENT, `${field} is missing: send a DER PKCS#10 CSR`);
   try {
-    return publicKeyFromCsr(csr);
+    return verifyCsr(csr);
   } catch (err) {
     throw rpcError(grpc.status.INVALID_ARGUMENT, `${field}: ${(err as Error).message}`);
   }
@@ -133,7 +133,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
 
   // ---------------------------------------------------------------- AttestAgent
 
-  async function finalizeAttestation(out: AttestationOutcome, csrKey: KeyObject, claims?: UnifiedIdentityClaims): Promise<api.AttestationResult> {
+  async function finalizeAttestation(out: AttestationOutcome, csrKey: CsrPublicKey, claims?: UnifiedIdentityClaims): Promise<api.AttestationResult> {
     const agentId = out.agentId.toString();
     const existing = await o.store.getNode(agentId);
     if (existing?.banned) {
@@ -175,7 +175,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
   const attestAgent: grpc.handleBidiStreamingCall<api.AttestAgentRequest, api.AttestAgentResponse> = (call) => {
     const source = sourceAddress(call.getPeer());
     let state: 'params' | 'busy' | 'challenge' | 'done' = 'params';
-    let pending: { tpm: PendingTpmAttestation; csrKey: KeyObject; params: api.TpmAttestation } | undefined;
+    let pending: { tpm: PendingTpmAttestation; csrKey: CsrPublicKey; params: api.TpmAttestation } | undefined;
     let method = 'unknown';
     let timer: NodeJS.Timeout | undefined;
     let clientEnded = false;
@@ -194,7 +194,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
       timer = setTimeout(() => finish(rpcError(grpc.status.DEADLINE_EXCEEDED, `${what} did not arrive within ${Math.round(ms / 1000)} s; attest again`)), ms);
       timer.unref();
     };
-    const succeed = async (out: AttestationOutcome, csrKey: KeyObject, unified?: { claims: UnifiedIdentityClaims; audit: Record<string, unknown> }): Promise<void> => {
+    const succeed = async (out: AttestationOutcome, csrKey: CsrPublicKey, unified?: { claims: UnifiedIdentityClaims; audit: Record<string, unknown> }): Promise<void> => {
       const result = await finalizeAttestation(out, csrKey, unified?.claims);
       if (state === 'done') return;
       state = 'done';

@@ -91,7 +91,7 @@ export class TpmAttestor {
         if (err.code === 'malformed-certificate') throw new AttestationError('invalid_argument', err.message, { cause: err });
         certProblem = err.message;
       }
-      if (certInfo && !ekPublicMatchesCertificate(ek, input.ekCertificate)) {
+      if (certInfo && !ekPublicMatchesCertificate(ek, certInfo)) {
         throw new AttestationError('permission_denied', 'ek_public does not match the key certified by ek_certificate');
       }
     }
