@@ -108,6 +108,7 @@ export class Agent {
   private readonly jwtCache = new Map<string, { token: string; refreshAt: number; expiresAt: number }>();
   private client: AgentClient | undefined;
   private watch: grpc.ClientReadableStream<AgentEvent> | undefined;
+  private readonly attestations = new Set<Promise<void>>();
   private syncTimer: NodeJS.Timeout | undefined;
   private watchTimer: NodeJS.Timeout | undefined;
   private syncing: Promise<void> | undefined;
@@ -193,6 +194,8 @@ export class Agent {
     clearTimeout(this.syncTimer);
     clearTimeout(this.watchTimer);
     this.watch?.cancel();
+    // An attestation in flight (renewal, re-attestation after a drop) must not outlive the agent.
+    await Promise.allSettled([...this.attestations]);
     this.client?.close();
     await this.workloadApi?.close();
     await this.quoteEndpoint?.server.close();
@@ -295,7 +298,17 @@ export class Agent {
     }
   }
 
-  private async attest(roots: Buffer[]): Promise<void> {
+  /** Node attestation; stop() waits for one in flight, and a stopped agent starts none. */
+  private attest(roots: Buffer[]): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    const run = this.attestNow(roots);
+    this.attestations.add(run);
+    const done = (): void => { this.attestations.delete(run); };
+    run.then(done, done);
+    return run;
+  }
+
+  private async attestNow(roots: Buffer[]): Promise<void> {
     const keys = generateKeyPair();
     const client = connectToServer({ address: this.config.serverAddress, port: this.config.serverPort, trustDomain: this.config.trustDomain, roots });
     let result: AttestationResult;
