@@ -62,9 +62,13 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 free_port() { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
 server_cli() { terroir_cli terroir-server "$@" -socketPath "$W/server/admin.sock"; }
 agent_cli() { terroir_cli terroir-agent "$@" -socketPath "$W/agent/public/api.sock"; }
-wait_for() { # wait_for SECONDS DESCRIPTION LOGFILE COMMAND...
-  local secs=$1 what=$2 log=$3; shift 3
-  for _ in $(seq 1 $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+wait_for() { # wait_for SECONDS DESCRIPTION LOGFILE PID COMMAND...: until COMMAND succeeds, while PID lives
+  local secs=$1 what=$2 log=$3 pid=$4; shift 4
+  for _ in $(seq 1 $((secs * 10))); do
+    "$@" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "demo: $what exited; its log:" >&2; tail -n 40 "$log" >&2; exit 1; }
+    sleep 0.1
+  done
   echo "demo: $what did not come up within ${secs}s; its log:" >&2; tail -n 40 "$log" >&2; exit 1
 }
 
@@ -88,7 +92,7 @@ if [ -n "$UI" ]; then
   GPSD_PORT=$(free_port)
   GPSD_PORT=$GPSD_PORT GPSD_LISTEN_ALL=0 bash deploy/gpsd.sh >"$W/gpsd.log" 2>&1 &
   GPSD_PID=$!
-  wait_for 20 "gpsd" "$W/gpsd.log" bash -c "exec 3<>/dev/tcp/127.0.0.1/$GPSD_PORT"
+  wait_for 20 "gpsd" "$W/gpsd.log" "$GPSD_PID" bash -c "exec 3<>/dev/tcp/127.0.0.1/$GPSD_PORT"
   echo "gpsd pid $GPSD_PID on 127.0.0.1:$GPSD_PORT"
 
   if [ -n "$KL_URL" ]; then
@@ -99,7 +103,7 @@ if [ -n "$UI" ]; then
     KEYLIME_VERIFIER_HOST=localhost bash deploy/certs-init.sh "$W/pki" >/dev/null
     node --import "file://$ROOT/node_modules/tsx/dist/loader.mjs" test/doubles/keylime-standin.ts --pki "$W/pki/keylime" >"$W/verifier.out" 2>"$W/verifier.log" &
     VERIFIER_PID=$!
-    wait_for 30 "the Keylime stand-in" "$W/verifier.log" grep -q '"standIn":true' "$W/verifier.out"
+    wait_for 30 "the Keylime stand-in" "$W/verifier.log" "$VERIFIER_PID" grep -q '"standIn":true' "$W/verifier.out"
     KL_URL=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8").split("\n")[0]).url)' "$W/verifier.out")
     KL_CA=$W/pki/keylime/ca.crt KL_CERT=$W/pki/keylime/terroir-client.crt KL_KEY=$W/pki/keylime/terroir-client.key KL_STANDIN=true
     cat "$W/verifier.log"
@@ -145,7 +149,7 @@ EOF
 terroir_cmd terroir-server
 "${CMD[@]}" run -c "$W/server.yaml" >"$W/server.log" 2>&1 &
 SERVER_PID=$!
-wait_for 30 "terroir-server" "$W/server.log" server_cli healthcheck
+wait_for 30 "terroir-server" "$W/server.log" "$SERVER_PID" server_cli healthcheck
 echo "server pid $SERVER_PID, agent API 127.0.0.1:$AGENT_API_PORT, health http://127.0.0.1:$HEALTH_PORT/ready"
 server_cli bundle show -format spiffe >"$W/bootstrap-bundle.json"
 echo "bootstrap bundle written (the agent trusts the server only through it)"
@@ -175,7 +179,7 @@ EOF
 terroir_cmd terroir-agent
 "${CMD[@]}" run -c "$W/agent.yaml" >"$W/agent.log" 2>&1 &
 AGENT_PID=$!
-wait_for 30 "terroir-agent" "$W/agent.log" agent_cli healthcheck
+wait_for 30 "terroir-agent" "$W/agent.log" "$AGENT_PID" agent_cli healthcheck
 server_cli agent list
 
 step "a workload fetches its X.509-SVID over the SPIFFE Workload API"

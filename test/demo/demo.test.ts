@@ -77,6 +77,16 @@ describe('npm run demo (scripts/demo.sh)', () => {
     expectCleanedUp(r.out);
   }, 120_000);
 
+  it('with NODE_ENV=production the server refuses the stand-in: the demo stops with the reason and cleans up', async () => {
+    const r = await demo({ UNIFIED_IDENTITY_ENABLED: 'true', NODE_ENV: 'production' });
+    expect(r.code).toBe(1);
+    expect(r.err).toContain('demo: terroir-server exited; its log:');
+    expect(r.err).toContain('keylime.allowDevelopmentStandIn is true but NODE_ENV=production');
+    const pids = [...r.out.matchAll(/(?:^PID=|gpsd pid )(\d+)/gm)].map((m) => Number(m[1]));
+    expect(pids.length).toBe(2);
+    for (const pid of pids) expect(alive(pid), `pid ${pid} still runs`).toBe(false);
+  }, 60_000);
+
   it('refuses an unclear flag value or a half-named Keylime verifier before starting anything', async () => {
     const bad = await demo({ UNIFIED_IDENTITY_ENABLED: 'maybe' });
     expect(bad.code).toBe(2);
