@@ -298,20 +298,22 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
 
   // ---------------------------------------------------------------- authenticated RPCs
 
-  /** Keylime's signing gate: refuses (and audits) any signing for a node Keylime does not trust now. */
-  function gate(agent: AuthenticatedAgent, action: 'renew_agent' | 'sign_x509_svid' | 'sign_jwt_svid'): void {
-    const refusal = o.keylime?.check(agent.id.toString(), agent.node.attestationType);
-    if (refusal !== undefined) {
-      o.auditor.record({ action, caller: agent.id.toString(), result: 'denied', reason: refusal.message, details: { gate: 'keylime' } });
-      throw refusal;
-    }
-    // Unified Identity: a node without current claims gets nothing, and its agent is told to re-attest.
+  /** Why nothing may be signed for this node now, and by which gate; undefined when it is in good standing. */
+  function standing(agent: AuthenticatedAgent): { gate: 'keylime' | 'unified_identity'; error: RpcError } | undefined {
+    const keylime = o.keylime?.check(agent.id.toString(), agent.node.attestationType);
+    if (keylime !== undefined) return { gate: 'keylime', error: keylime };
     const why = o.unifiedIdentity?.signingRefusal(agent.node, undefined);
-    if (why !== undefined) {
-      o.auditor.record({ action, caller: agent.id.toString(), result: 'denied', reason: why, details: { gate: 'unified_identity' } });
-      watchHub.dropNode(agent.id.toString(), why);
-      throw rpcError(grpc.status.PERMISSION_DENIED, why);
-    }
+    return why === undefined ? undefined : { gate: 'unified_identity', error: rpcError(grpc.status.PERMISSION_DENIED, why) };
+  }
+
+  /** The signing gate: refuses (and audits) any signing for a node Keylime or Unified Identity does not allow now. */
+  function gate(agent: AuthenticatedAgent, action: 'renew_agent' | 'sign_x509_svid' | 'sign_jwt_svid'): void {
+    const refusal = standing(agent);
+    if (refusal === undefined) return;
+    o.auditor.record({ action, caller: agent.id.toString(), result: 'denied', reason: refusal.error.message, details: { gate: refusal.gate } });
+    // Unified Identity: a node without current claims gets nothing, and its agent is told to re-attest.
+    if (refusal.gate === 'unified_identity') watchHub.dropNode(agent.id.toString(), refusal.error.message);
+    throw refusal.error;
   }
 
   /**
@@ -471,10 +473,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
       const agentId = agent.id.toString();
       // A node that lost its standing while its agent had no watch open (reconnecting, re-keying)
       // missed the push: tell it now, so withdrawn SVIDs never outlive a reconnect.
-      const refusal = o.keylime?.check(agentId, agent.node.attestationType) ?? (() => {
-        const why = o.unifiedIdentity?.signingRefusal(agent.node, undefined);
-        return why === undefined ? undefined : rpcError(grpc.status.PERMISSION_DENIED, why);
-      })();
+      const refusal = standing(agent)?.error;
       if (refusal !== undefined) {
         // UNAVAILABLE: the verdict is still being read; the agent keeps its SVIDs and opens the watch again.
         if (!closed && refusal.code !== grpc.status.UNAVAILABLE) call.write({ kind: 'DROP_SVIDS', revision: '', bundleSequence: 0, reason: refusal.message });
