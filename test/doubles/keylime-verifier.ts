@@ -83,6 +83,8 @@ const REQUIRED_AGENT_FIELDS = [
 ];
 
 export class TestKeylimeVerifier {
+  /** Every failed verdict, in order: a test can check what Keylime decided after the node was re-enrolled. */
+  readonly failedVerdicts: { id: string; state: number; lastEventId: string }[] = [];
   readonly counters = { requests: 0, tlsSessions: 0, droppedUntrustedClients: 0, evidenceChecks: 0, quotesPulled: 0, pullErrors: 0 };
   readonly agents = new Map<string, AgentRecord>();
   /** TLS version of the last session. */
@@ -322,6 +324,7 @@ export class TestKeylimeVerifier {
         a.lastEventId = 'agent.unreachable';
         a.severityLevel = 6;
         a.failures = [{ type: 'agent.unreachable', context: (err as Error).message }];
+        this.failedVerdicts.push({ id: a.id, state: 7, lastEventId: a.lastEventId });
         return;
       }
       a.operationalState = 4;
@@ -338,6 +341,7 @@ export class TestKeylimeVerifier {
       a.failures = failures;
       a.lastEventId = failures[0]?.type ?? 'qoute_validation.quote_validation';
       a.severityLevel = 6;
+      this.failedVerdicts.push({ id: a.id, state: 9, lastEventId: a.lastEventId });
       return;
     }
     a.retries = 0;
