@@ -95,6 +95,7 @@ export class TestKeylimeVerifier {
   /** The last body POSTed to /verify/evidence, for asserting the exact keys sent. */
   lastEvidenceBody: unknown;
   port = 0;
+  private deleteHold: { gate: Promise<void>; arrived: () => void; acted: (r: AgentRecord | undefined) => void } | undefined;
   private readonly server: https.Server;
   private readonly sockets = new Set<Socket>();
   private readonly opts: Required<Omit<TestVerifierOptions, 'port' | 'maxTlsVersion'>>;
@@ -137,6 +138,20 @@ export class TestKeylimeVerifier {
 
   get url(): string {
     return `https://localhost:${this.port}`;
+  }
+
+  /**
+   * The next DELETE /agents/{id} is read but not acted on until `release()`: a request that is slow
+   * to arrive, for ordering tests. Later requests are served meanwhile.
+   */
+  holdNextDelete(): { release: () => void; held: Promise<void>; removed: Promise<AgentRecord | undefined> } {
+    let release!: () => void;
+    let arrived!: () => void;
+    let acted!: (r: AgentRecord | undefined) => void;
+    const held = new Promise<void>((r) => { arrived = r; });
+    const removed = new Promise<AgentRecord | undefined>((r) => { acted = r; });
+    this.deleteHold = { gate: new Promise<void>((r) => { release = r; }), arrived, acted };
+    return { release, held, removed };
   }
 
   /** The verifier goes away: no listener, open connections cut, no polling (state kept). */
@@ -208,7 +223,16 @@ export class TestKeylimeVerifier {
     switch (req.method) {
       case 'POST': return this.addAgent(res, id, body);
       case 'GET': return this.agentStatus(res, id);
-      case 'DELETE': return this.deleteAgent(res, id);
+      case 'DELETE': {
+        const hold = this.deleteHold;
+        if (hold !== undefined) {
+          this.deleteHold = undefined;
+          hold.arrived();
+          await hold.gate;
+          hold.acted(this.agents.get(id));
+        }
+        return this.deleteAgent(res, id);
+      }
       default: return send(res, 405, 'Method not allowed');
     }
   }

@@ -75,12 +75,21 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
   it('evicting the node removes it from the verifier; the agent attests again and is re-enrolled', async () => {
     const old = d.verifier.agents.get(d.keylimeId)!;
     const before = d.agent.stats.attestations;
+    // The eviction's DELETE reaches the verifier late; the agent, told to drop its SVIDs, attests again
+    // at once. Its admission must wait for that DELETE, or the DELETE would remove the new enrollment.
+    const hold = d.verifier.holdNextDelete();
     const admin = new AdminClient(d.server.adminSocketPath!);
     try {
       await admin.call('EvictAgent', { spiffeId: d.agent.spiffeId! });
     } finally {
       admin.close();
     }
+    await hold.held;
+    await until('the new admission to queue behind the eviction', () => logs.some((l) => l['agent'] === d.agent.spiffeId
+      && l['msg'] === 'Keylime: waiting for this node\'s previous admission or eviction to finish'));
+    expect(old.deleted).toBe(false); // nothing touched the enrollment meanwhile
+    hold.release();
+    expect(await hold.removed).toBe(old); // the eviction removed what it meant to, not a newer enrollment
     await until('the verifier to drop the evicted node', () => old.deleted);
     await until('the eviction audit record', () => audits('keylime').some((a) => a['subject'] === d.agent.spiffeId && a['result'] === 'ok'));
     await until('the agent to attest again', () => d.agent.stats.attestations > before);
@@ -88,6 +97,7 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
     expect(fresh).toBeDefined();
     expect(fresh).not.toBe(old);
     expect(fresh!.attestationCount).toBeGreaterThanOrEqual(1);
+    expect(fresh!.deleted).toBe(false);
     let msg;
     for (let i = 0; i < 100 && !msg; i++) {
       // Workload API clients retry PermissionDenied until the re-signed SVIDs are there.

@@ -128,13 +128,25 @@ export class KeylimeGate {
    * verifier cannot be reached, `permission_denied` when Keylime refuses the node.
    */
   async admit(r: AdmitRequest): Promise<void> {
-    const previous = this.admissions.get(r.agentId) ?? Promise.resolve();
-    const run = previous.catch(() => undefined).then(() => this.admitNow(r));
-    this.admissions.set(r.agentId, run);
+    await this.inTurn(r.agentId, () => this.admitNow(r));
+  }
+
+  /**
+   * Runs `step` after every admission or eviction of this node queued before it. An evicted agent
+   * attests again at once; its admission must not race the eviction's removal from the verifier
+   * (both delete the same Keylime agent id, and the later delete would remove the new enrollment).
+   * The client's single connection orders requests today too; this keeps the order if that changes.
+   */
+  private async inTurn(agentId: string, step: () => Promise<void>): Promise<void> {
+    const queued = this.admissions.get(agentId);
+    if (queued !== undefined) this.log.info({ agent: agentId }, 'Keylime: waiting for this node\'s previous admission or eviction to finish');
+    const previous = queued ?? Promise.resolve();
+    const run = previous.catch(() => undefined).then(step);
+    this.admissions.set(agentId, run);
     try {
       await run;
     } finally {
-      if (this.admissions.get(r.agentId) === run) this.admissions.delete(r.agentId);
+      if (this.admissions.get(agentId) === run) this.admissions.delete(agentId);
     }
   }
 
@@ -219,11 +231,23 @@ export class KeylimeGate {
 
   /** The node was evicted or banned: stop watching it and remove it from the verifier. */
   async evict(agentId: string): Promise<void> {
+    // Stop trusting it now; the verifier is told in turn with the node's admissions (see inTurn).
+    this.withdraw(agentId);
+    await this.inTurn(agentId, () => this.removeFromVerifier(agentId));
+  }
+
+  private withdraw(agentId: string): string | undefined {
     const keylimeId = this.enrolled.get(agentId)?.keylimeId ?? keylimeIdOf(agentId);
     this.forget(agentId);
     this.refused.delete(agentId);
+    if (keylimeId !== undefined) this.monitor.unwatch(keylimeId);
+    return keylimeId;
+  }
+
+  private async removeFromVerifier(agentId: string): Promise<void> {
+    // Again: an admission that was in flight at the eviction may have enrolled the node since.
+    const keylimeId = this.withdraw(agentId);
     if (keylimeId === undefined) return;
-    this.monitor.unwatch(keylimeId);
     try {
       const outcome = await this.tenant.deleteAgent(keylimeId);
       this.o.auditor.record({ action: 'keylime', caller: 'server', subject: agentId, result: 'ok', reason: 'node evicted: removed from the Keylime verifier', details: { keylimeId, outcome } });
