@@ -14,6 +14,7 @@ export const OID = {
   countryName: '2.5.4.6',
   organizationName: '2.5.4.10',
   commonName: '2.5.4.3',
+  emailAddress: '1.2.840.113549.1.9.1',
   ecdsaWithSha256: '1.2.840.10045.4.3.2',
   ecdsaWithSha384: '1.2.840.10045.4.3.3',
   ecdsaWithSha512: '1.2.840.10045.4.3.4',

@@ -2,10 +2,13 @@
 // chain as sent (leaf first) and the trust anchors of exactly one trust domain. Checked at every
 // step: validity period, name chaining (byte-exact issuer == subject), the signature, and for every
 // issuing certificate basicConstraints cA, keyCertSign (when KeyUsage is present) and pathLenConstraint;
-// unknown critical extensions are refused on the leaf and on intermediates. Name constraints and
-// policy processing are not implemented, so certificates with those marked critical are refused.
+// unknown critical extensions are refused on the leaf and on intermediates. Once the path is known,
+// name constraints (name-constraints.ts) of every CA in it, the trust anchor included, are applied to
+// the certificates below. Policy processing is not implemented, so certificates with certificatePolicies
+// or policyConstraints marked critical are refused.
 import type { CertificateView } from './certificate.js';
 import { X509SvidError } from './errors.js';
+import { enforceNameConstraints } from './name-constraints.js';
 import { KEY_USAGE, OID } from './oids.js';
 import { verifyX509Signature } from './signature.js';
 
@@ -14,7 +17,7 @@ export const MAX_CHAIN_LENGTH = 10;
 
 const HANDLED_CRITICAL = new Set<string>([
   OID.basicConstraints, OID.keyUsage, OID.extKeyUsage, OID.subjectAltName, OID.subjectKeyIdentifier,
-  OID.authorityKeyIdentifier,
+  OID.authorityKeyIdentifier, OID.nameConstraints,
 ]);
 
 /**
@@ -35,7 +38,7 @@ export function validateCertificatePath(chain: CertificateView[], anchors: Certi
       checkIssuingCertificate(cert, i - 1, label);
       // A chain may carry a certificate that is itself a bundle authority: the path ends there.
       const anchor = anchors.find((a) => a.der.equals(cert.der));
-      if (anchor !== undefined) return anchor;
+      if (anchor !== undefined) return withNameConstraints(chain.slice(0, i), anchor);
     }
     const next = chain[i + 1];
     if (next !== undefined) {
@@ -57,10 +60,16 @@ export function validateCertificatePath(chain: CertificateView[], anchors: Certi
     }
     checkValidity(anchor, now, 'trust bundle authority');
     checkIssuingCertificate(anchor, i, 'trust bundle authority');
-    return anchor;
+    return withNameConstraints(chain, anchor);
   }
   // Unreachable: the loop returns or throws on its last iteration.
   throw new X509SvidError('untrusted', 'no path to a trust bundle authority');
+}
+
+/** RFC 5280 6.1.3 (b), (c) and 6.1.4 (g) over the path that ends at `anchor` (`below` leaf first). */
+function withNameConstraints(below: CertificateView[], anchor: CertificateView): CertificateView {
+  enforceNameConstraints(below, anchor, below.map((_, i) => (i === 0 ? 'leaf certificate' : `intermediate certificate #${i}`)));
+  return anchor;
 }
 
 function checkValidity(cert: CertificateView, now: Date, label: string): void {
