@@ -426,18 +426,18 @@ function constraintsOf(cert: CertificateView, label: string): NameConstraints | 
 /**
  * Applies the name constraints of `anchor` and of every CA in `chain` (leaf first, ending just below
  * `anchor`) to the certificates below each of them. Call after the path's signatures have been
- * verified. Throws X509SvidError: 'untrusted' for a name outside the permitted or inside the
- * excluded subtrees (or one that cannot be compared with them), 'malformed-certificate' and
- * 'unhandled-critical-extension' from parseNameConstraints.
+ * verified; `labelOf(i)` names chain[i] in error messages. Throws X509SvidError: 'untrusted' for a
+ * name outside the permitted or inside the excluded subtrees (or one that cannot be compared with
+ * them), 'malformed-certificate' and 'unhandled-critical-extension' from parseNameConstraints.
  */
-export function enforceNameConstraints(chain: readonly CertificateView[], anchor: CertificateView, labels: readonly string[]): void {
+export function enforceNameConstraints(chain: readonly CertificateView[], anchor: CertificateView, labelOf: (index: number) => string): void {
   const active: Constrainer[] = [];
   const anchorNc = constraintsOf(anchor, 'trust bundle authority');
   if (anchorNc !== undefined) active.push({ label: 'trust bundle authority', nc: anchorNc });
   let budget = MAX_NAME_CONSTRAINT_COMPARISONS;
   for (let i = chain.length - 1; i >= 0; i--) {
     const cert = chain[i] as CertificateView;
-    const label = labels[i] ?? `certificate #${i}`;
+    const label = labelOf(i);
     const selfIssued = cert.issuerName.equals(cert.subjectName);
     if (active.length > 0 && (i === 0 || !selfIssued)) {
       const names = namesOf(cert, label);

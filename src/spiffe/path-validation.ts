@@ -31,7 +31,7 @@ export function validateCertificatePath(chain: CertificateView[], anchors: Certi
   }
   for (let i = 0; i < chain.length; i++) {
     const cert = chain[i] as CertificateView;
-    const label = i === 0 ? 'leaf certificate' : `intermediate certificate #${i}`;
+    const label = chainLabel(i);
     checkValidity(cert, now, label);
     checkCriticalExtensions(cert, label);
     if (i > 0) {
@@ -68,8 +68,12 @@ export function validateCertificatePath(chain: CertificateView[], anchors: Certi
 
 /** RFC 5280 6.1.3 (b), (c) and 6.1.4 (g) over the path that ends at `anchor` (`below` leaf first). */
 function withNameConstraints(below: CertificateView[], anchor: CertificateView): CertificateView {
-  enforceNameConstraints(below, anchor, below.map((_, i) => (i === 0 ? 'leaf certificate' : `intermediate certificate #${i}`)));
+  enforceNameConstraints(below, anchor, chainLabel);
   return anchor;
+}
+
+function chainLabel(i: number): string {
+  return i === 0 ? 'leaf certificate' : `intermediate certificate #${i}`;
 }
 
 function checkValidity(cert: CertificateView, now: Date, label: string): void {

@@ -214,6 +214,12 @@ describe('URI name constraints (the SPIFFE trust domain)', () => {
       { message: /^intermediate certificate #1: its URI SAN "spiffe:\/\/evil\.org"/ });
   });
 
+  it('a name of a constrained form that has no host to compare is refused', () => {
+    const top = ca('uri-nohost', ['nameConstraints=critical,permitted;URI:example.org']);
+    const mid = ca('uri-urn-mid', ['subjectAltName=URI:urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66'], { issuer: top, key: int2Key });
+    check(leaf('spiffe://example.org/w', mid, [top]), 'refused:untrusted', { message: /URI SAN "urn:uuid:.*" has no host or domain part/ });
+  });
+
   it('a self-issued intermediate is exempt for its own names, not for what it signs', () => {
     const top = ca('uri-si', ['nameConstraints=critical,permitted;URI:example.org']);
     // Same subject as `top` (so self-issued), new key, a name outside the constraint.
@@ -281,6 +287,12 @@ describe('DNS, IP, e-mail and directoryName constraints', () => {
     check(opensslLeaf('URI:spiffe://example.org/w,email:ops@EXAMPLE.net', int), 'ok');
     check(opensslLeaf('URI:spiffe://example.org/w,email:ops@example.org', int), 'refused:untrusted');
     check(opensslLeaf('URI:spiffe://example.org/w,email:root@mail.example.org', int), 'refused:untrusted', { message: /excluded rfc822Name/ });
+    // Legacy e-mail addresses in the subject DN are checked as rfc822Names too (RFC 5280 4.2.1.10).
+    const legacy = opensslCert({
+      subject: '/CN=web/emailAddress=ops@evil.org', key: leafKey, issuer: int,
+      ext: ['basicConstraints=critical,CA:false', 'keyUsage=critical,digitalSignature', 'subjectAltName=URI:spiffe://example.org/w'],
+    });
+    check([legacy.der, int.der], 'refused:untrusted', { message: /subject emailAddress "ops@evil\.org" is outside the permitted rfc822Name/ });
   });
 
   it('directoryName: RDN-prefix match on the subject, ignoring case and string type; an empty subject is not a name', () => {
@@ -321,6 +333,17 @@ describe('constraints that cannot be honoured refuse the chain', () => {
   it('an empty NameConstraints is refused (RFC 5280 forbids it; OpenSSL tolerates it)', () => {
     const empty = ca('empty', [rawNc(seq())]);
     check(leaf('spiffe://example.org/w', empty), 'refused:malformed-certificate', { message: /neither permittedSubtrees nor excludedSubtrees/, opensslAccepts: true });
+  });
+
+  it('more name × constraint comparisons than the limit are refused (resource exhaustion)', () => {
+    const many = Array.from({ length: 500 }, (_, i) => ctxPrimitive(2, Buffer.from(`d${i}.example.org`)));
+    const int = ca('many', [rawNc(seq(subtrees(0, ...many.map((n) => seq(n)))))]);
+    const dnsNames = Array.from({ length: 501 }, (_, i) => `d${i % 500}.example.org`);
+    const got = ours(leaf('spiffe://example.org/w', int, [], { dnsNames }));
+    expect(got.verdict).toBe('refused:untrusted');
+    expect(got.message).toMatch(/more than 250000 comparisons/);
+    // Control: the same constraints with few names verify.
+    check(leaf('spiffe://example.org/w', int, [], { dnsNames: ['d7.example.org', 'x.d499.example.org'] }), 'ok');
   });
 
   it('parseNameConstraints: random and truncated bytes only ever give X509SvidError', () => {
