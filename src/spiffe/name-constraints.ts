@@ -4,8 +4,9 @@
 // subtrees of one certificate intersect with those of the CAs above (a name must fall in one subtree
 // of each constraining CA that has permitted subtrees of that name's form), excluded subtrees add up,
 // and exclusion wins. Checked names are the subject DN (unless empty), the emailAddress attributes of
-// the subject, and the rfc822Name, dNSName, directoryName, URI and iPAddress SANs. Self-issued
-// intermediates are exempt (6.1.3 (b)); the leaf never is.
+// the subject, and the rfc822Name, dNSName, directoryName, URI and iPAddress SANs (and, on a leaf
+// without DNS SANs, a host-like CN, as OpenSSL does). Self-issued intermediates are exempt
+// (6.1.3 (b)); the leaf never is.
 //
 // Fail closed everywhere: a constraint in a form this module does not evaluate (otherName,
 // x400Address, ediPartyName, registeredID), a non-zero minimum or any maximum, a constraint value that
@@ -268,22 +269,26 @@ type CheckedName =
   | { form: 'uniformResourceIdentifier'; shown: string; key?: string }
   | { form: 'iPAddress'; shown: string; address?: Buffer };
 
-const EMAIL_ADDRESS_OID = OID.emailAddress;
+// A subject CN that reads as a host name (letters, digits, '_', inner '-', at least one dot).
+const CN_HOST = /^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)+$/;
 
 /** The names of `cert` that name constraints apply to. */
-function namesOf(cert: CertificateView, label: string): CheckedName[] {
+function namesOf(cert: CertificateView, label: string, isLeaf: boolean): CheckedName[] {
   const out: CheckedName[] = [];
+  const commonNames: string[] = [];
   try {
     if (!cert.subjectEmpty) {
-      const name = readTlv(cert.subjectName, 0);
-      const rdns = canonicalRdns(cert.subjectName, name);
+      const subject = cert.subjectName;
+      const name = readTlv(subject, 0);
+      const rdns = canonicalRdns(subject, name);
       out.push({ form: 'directoryName', shown: 'subject DN', rdns });
-      for (const rdn of children(cert.subjectName, name)) {
-        for (const atv of children(cert.subjectName, rdn)) {
-          const [type, value] = children(cert.subjectName, atv);
-          if (type !== undefined && value !== undefined && oidToString(content(cert.subjectName, type)) === EMAIL_ADDRESS_OID) {
-            out.push(emailName(ia5(content(cert.subjectName, value), 'emailAddress'), 'subject emailAddress'));
-          }
+      for (const rdn of children(subject, name)) {
+        for (const atv of children(subject, rdn)) {
+          const [type, value] = children(subject, atv);
+          if (type === undefined || value === undefined) continue;
+          const oid = oidToString(content(subject, type));
+          if (oid === OID.emailAddress) out.push(emailName(ia5(content(subject, value), 'emailAddress'), 'subject emailAddress'));
+          if (oid === OID.commonName) commonNames.push(directoryString(subject, value) ?? '');
         }
       }
     }
@@ -292,6 +297,14 @@ function namesOf(cert: CertificateView, label: string): CheckedName[] {
   } catch (e) {
     if (e instanceof X509SvidError) throw e;
     throw malformed(`${label}: its names cannot be read for name-constraint checking: ${(e as Error).message}`, e);
+  }
+  // As OpenSSL does: a leaf without DNS SANs may still be taken for the host in its CN by a TLS
+  // client, so a host-like CN is checked against DNS constraints.
+  if (isLeaf && !out.some((n) => n.form === 'dNSName')) {
+    for (const cn of commonNames) {
+      const host = cn.toLowerCase();
+      if (CN_HOST.test(host)) out.push({ form: 'dNSName', shown: `subject CN ${JSON.stringify(cn)}`, key: host });
+    }
   }
   return out;
 }
@@ -440,7 +453,7 @@ export function enforceNameConstraints(chain: readonly CertificateView[], anchor
     const label = labelOf(i);
     const selfIssued = cert.issuerName.equals(cert.subjectName);
     if (active.length > 0 && (i === 0 || !selfIssued)) {
-      const names = namesOf(cert, label);
+      const names = namesOf(cert, label, i === 0);
       for (const c of active) budget -= names.length * (c.nc.permitted.length + c.nc.excluded.length);
       if (budget < 0) {
         throw new X509SvidError('untrusted', `name constraints of this chain need more than ${MAX_NAME_CONSTRAINT_COMPARISONS} comparisons; refused against resource exhaustion`);

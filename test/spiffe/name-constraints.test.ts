@@ -265,6 +265,15 @@ describe('DNS, IP, e-mail and directoryName constraints', () => {
     check(leaf('spiffe://evil.org/w', int), 'ok');
   });
 
+  it('dNSName: a leaf without DNS SANs has a host-like CN checked instead (as OpenSSL does)', () => {
+    const int = ca('dns-cn', ['nameConstraints=critical,permitted;DNS:example.org']);
+    check(leaf('spiffe://example.org/w', int, [], { subject: { commonName: 'web.example.org' } }), 'ok');
+    check(leaf('spiffe://example.org/w', int, [], { subject: { commonName: 'Web.Evil.org' } }), 'refused:untrusted', { message: /subject CN "Web\.Evil\.org" is outside the permitted dNSName/ });
+    check(leaf('spiffe://example.org/w', int, [], { subject: { commonName: 'web server' } }), 'ok'); // not a host name
+    // With a DNS SAN, the SAN is the host name and the CN is left alone.
+    check(leaf('spiffe://example.org/w', int, [], { subject: { commonName: 'web.evil.org' }, dnsNames: ['web.example.org'] }), 'ok');
+  });
+
   it('iPAddress v4: address and mask; an IPv6 address is outside IPv4-only permitted subtrees', () => {
     const int = ca('ip4', ['nameConstraints=critical,permitted;IP:10.0.0.0/255.0.0.0']);
     check(opensslLeaf('URI:spiffe://example.org/w,IP:10.1.2.3', int), 'ok');
