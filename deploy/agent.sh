@@ -22,6 +22,23 @@
 # parser, feature-flags/) the agent reads a gpsd location sensor at every attestation:
 #   TERROIR_GPSD_HOST / TERROIR_GPSD_PORT   the gpsd (default gpsd / 2947: the compose service)
 #   TERROIR_GPSD_TIMEOUT_MS        how long an attestation waits for a fix (default 10000)
+#
+# Keylime continuous mode: with the flag on and TERROIR_KEYLIME_MODE=continuous (the same variable and
+# values as deploy/server.sh; compose passes one value to both) the agent serves the Keylime quote
+# endpoint the verifier pulls TPM quotes from (keylime.quoteEndpoint, docs/agent.md):
+#   TERROIR_KEYLIME_MODE           oneshot (default: no quote endpoint) | continuous
+#   TERROIR_KEYLIME_QUOTE_PORT     the endpoint's TCP port (default 9002)
+#   TERROIR_KEYLIME_QUOTE_BIND     the address it listens on (default 0.0.0.0)
+#   TERROIR_KEYLIME_QUOTE_ADVERTISE  the host the verifier should dial, sent to the server; required
+#                                  when the bind address is a wildcard (compose: terroir-agent). A server
+#                                  with the default keylime.quoteEndpointAddress "source" dials the
+#                                  address the agent attested from instead.
+#   TERROIR_KEYLIME_QUOTE_CERT / TERROIR_KEYLIME_QUOTE_KEY   the endpoint's certificate and key (PEM;
+#                                  the server enrolls the certificate, and the verifier pins it)
+#   TERROIR_KEYLIME_QUOTE_CLIENT_CA  the CA of the verifier's client certificate: only it gets a session
+#                                  (these three required in continuous mode; compose: /etc/terroir/agent-pki/
+#                                  quote-endpoint.crt, quote-endpoint.key, verifier-client-ca.crt, made by
+#                                  deploy/certs-init.sh)
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -37,6 +54,7 @@ for _ in $(seq 1 $((wait_s * 10))); do [ -s "$bundle" ] && break; sleep 0.1; don
 
 flag=$(unified_identity_flag) || die "UNIFIED_IDENTITY_ENABLED: see the message above"
 unified_yaml=""
+keylime_yaml=""
 if [ "$flag" = on ]; then
   [ -z "${TERROIR_AGENT_JOIN_TOKEN:-}" ] || die "UNIFIED_IDENTITY_ENABLED is on but TERROIR_AGENT_JOIN_TOKEN is set: Unified Identity claims are bound to a TPM quote; unset the join token"
   gpsd_host=${TERROIR_GPSD_HOST:-gpsd}
@@ -50,6 +68,40 @@ if [ "$flag" = on ]; then
     sensors:
       - { type: gpsd, id: gpsd, host: \"$gpsd_host\", port: $gpsd_port }
     sensorTimeoutMs: $gpsd_timeout"
+
+  mode=${TERROIR_KEYLIME_MODE:-oneshot}
+  [ "$mode" = oneshot ] || [ "$mode" = continuous ] || die "TERROIR_KEYLIME_MODE must be oneshot or continuous, got '$mode'"
+  if [ "$mode" = continuous ]; then
+    missing=""
+    for v in TERROIR_KEYLIME_QUOTE_CERT TERROIR_KEYLIME_QUOTE_KEY TERROIR_KEYLIME_QUOTE_CLIENT_CA; do
+      [ -n "${!v:-}" ] || missing="$missing $v"
+    done
+    [ -z "$missing" ] || die "TERROIR_KEYLIME_MODE is continuous but${missing} not set: the Keylime verifier pulls quotes from this agent over mutual TLS (the endpoint's certificate and key, and the CA of the verifier's client certificate)"
+    for v in TERROIR_KEYLIME_QUOTE_CERT TERROIR_KEYLIME_QUOTE_KEY TERROIR_KEYLIME_QUOTE_CLIENT_CA; do
+      # They go into agent.yaml as double-quoted strings.
+      [[ ${!v} != *[\"\\]* ]] || die "$v must not contain a double quote or a backslash, got '${!v}'"
+      [ -r "${!v}" ] || die "$v: cannot read ${!v} (for the compose demo deploy/certs-init.sh makes them in OUT_DIR/agent/; is the agent-pki volume mounted?)"
+    done
+    quote_port=${TERROIR_KEYLIME_QUOTE_PORT:-9002}
+    quote_bind=${TERROIR_KEYLIME_QUOTE_BIND:-0.0.0.0}
+    quote_advertise=${TERROIR_KEYLIME_QUOTE_ADVERTISE:-}
+    [[ $quote_port =~ ^[0-9]+$ ]] && [ "$quote_port" -ge 1 ] && [ "$quote_port" -le 65535 ] || die "TERROIR_KEYLIME_QUOTE_PORT must be a port number, got '$quote_port'"
+    [[ $quote_bind =~ ^[A-Za-z0-9.:_-]+$ ]] || die "TERROIR_KEYLIME_QUOTE_BIND must be a host name or address, got '$quote_bind'"
+    if [ -n "$quote_advertise" ]; then
+      [[ $quote_advertise =~ ^[A-Za-z0-9.:_-]+$ ]] || die "TERROIR_KEYLIME_QUOTE_ADVERTISE must be a host name or address, got '$quote_advertise'"
+    elif [ "$quote_bind" = 0.0.0.0 ] || [ "$quote_bind" = :: ]; then
+      die "TERROIR_KEYLIME_QUOTE_BIND is the wildcard $quote_bind but TERROIR_KEYLIME_QUOTE_ADVERTISE is not set: say which address the Keylime verifier can reach this node at (compose: terroir-agent)"
+    fi
+    keylime_yaml="
+  keylime:
+    quoteEndpoint:
+      bindAddress: \"$quote_bind\"
+      port: $quote_port${quote_advertise:+
+      advertiseAddress: \"$quote_advertise\"}
+      certFile: \"$TERROIR_KEYLIME_QUOTE_CERT\"
+      keyFile: \"$TERROIR_KEYLIME_QUOTE_KEY\"
+      clientCaFile: \"$TERROIR_KEYLIME_QUOTE_CLIENT_CA\""
+  fi
 fi
 
 mkdir -p "$data" "$sockdir"
@@ -67,7 +119,7 @@ agent:
   trustBundlePath: $bundle
   logLevel: ${TERROIR_AGENT_LOG_LEVEL:-info}
   nodeAttestor:
-    tpm: { tcti: "${TERROIR_TPM_TCTI:-swtpm:host=swtpm,port=2321}", ekKind: ${TERROIR_TPM_EK:-rsa2048} }$unified_yaml
+    tpm: { tcti: "${TERROIR_TPM_TCTI:-swtpm:host=swtpm,port=2321}", ekKind: ${TERROIR_TPM_EK:-rsa2048} }$unified_yaml$keylime_yaml
 YAML
 # The socket path comes from the file; a SPIFFE_ENDPOINT_SOCKET inherited from the caller must not move it.
 unset SPIFFE_ENDPOINT_SOCKET

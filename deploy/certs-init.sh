@@ -6,8 +6,15 @@
 #
 # OUT_DIR/keylime/   the Keylime mTLS PKI: one CA (ca.crt), the verifier's and registrar's server
 #                    certificates (verifier.crt, registrar.crt), the verifier's client certificate for
-#                    the registrar (verifier-client.crt) and terroir-server's client certificate for the
-#                    verifier (terroir-client.crt); each with its .key.
+#                    the registrar and the agents' quote endpoints (verifier-client.crt) and
+#                    terroir-server's client certificate for the verifier (terroir-client.crt); each
+#                    with its .key.
+# OUT_DIR/agent/     what terroir-agent needs for Keylime continuous mode, and nothing else (the agent
+#                    runs as root in compose, so it must not see the CA key): its quote endpoint's
+#                    self-signed certificate (quote-endpoint.crt/.key; the verifier pins it, as Keylime
+#                    does with its own agents' certificates) and the CA of the verifier's client
+#                    certificate (verifier-client-ca.crt, a copy of keylime/ca.crt), the only clients
+#                    the endpoint accepts. Compose mounts a volume of its own here.
 #
 # terroir's own bootstrap material (the bundle agents trust the server by) is the server's CA,
 # exported by deploy/register.sh once the server runs: see docs/deployment.md "Bootstrap".
@@ -18,6 +25,7 @@
 # Environment:
 #   KEYLIME_VERIFIER_HOST   DNS name in the verifier certificate   (default keylime-verifier)
 #   KEYLIME_REGISTRAR_HOST  DNS name in the registrar certificate  (default keylime-registrar)
+#   TERROIR_AGENT_HOST      DNS name in the agent's quote endpoint certificate (default terroir-agent)
 #   TERROIR_UID, TERROIR_GID  owner of terroir-client.key, which terroir-server reads (default: unchanged);
 #                           the other keys stay owned by the caller (root in the compose file)
 #   CERT_DAYS               validity of leaf certificates (default 365); CAs get 10 years
@@ -30,12 +38,17 @@ command -v openssl >/dev/null || die "openssl not found: apt-get install openssl
 out=$1
 verifier_host=${KEYLIME_VERIFIER_HOST:-keylime-verifier}
 registrar_host=${KEYLIME_REGISTRAR_HOST:-keylime-registrar}
+agent_host=${TERROIR_AGENT_HOST:-terroir-agent}
 days=${CERT_DAYS:-365}
 [[ $days =~ ^[0-9]+$ ]] && [ "$days" -gt 0 ] || die "CERT_DAYS must be a positive number of days, got '$days'"
+for h in "$verifier_host" "$registrar_host" "$agent_host"; do
+  [[ $h =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]] || die "host names (KEYLIME_VERIFIER_HOST, KEYLIME_REGISTRAR_HOST, TERROIR_AGENT_HOST) must be DNS names, got '$h'"
+done
 
 kl=$out/keylime
-mkdir -p "$kl"
-chmod 0755 "$out" "$kl"
+ag=$out/agent
+mkdir -p "$kl" "$ag"
+chmod 0755 "$out" "$kl" "$ag"
 
 # P-256 everywhere: accepted by Python's ssl (Keylime), Node and grpc-js, and cheap to handshake.
 new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; chmod 0600 "$1"; }
@@ -102,9 +115,34 @@ leaf terroir-client "terroir-server (keylime client)" clientAuth
 
 rm -f "$kl"/*.srl
 
+# ---- the agent's quote endpoint --------------------------------------------------------------------
+# Self-signed, as a Keylime agent's own certificate is: terroir-server enrolls it with the verifier as
+# the node's mtls_cert, and the verifier trusts exactly that certificate for this node. Not a CA.
+qe=$ag/quote-endpoint
+if [ -e "$qe.crt" ] || [ -e "$qe.key" ]; then
+  valid "$qe" "$qe" || die "$qe.crt/.key exist but are not a matching self-signed certificate; delete them to reissue"
+else
+  new_key "$qe.key"
+  openssl req -x509 -new -key "$qe.key" -out "$qe.crt" -days "$days" -sha256 -subj "/O=terroir/CN=$agent_host (keylime quote endpoint)" \
+    -addext "basicConstraints=critical,CA:FALSE" \
+    -addext "keyUsage=critical,digitalSignature" \
+    -addext "extendedKeyUsage=serverAuth" \
+    -addext "subjectKeyIdentifier=hash" \
+    -addext "subjectAltName=DNS:$agent_host,DNS:localhost,IP:127.0.0.1" 2>/dev/null
+  chmod 0644 "$qe.crt"
+fi
+# The endpoint accepts the verifier's client certificate (verifier-client.crt) and no one else's CA.
+if [ -e "$ag/verifier-client-ca.crt" ]; then
+  cmp -s "$kl/ca.crt" "$ag/verifier-client-ca.crt" || die "$ag/verifier-client-ca.crt is not a copy of $kl/ca.crt; delete it to copy it again"
+else
+  cp "$kl/ca.crt" "$ag/verifier-client-ca.crt"
+  chmod 0644 "$ag/verifier-client-ca.crt"
+fi
+
 if [ -n "${TERROIR_UID:-}" ]; then
   chown "$TERROIR_UID:${TERROIR_GID:-$TERROIR_UID}" "$kl/terroir-client.key"
 fi
 
 echo "KEYLIME_CA=$kl/ca.crt"
 echo "KEYLIME_TERROIR_CLIENT=$kl/terroir-client.crt"
+echo "AGENT_QUOTE_ENDPOINT_CERT=$qe.crt"

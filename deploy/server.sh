@@ -26,8 +26,15 @@
 #                              (all four required with the flag on; compose: /etc/terroir/pki/keylime/
 #                              ca.crt, terroir-client.crt, terroir-client.key, made by certs-init.sh)
 #   TERROIR_KEYLIME_MODE       oneshot (default: each attestation's quote to POST /verify/evidence) |
-#                              continuous (also enrolls nodes; their agents then need a quote endpoint,
-#                              which deploy/agent.sh does not set up)
+#                              continuous (also enrolls each TPM node with the verifier, which then pulls
+#                              quotes from the node's agent; deploy/agent.sh serves that quote endpoint when
+#                              given the same TERROIR_KEYLIME_MODE; signing stops when Keylime fails the node)
+#   TERROIR_KEYLIME_QUOTE_ADDRESS  continuous: where the verifier dials a node's quote endpoint: source
+#                              (default: the address the agent attested from, so a node cannot point the
+#                              verifier elsewhere) | advertised (the host the agent reports: agents behind
+#                              NAT, e.g. through a published port)
+#   TERROIR_KEYLIME_QUOTE_PORT continuous: the port agents serve their quote endpoint on; set, an agent
+#                              reporting another port is refused (compose: 9002, shared with the agent)
 #   TERROIR_KEYLIME_ALLOW_DEV_STANDIN  true|false (default false): accept terroir's Keylime test double
 #                              (test/doubles/keylime-standin.ts) as the verifier. Development only; never
 #                              in compose, which runs the real Keylime images.
@@ -97,8 +104,18 @@ if [ "$flag" = on ]; then
   # JSON is YAML: the server validates the values; here only that it is one object on one line.
   [[ $tpm_policy =~ ^\{[^$'\n']*\}$ ]] || die "TERROIR_KEYLIME_TPM_POLICY must be a JSON object on one line, {\"PCR\": [\"hex digest\", ...]}, got '$tpm_policy'"
   keylime_extra=""
-  [ "$mode" = continuous ] && keylime_extra="
-  tpmPolicy: $tpm_policy"
+  if [ "$mode" = continuous ]; then
+    quote_address=${TERROIR_KEYLIME_QUOTE_ADDRESS:-source}
+    [ "$quote_address" = source ] || [ "$quote_address" = advertised ] || die "TERROIR_KEYLIME_QUOTE_ADDRESS must be source or advertised, got '$quote_address'"
+    quote_port=${TERROIR_KEYLIME_QUOTE_PORT:-}
+    if [ -n "$quote_port" ]; then
+      [[ $quote_port =~ ^[0-9]+$ ]] && [ "$quote_port" -ge 1 ] && [ "$quote_port" -le 65535 ] || die "TERROIR_KEYLIME_QUOTE_PORT must be a port number, got '$quote_port'"
+    fi
+    keylime_extra="
+  tpmPolicy: $tpm_policy
+  quoteEndpointAddress: $quote_address${quote_port:+
+  quoteEndpointPort: $quote_port}"
+  fi
   [ "$standin" = true ] && keylime_extra="$keylime_extra
   allowDevelopmentStandIn: true   # TERROIR_KEYLIME_ALLOW_DEV_STANDIN: terroir's test verifier, development only"
   unified_yaml="

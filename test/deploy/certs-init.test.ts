@@ -1,6 +1,7 @@
 // deploy/certs-init.sh (the compose `certs-init` service): the Keylime mTLS PKI it makes must be
 // accepted by `openssl verify`, carry the right key usages, and work in a real TLS handshake with
-// client authentication; a rerun keeps the existing CA; damaged material is refused, not replaced.
+// client authentication; so must the agent's quote endpoint material (agent/); a rerun keeps the
+// existing CA; damaged material is refused, not replaced.
 import { execFile, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -79,6 +80,60 @@ describe('deploy/certs-init.sh', () => {
     const r = await run('bash', [SCRIPT, pki]);
     expect(r.stdout).toContain('KEYLIME_CA=');
     expect(['ca.crt', 'verifier.crt', 'terroir-client.key'].map((f) => read(kl(f)))).toEqual(before);
+  });
+
+  it('agent/: a self-signed quote endpoint certificate the verifier can pin, and the CA of the verifier\'s client certificate only', async () => {
+    const ag = (f: string): string => path.join(pki, 'agent', f);
+    expect(fs.readdirSync(path.join(pki, 'agent')).sort()).toEqual(['quote-endpoint.crt', 'quote-endpoint.key', 'verifier-client-ca.crt']);
+    // Self-signed, not a CA, for serverAuth; named for the compose service; its key private.
+    const self = spawnSync('openssl', ['verify', '-CAfile', ag('quote-endpoint.crt'), ag('quote-endpoint.crt')]);
+    expect(self.stdout.toString().trim(), self.stderr.toString()).toBe(`${ag('quote-endpoint.crt')}: OK`);
+    const text = x509Text(ag('quote-endpoint.crt'));
+    expect(text).toMatch(/CA:FALSE/);
+    expect(text).toMatch(/TLS Web Server Authentication[\s\S]*DNS:terroir-agent, DNS:localhost, IP Address:127\.0\.0\.1/);
+    expect(fs.statSync(ag('quote-endpoint.key')).mode & 0o077).toBe(0);
+    expect(read(ag('verifier-client-ca.crt'))).toEqual(read(kl('ca.crt')));
+
+    // The endpoint as the agent runs it; the verifier pulling as Keylime does: its client certificate,
+    // and the endpoint's own certificate as the only trust anchor.
+    const server = tls.createServer({ cert: read(ag('quote-endpoint.crt')), key: read(ag('quote-endpoint.key')), ca: read(ag('verifier-client-ca.crt')), requestCert: true, rejectUnauthorized: true });
+    server.on('secureConnection', (sock) => sock.end('quote'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const pull = (dir: string): Promise<string> => new Promise((resolve, reject) => {
+      const sock = tls.connect({ host: '127.0.0.1', port, ca: read(ag('quote-endpoint.crt')), cert: read(path.join(dir, 'verifier-client.crt')), key: read(path.join(dir, 'verifier-client.key')) });
+      let body = '';
+      sock.on('data', (d: Buffer) => { body += d.toString(); });
+      sock.on('end', () => (body ? resolve(body) : reject(new Error('connection closed without an answer'))));
+      sock.on('error', reject);
+    });
+    try {
+      expect(await pull(path.join(pki, 'keylime'))).toBe('quote');
+      await expect(pull(path.join(other, 'keylime'))).rejects.toThrow();
+    } finally {
+      server.close();
+    }
+    // Each run makes its own endpoint key: two PKIs, two certificates.
+    expect(read(path.join(other, 'agent', 'quote-endpoint.crt'))).not.toEqual(read(ag('quote-endpoint.crt')));
+  });
+
+  it('agent/: a rerun keeps the endpoint certificate; a foreign one, or a CA copy that is not ours, is an error', async () => {
+    const dir = path.join(tmp.dir, 'agent-damaged');
+    await run('bash', [SCRIPT, dir]);
+    const crt = path.join(dir, 'agent', 'quote-endpoint.crt');
+    const before = read(crt);
+    await run('bash', [SCRIPT, dir]);
+    expect(read(crt)).toEqual(before);
+    fs.copyFileSync(path.join(other, 'agent', 'quote-endpoint.crt'), crt);
+    const r = spawnSync('bash', [SCRIPT, dir]);
+    expect(r.status).toBe(1);
+    expect(r.stderr.toString()).toContain(`${path.join(dir, 'agent', 'quote-endpoint')}.crt/.key exist but are not a matching self-signed certificate`);
+    fs.rmSync(crt);
+    fs.rmSync(path.join(dir, 'agent', 'quote-endpoint.key'));
+    fs.copyFileSync(path.join(other, 'keylime', 'ca.crt'), path.join(dir, 'agent', 'verifier-client-ca.crt'));
+    const r2 = spawnSync('bash', [SCRIPT, dir]);
+    expect(r2.status).toBe(1);
+    expect(r2.stderr.toString()).toContain('verifier-client-ca.crt is not a copy of');
   });
 
   it('damaged material is an error naming the file, and nothing is replaced', async () => {

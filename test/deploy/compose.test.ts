@@ -190,6 +190,52 @@ describe('docker-compose.yml', () => {
     expect(svc(compose, 'workload-consumer').environment).toMatchObject({ UNIFIED_IDENTITY_ENABLED: 'false', CONSUMER_REQUIRE_REGION: 'EU', CONSUMER_REQUIRE_POLICY: 'eu' });
   }, 30_000);
 
+  it('wires Keylime continuous mode: one mode for server and agent, the agent\'s quote endpoint reachable by the verifier with certs-init\'s material', async () => {
+    const envFile = path.join(tmp.dir, 'continuous.env');
+    fs.writeFileSync(envFile, 'UNIFIED_IDENTITY_ENABLED=true\nTERROIR_KEYLIME_MODE=continuous\n');
+    const c = await composeConfig(envFile);
+    const [server, agent, verifier, init] = (['terroir-server', 'terroir-agent', 'keylime-verifier', 'certs-init'] as const).map((n) => svc(c, n));
+    // The env file switches both: a server enrolling nodes whose agents serve no endpoint would refuse them all.
+    expect(server?.environment?.TERROIR_KEYLIME_MODE).toBe('continuous');
+    expect(agent?.environment?.TERROIR_KEYLIME_MODE).toBe('continuous');
+    expect(agent?.environment?.TERROIR_KEYLIME_QUOTE_PORT).toMatch(/^\d+$/);
+    expect(server?.environment?.TERROIR_KEYLIME_QUOTE_PORT).toBe(agent?.environment?.TERROIR_KEYLIME_QUOTE_PORT);
+
+    // The verifier dials the address the agent attested from: the one network agent and server share,
+    // which the verifier must be on too.
+    expect(server?.environment?.TERROIR_KEYLIME_QUOTE_ADDRESS).toBe('source');
+    const shared = networksOf(agent as Service).filter((n) => networksOf(server as Service).includes(n));
+    expect(shared).toHaveLength(1);
+    expect(networksOf(verifier as Service)).toContain(shared[0]);
+    expect(agent?.environment?.TERROIR_KEYLIME_QUOTE_BIND).toBe('0.0.0.0');
+    expect(agent?.environment?.TERROIR_KEYLIME_QUOTE_ADVERTISE).toBe('terroir-agent');
+
+    // The agent's files come from certs-init through the agent-pki volume; the agent never mounts the
+    // pki volume (it runs as root and would read the Keylime CA key).
+    expect(init?.volumes).toContain('agent-pki:/pki/agent:rw');
+    expect(agent?.volumes).toContain('agent-pki:/etc/terroir/agent-pki:ro');
+    expect(agent?.volumes?.some((v) => v.startsWith('pki:'))).toBe(false);
+    expect(agent?.depends_on?.['certs-init']?.condition).toBe('service_completed_successfully');
+    const out = path.join(tmp.dir, 'pki-continuous');
+    await run('bash', [path.join(ROOT, 'deploy', 'certs-init.sh'), out], { env: { ...process.env, ...init?.environment } });
+    const inAgentPki = (k: string): string => {
+      const f = agent?.environment?.[k] ?? '';
+      expect(f, k).toMatch(/^\/etc\/terroir\/agent-pki\//);
+      return path.join(out, 'agent', path.relative('/etc/terroir/agent-pki', f));
+    };
+    const [cert, key, clientCa] = ['TERROIR_KEYLIME_QUOTE_CERT', 'TERROIR_KEYLIME_QUOTE_KEY', 'TERROIR_KEYLIME_QUOTE_CLIENT_CA'].map(inAgentPki) as [string, string, string];
+    for (const f of [cert, key, clientCa]) expect(fs.existsSync(f), f).toBe(true);
+    expect(fs.readdirSync(path.join(out, 'agent')).sort()).toEqual(['quote-endpoint.crt', 'quote-endpoint.key', 'verifier-client-ca.crt']);
+    // The endpoint's certificate names the service, and the verifier's client certificate (what it pulls
+    // quotes with, agent mTLS on) is issued by the CA the endpoint accepts.
+    expect(spawnSync('openssl', ['x509', '-in', cert, '-noout', '-ext', 'subjectAltName']).stdout.toString()).toContain('DNS:terroir-agent');
+    const venv = verifier?.environment ?? {};
+    expect(venv.KEYLIME_VERIFIER_ENABLE_AGENT_MTLS).toBe('True');
+    const pull = path.join(out, 'keylime', venv.KEYLIME_VERIFIER_CLIENT_CERT ?? '');
+    const v = spawnSync('openssl', ['verify', '-CAfile', clientCa, pull]);
+    expect(v.stdout.toString().trim(), v.stderr.toString()).toBe(`${pull}: OK`);
+  }, 30_000);
+
   it('the env file turns Unified Identity on for server, agent and consumer together, and sets the place and the policy', async () => {
     const envFile = path.join(tmp.dir, 'ui.env');
     fs.writeFileSync(envFile, 'UNIFIED_IDENTITY_ENABLED=true\nTERROIR_DEFAULT_POLICY=fr\nGPS_LAT=52.52\nGPS_LON=13.405\nCONSUMER_REQUIRE_COUNTRY=DE\n');

@@ -88,6 +88,44 @@ describe('deploy/ scripts refuse bad settings', () => {
     expect(fs.existsSync(path.join(tmp.dir, 'agent-ui'))).toBe(false);
   });
 
+  it('Keylime continuous mode: agent.sh needs its quote endpoint\'s files and a reachable address; server.sh a known address mode and a port', () => {
+    const bundle = path.join(tmp.dir, 'bundle-ql.pem');
+    fs.writeFileSync(bundle, '-----BEGIN CERTIFICATE-----\n');
+    const file = path.join(tmp.dir, 'quote.pem');
+    fs.writeFileSync(file, 'not read before the checks below fail\n');
+    const agentData = path.join(tmp.dir, 'agent-ql');
+    const base = { TERROIR_BOOTSTRAP_BUNDLE: bundle, TERROIR_AGENT_DATA_DIR: agentData, UNIFIED_IDENTITY_ENABLED: 'true', TERROIR_KEYLIME_MODE: 'continuous' };
+    const half = script('agent.sh', [], { ...base, TERROIR_KEYLIME_QUOTE_CERT: file });
+    expect(half.status).toBe(1);
+    expect(half.stderr).toContain('deploy/agent.sh: TERROIR_KEYLIME_MODE is continuous but TERROIR_KEYLIME_QUOTE_KEY TERROIR_KEYLIME_QUOTE_CLIENT_CA not set: the Keylime verifier pulls quotes from this agent over mutual TLS');
+    const full = { ...base, TERROIR_KEYLIME_QUOTE_CERT: file, TERROIR_KEYLIME_QUOTE_KEY: file, TERROIR_KEYLIME_QUOTE_CLIENT_CA: file, TERROIR_KEYLIME_QUOTE_ADVERTISE: 'node-1.example' };
+    const absent = path.join(tmp.dir, 'absent-ca.pem');
+    expect(script('agent.sh', [], { ...full, TERROIR_KEYLIME_QUOTE_CLIENT_CA: absent }).stderr).toContain(`TERROIR_KEYLIME_QUOTE_CLIENT_CA: cannot read ${absent} (for the compose demo deploy/certs-init.sh makes them in OUT_DIR/agent/`);
+    expect(script('agent.sh', [], { ...full, TERROIR_KEYLIME_QUOTE_KEY: '/etc/a"b.key' }).stderr).toContain('TERROIR_KEYLIME_QUOTE_KEY must not contain a double quote or a backslash');
+    expect(script('agent.sh', [], { ...full, TERROIR_KEYLIME_QUOTE_PORT: '0' }).stderr).toContain("TERROIR_KEYLIME_QUOTE_PORT must be a port number, got '0'");
+    expect(script('agent.sh', [], { ...full, TERROIR_KEYLIME_QUOTE_BIND: 'any host' }).stderr).toContain("TERROIR_KEYLIME_QUOTE_BIND must be a host name or address, got 'any host'");
+    expect(script('agent.sh', [], { ...full, TERROIR_KEYLIME_QUOTE_ADVERTISE: '' }).stderr)
+      .toContain('TERROIR_KEYLIME_QUOTE_BIND is the wildcard 0.0.0.0 but TERROIR_KEYLIME_QUOTE_ADVERTISE is not set: say which address the Keylime verifier can reach this node at');
+    expect(script('agent.sh', [], { ...full, TERROIR_KEYLIME_QUOTE_BIND: '::', TERROIR_KEYLIME_QUOTE_ADVERTISE: '' }).stderr).toContain('TERROIR_KEYLIME_QUOTE_BIND is the wildcard ::');
+    expect(script('agent.sh', [], { ...full, TERROIR_KEYLIME_MODE: 'push' }).stderr).toContain("deploy/agent.sh: TERROIR_KEYLIME_MODE must be oneshot or continuous, got 'push'");
+    expect(fs.existsSync(agentData)).toBe(false);
+
+    const data = path.join(tmp.dir, 'server-ql');
+    const server = {
+      TERROIR_DATA_DIR: data, TERROIR_TPM_CA_FILES: file, TERROIR_TPM_CA_WAIT: '0', UNIFIED_IDENTITY_ENABLED: 'true', TERROIR_KEYLIME_MODE: 'continuous',
+      TERROIR_KEYLIME_URL: 'https://keylime-verifier:8881', TERROIR_KEYLIME_CA: file, TERROIR_KEYLIME_CERT: file, TERROIR_KEYLIME_KEY: file,
+    };
+    expect(script('server.sh', [], { ...server, TERROIR_KEYLIME_QUOTE_ADDRESS: 'nat' }).stderr).toContain("deploy/server.sh: TERROIR_KEYLIME_QUOTE_ADDRESS must be source or advertised, got 'nat'");
+    expect(script('server.sh', [], { ...server, TERROIR_KEYLIME_QUOTE_PORT: '9002x' }).stderr).toContain("deploy/server.sh: TERROIR_KEYLIME_QUOTE_PORT must be a port number, got '9002x'");
+    expect(fs.existsSync(data)).toBe(false);
+
+    const pki = path.join(tmp.dir, 'pki-ql');
+    const c = script('certs-init.sh', [pki], { TERROIR_AGENT_HOST: 'agent;rm' });
+    expect(c.status).toBe(1);
+    expect(c.stderr).toContain("certs-init: host names (KEYLIME_VERIFIER_HOST, KEYLIME_REGISTRAR_HOST, TERROIR_AGENT_HOST) must be DNS names, got 'agent;rm'");
+    expect(fs.existsSync(pki)).toBe(false);
+  }, 60_000);
+
   it('gpsd.sh: a position or step out of range; workload.sh: the consumer with the flag on needs a requirement', () => {
     const lat = script('gpsd.sh', [], { GPSD_PORT: '1', GPS_LAT: '95' });
     expect(lat.status).toBe(1);

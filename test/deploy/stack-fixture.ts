@@ -24,11 +24,16 @@ export interface StackOptions {
   unified: boolean;
   /** The consumer's own settings (CONSUMER_REQUIRE_*, ...). */
   consumerEnv?: Record<string, string>;
+  /**
+   * TERROIR_KEYLIME_MODE for server.sh and agent.sh (with `unified`). continuous: the agent serves its
+   * quote endpoint on ports.quote with certs-init's agent/ material, and the stand-in pulls from it.
+   */
+  keylimeMode?: 'oneshot' | 'continuous';
 }
 
 export interface Stack {
   dir: string;
-  ports: { swtpm: number; agentApi: number; health: number; consumer: number; gpsd: number };
+  ports: { swtpm: number; agentApi: number; health: number; consumer: number; gpsd: number; quote: number };
   agentSocket: string;
   /** A script's environment: the test's own minus anything that would steer the scripts elsewhere, plus `extra`. */
   env(extra?: Record<string, string>): NodeJS.ProcessEnv;
@@ -61,7 +66,7 @@ async function allocatePorts(): Promise<Stack['ports']> {
     taken.add(p);
     return p;
   };
-  return { swtpm, agentApi: await next(), health: await next(), consumer: await next(), gpsd: await next() };
+  return { swtpm, agentApi: await next(), health: await next(), consumer: await next(), gpsd: await next(), quote: await next() };
 }
 
 export async function startStack(o: StackOptions): Promise<Stack> {
@@ -92,6 +97,7 @@ export async function startStack(o: StackOptions): Promise<Stack> {
       TERROIR_KEYLIME_KEY: path.join(W, 'pki', 'keylime', 'terroir-client.key'),
       TERROIR_KEYLIME_ALLOW_DEV_STANDIN: 'true',
     } : {}),
+    ...(o.unified && o.keylimeMode ? { TERROIR_KEYLIME_MODE: o.keylimeMode, TERROIR_KEYLIME_QUOTE_PORT: String(ports.quote) } : {}),
   });
   const workloadEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv =>
     env({ SPIFFE_ENDPOINT_SOCKET: `unix://${agentSocket}`, SVID_FETCH_TIMEOUT_S: '60', ...extra });
@@ -160,6 +166,12 @@ export async function startStack(o: StackOptions): Promise<Stack> {
       TERROIR_BOOTSTRAP_BUNDLE: path.join(W, 'bootstrap', 'bootstrap-bundle.pem'),
       TERROIR_TPM_TCTI: `swtpm:host=127.0.0.1,port=${ports.swtpm}`,
       TERROIR_GPSD_HOST: '127.0.0.1', TERROIR_GPSD_PORT: String(ports.gpsd),
+      ...(o.unified && o.keylimeMode ? {
+        TERROIR_KEYLIME_MODE: o.keylimeMode, TERROIR_KEYLIME_QUOTE_PORT: String(ports.quote), TERROIR_KEYLIME_QUOTE_BIND: '127.0.0.1',
+        TERROIR_KEYLIME_QUOTE_CERT: path.join(W, 'pki', 'agent', 'quote-endpoint.crt'),
+        TERROIR_KEYLIME_QUOTE_KEY: path.join(W, 'pki', 'agent', 'quote-endpoint.key'),
+        TERROIR_KEYLIME_QUOTE_CLIENT_CA: path.join(W, 'pki', 'agent', 'verifier-client-ca.crt'),
+      } : {}),
     }));
     await until('the agent did not attest', () => log('agent').includes('"msg":"node attested"'), 60_000);
     await stack.startConsumer('consumer', ports.consumer);
