@@ -209,7 +209,7 @@ const utf8Strict = new TextDecoder('utf-8', { fatal: true });
  * directory strings are decoded, ASCII-lower-cased and whitespace-folded (RFC 5280 7.1, as OpenSSL
  * does); other values are compared as their DER. Attributes of a multi-valued RDN are sorted.
  */
-export function canonicalRdns(der: Buffer, name: Tlv): string[] {
+function canonicalRdns(der: Buffer, name: Tlv): string[] {
   return children(der, name).map((rdn) => {
     if (rdn.tag !== TAG.SET) throw new DerError('RelativeDistinguishedName must be a SET');
     const atvs = children(der, rdn);
