@@ -54,6 +54,7 @@ export type X509SvidErrorCode =
   | 'path-length-exceeded'
   | 'name-mismatch'
   | 'bad-signature'
+  | 'name-constraint-violation'
   | 'untrusted';
 
 /** Minting or validating an X.509-SVID (or a CA certificate, or a CSR) failed. */

@@ -473,7 +473,7 @@ function checkName(name: CheckedName, label: string, active: readonly Constraine
     for (const s of c.nc.excluded) {
       const hit = within(name, s);
       if (hit === undefined) throw uncheckable(name, label, c, 'excluded');
-      if (hit) throw new X509SvidError('untrusted', `${label}: its ${name.shown} is in the excluded ${describeSubtree(s)} of the name constraints of the ${c.label}`);
+      if (hit) throw new X509SvidError('name-constraint-violation', `${label}: its ${name.shown} is in the excluded ${describeSubtree(s)} of the name constraints of the ${c.label}`);
     }
   }
   for (const c of active) {
@@ -489,13 +489,13 @@ function checkName(name: CheckedName, label: string, active: readonly Constraine
       }
     }
     if (!ok) {
-      throw new X509SvidError('untrusted',
+      throw new X509SvidError('name-constraint-violation',
         `${label}: its ${name.shown} is outside the permitted ${relevant.map(describeSubtree).join(', ')} of the name constraints of the ${c.label}`);
     }
   }
 }
 
 function uncheckable(name: CheckedName, label: string, c: Constrainer, which: string): X509SvidError {
-  return new X509SvidError('untrusted',
+  return new X509SvidError('name-constraint-violation',
     `${label}: its ${name.shown} has no host or domain part to compare with the ${which} ${name.form} name constraints of the ${c.label}`);
 }

@@ -172,26 +172,26 @@ describe('URI name constraints (the SPIFFE trust domain)', () => {
   it('a permitted host admits exactly that trust domain: not a sibling, not a subdomain', () => {
     const int = ca('uri-exact', ['nameConstraints=critical,permitted;URI:example.org']);
     check(leaf('spiffe://example.org/ns/prod/sa/web', int), 'ok');
-    check(leaf('spiffe://evil.org/ns/prod/sa/web', int), 'refused:untrusted',
+    check(leaf('spiffe://evil.org/ns/prod/sa/web', int), 'refused:name-constraint-violation',
       { message: /leaf certificate: its URI SAN "spiffe:\/\/evil\.org\/ns\/prod\/sa\/web" is outside the permitted uniformResourceIdentifier "example\.org" of the name constraints of the intermediate certificate #1/ });
-    check(leaf('spiffe://sub.example.org/w', int), 'refused:untrusted');
+    check(leaf('spiffe://sub.example.org/w', int), 'refused:name-constraint-violation');
   });
 
   it('a leading-dot domain admits every subdomain but not the domain itself; case does not matter', () => {
     const int = ca('uri-dot', ['nameConstraints=critical,permitted;URI:.Example.ORG']);
     check(leaf('spiffe://prod.example.org/w', int), 'ok');
     check(leaf('spiffe://sub.example.org/w', int), 'ok');
-    check(leaf('spiffe://example.org/w', int), 'refused:untrusted');
-    check(leaf('spiffe://evil.org/w', int), 'refused:untrusted');
+    check(leaf('spiffe://example.org/w', int), 'refused:name-constraint-violation');
+    check(leaf('spiffe://evil.org/w', int), 'refused:name-constraint-violation');
   });
 
   it('an excluded host refuses that trust domain only, and exclusion wins over a permitted subtree', () => {
     const excl = ca('uri-excl', ['nameConstraints=critical,excluded;URI:evil.org']);
     check(leaf('spiffe://example.org/w', excl), 'ok');
-    check(leaf('spiffe://evil.org/w', excl), 'refused:untrusted', { message: /is in the excluded uniformResourceIdentifier "evil\.org"/ });
+    check(leaf('spiffe://evil.org/w', excl), 'refused:name-constraint-violation', { message: /is in the excluded uniformResourceIdentifier "evil\.org"/ });
     const both = ca('uri-both', ['nameConstraints=critical,permitted;URI:.org,excluded;URI:evil.org']);
     check(leaf('spiffe://example.org/w', both), 'ok');
-    check(leaf('spiffe://evil.org/w', both), 'refused:untrusted', { message: /excluded/ });
+    check(leaf('spiffe://evil.org/w', both), 'refused:name-constraint-violation', { message: /excluded/ });
   });
 
   it('a URI constraint written as a SPIFFE ID is refused, not compared as a host (openssl refuses too)', () => {
@@ -207,17 +207,17 @@ describe('URI name constraints (the SPIFFE trust domain)', () => {
     const top = ca('uri-top', ['nameConstraints=critical,permitted;URI:example.org']);
     const mid = ca('uri-mid', [], { issuer: top, key: int2Key });
     check(leaf('spiffe://example.org/w', mid, [top]), 'ok');
-    check(leaf('spiffe://evil.org/w', mid, [top]), 'refused:untrusted', { message: /of the intermediate certificate #2/ });
+    check(leaf('spiffe://evil.org/w', mid, [top]), 'refused:name-constraint-violation', { message: /of the intermediate certificate #2/ });
     // The intermediate's own SPIFFE ID is one of its names, checked against the constraint above it.
     const evilMid = ca('uri-evil-mid', ['subjectAltName=URI:spiffe://evil.org'], { issuer: top, key: int2Key });
-    check(opensslLeaf('URI:spiffe://example.org/w', evilMid, [top]), 'refused:untrusted',
+    check(opensslLeaf('URI:spiffe://example.org/w', evilMid, [top]), 'refused:name-constraint-violation',
       { message: /^intermediate certificate #1: its URI SAN "spiffe:\/\/evil\.org"/ });
   });
 
   it('a name of a constrained form that has no host to compare is refused', () => {
     const top = ca('uri-nohost', ['nameConstraints=critical,permitted;URI:example.org']);
     const mid = ca('uri-urn-mid', ['subjectAltName=URI:urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66'], { issuer: top, key: int2Key });
-    check(leaf('spiffe://example.org/w', mid, [top]), 'refused:untrusted', { message: /URI SAN "urn:uuid:.*" has no host or domain part/ });
+    check(leaf('spiffe://example.org/w', mid, [top]), 'refused:name-constraint-violation', { message: /URI SAN "urn:uuid:.*" has no host or domain part/ });
   });
 
   it('a self-issued intermediate is exempt for its own names, not for what it signs', () => {
@@ -226,15 +226,15 @@ describe('URI name constraints (the SPIFFE trust domain)', () => {
     const rollover = ca('uri-si-2', ['subjectAltName=URI:spiffe://evil.org'], { issuer: top, key: int2Key, subject: '/O=terroir/CN=uri-si' });
     expect(parseCertificate(rollover.der).subjectName.equals(parseCertificate(top.der).subjectName)).toBe(true);
     check(opensslLeaf('URI:spiffe://example.org/w', rollover, [top]), 'ok');
-    check(opensslLeaf('URI:spiffe://evil.org/w', rollover, [top]), 'refused:untrusted');
+    check(opensslLeaf('URI:spiffe://evil.org/w', rollover, [top]), 'refused:name-constraint-violation');
   });
 
   it('permitted subtrees of successive CAs intersect', () => {
     const top = ca('uri-int-top', ['nameConstraints=critical,permitted;URI:example.org,permitted;URI:other.org']);
     const mid = ca('uri-int-mid', ['nameConstraints=critical,permitted;URI:example.org,permitted;URI:third.org'], { issuer: top, key: int2Key });
     check(leaf('spiffe://example.org/w', mid, [top]), 'ok');
-    check(leaf('spiffe://other.org/w', mid, [top]), 'refused:untrusted', { message: /"third\.org".* of the intermediate certificate #1/ });
-    check(leaf('spiffe://third.org/w', mid, [top]), 'refused:untrusted', { message: /of the intermediate certificate #2/ });
+    check(leaf('spiffe://other.org/w', mid, [top]), 'refused:name-constraint-violation', { message: /"third\.org".* of the intermediate certificate #1/ });
+    check(leaf('spiffe://third.org/w', mid, [top]), 'refused:name-constraint-violation', { message: /of the intermediate certificate #2/ });
   });
 
   it('constraints carried by the trust anchor itself apply (as in OpenSSL and Go)', () => {
@@ -242,15 +242,15 @@ describe('URI name constraints (the SPIFFE trust domain)', () => {
       subject: '/O=terroir/CN=constrained root', key: rootKey, ext: [...CA_EXT, 'nameConstraints=critical,permitted;URI:example.org'],
     });
     check(leaf('spiffe://example.org/w', constrainedRoot), 'ok', { anchor: constrainedRoot });
-    check(leaf('spiffe://evil.org/w', constrainedRoot), 'refused:untrusted', { anchor: constrainedRoot, message: /of the trust bundle authority/ });
+    check(leaf('spiffe://evil.org/w', constrainedRoot), 'refused:name-constraint-violation', { anchor: constrainedRoot, message: /of the trust bundle authority/ });
     const int = ca('under-constrained-root', [], { issuer: constrainedRoot });
-    check(leaf('spiffe://evil.org/w', int), 'refused:untrusted', { anchor: constrainedRoot });
+    check(leaf('spiffe://evil.org/w', int), 'refused:name-constraint-violation', { anchor: constrainedRoot });
   });
 
   it('a non-critical nameConstraints extension is enforced all the same', () => {
     const int = ca('uri-noncrit', ['nameConstraints=permitted;URI:example.org']);
     check(leaf('spiffe://example.org/w', int), 'ok');
-    check(leaf('spiffe://evil.org/w', int), 'refused:untrusted');
+    check(leaf('spiffe://evil.org/w', int), 'refused:name-constraint-violation');
   });
 });
 
@@ -258,9 +258,9 @@ describe('DNS, IP, e-mail and directoryName constraints', () => {
   it('dNSName: label-wise suffix matching; a URI is not constrained by DNS subtrees', () => {
     const int = ca('dns', ['nameConstraints=critical,permitted;DNS:example.org,excluded;DNS:internal.example.org']);
     check(leaf('spiffe://example.org/w', int, [], { dnsNames: ['example.org', 'web.example.org', 'a.b.example.org'] }), 'ok');
-    check(leaf('spiffe://example.org/w', int, [], { dnsNames: ['web.evil.org'] }), 'refused:untrusted', { message: /DNS SAN "web\.evil\.org" is outside the permitted dNSName "example\.org"/ });
-    check(leaf('spiffe://example.org/w', int, [], { dnsNames: ['badexample.org'] }), 'refused:untrusted');
-    check(leaf('spiffe://example.org/w', int, [], { dnsNames: ['db.internal.example.org'] }), 'refused:untrusted', { message: /excluded dNSName/ });
+    check(leaf('spiffe://example.org/w', int, [], { dnsNames: ['web.evil.org'] }), 'refused:name-constraint-violation', { message: /DNS SAN "web\.evil\.org" is outside the permitted dNSName "example\.org"/ });
+    check(leaf('spiffe://example.org/w', int, [], { dnsNames: ['badexample.org'] }), 'refused:name-constraint-violation');
+    check(leaf('spiffe://example.org/w', int, [], { dnsNames: ['db.internal.example.org'] }), 'refused:name-constraint-violation', { message: /excluded dNSName/ });
     // DNS subtrees say nothing about URIs: another trust domain's SVID without DNS SANs passes.
     check(leaf('spiffe://evil.org/w', int), 'ok');
   });
@@ -268,7 +268,7 @@ describe('DNS, IP, e-mail and directoryName constraints', () => {
   it('dNSName: a leaf without DNS SANs has a host-like CN checked instead (as OpenSSL does)', () => {
     const int = ca('dns-cn', ['nameConstraints=critical,permitted;DNS:example.org']);
     check(leaf('spiffe://example.org/w', int, [], { subject: { commonName: 'web.example.org' } }), 'ok');
-    check(leaf('spiffe://example.org/w', int, [], { subject: { commonName: 'Web.Evil.org' } }), 'refused:untrusted', { message: /subject CN "Web\.Evil\.org" is outside the permitted dNSName/ });
+    check(leaf('spiffe://example.org/w', int, [], { subject: { commonName: 'Web.Evil.org' } }), 'refused:name-constraint-violation', { message: /subject CN "Web\.Evil\.org" is outside the permitted dNSName/ });
     check(leaf('spiffe://example.org/w', int, [], { subject: { commonName: 'web server' } }), 'ok'); // not a host name
     // With a DNS SAN, the SAN is the host name and the CN is left alone.
     check(leaf('spiffe://example.org/w', int, [], { subject: { commonName: 'web.evil.org' }, dnsNames: ['web.example.org'] }), 'ok');
@@ -277,39 +277,39 @@ describe('DNS, IP, e-mail and directoryName constraints', () => {
   it('iPAddress v4: address and mask; an IPv6 address is outside IPv4-only permitted subtrees', () => {
     const int = ca('ip4', ['nameConstraints=critical,permitted;IP:10.0.0.0/255.0.0.0']);
     check(opensslLeaf('URI:spiffe://example.org/w,IP:10.1.2.3', int), 'ok');
-    check(opensslLeaf('URI:spiffe://example.org/w,IP:11.1.2.3', int), 'refused:untrusted', { message: /IP SAN 11\.1\.2\.3 is outside the permitted iPAddress 10\.0\.0\.0\/255\.0\.0\.0/ });
-    check(opensslLeaf('URI:spiffe://example.org/w,IP:fd00::1', int), 'refused:untrusted');
+    check(opensslLeaf('URI:spiffe://example.org/w,IP:11.1.2.3', int), 'refused:name-constraint-violation', { message: /IP SAN 11\.1\.2\.3 is outside the permitted iPAddress 10\.0\.0\.0\/255\.0\.0\.0/ });
+    check(opensslLeaf('URI:spiffe://example.org/w,IP:fd00::1', int), 'refused:name-constraint-violation');
   });
 
   it('iPAddress v6: prefix match, exclusions', () => {
     const int = ca('ip6', ['nameConstraints=critical,permitted;IP:fd00::/ff00::,excluded;IP:fd00:dead::/ffff:ffff::']);
     check(opensslLeaf('URI:spiffe://example.org/w,IP:fd12:3456::1', int), 'ok');
-    check(opensslLeaf('URI:spiffe://example.org/w,IP:fe80::1', int), 'refused:untrusted');
-    check(opensslLeaf('URI:spiffe://example.org/w,IP:fd00:dead::7', int), 'refused:untrusted', { message: /excluded iPAddress/ });
+    check(opensslLeaf('URI:spiffe://example.org/w,IP:fe80::1', int), 'refused:name-constraint-violation');
+    check(opensslLeaf('URI:spiffe://example.org/w,IP:fd00:dead::7', int), 'refused:name-constraint-violation', { message: /excluded iPAddress/ });
     // IPv4 names are not in IPv6 subtrees.
-    check(opensslLeaf('URI:spiffe://example.org/w,IP:10.0.0.1', int), 'refused:untrusted');
+    check(opensslLeaf('URI:spiffe://example.org/w,IP:10.0.0.1', int), 'refused:name-constraint-violation');
   });
 
   it('rfc822Name: host, leading-dot domain and mailbox forms', () => {
     const int = ca('email', ['nameConstraints=critical,permitted;email:.example.org,permitted;email:example.net,excluded;email:root@mail.example.org']);
     check(opensslLeaf('URI:spiffe://example.org/w,email:ops@mail.example.org', int), 'ok');
     check(opensslLeaf('URI:spiffe://example.org/w,email:ops@EXAMPLE.net', int), 'ok');
-    check(opensslLeaf('URI:spiffe://example.org/w,email:ops@example.org', int), 'refused:untrusted');
-    check(opensslLeaf('URI:spiffe://example.org/w,email:root@mail.example.org', int), 'refused:untrusted', { message: /excluded rfc822Name/ });
+    check(opensslLeaf('URI:spiffe://example.org/w,email:ops@example.org', int), 'refused:name-constraint-violation');
+    check(opensslLeaf('URI:spiffe://example.org/w,email:root@mail.example.org', int), 'refused:name-constraint-violation', { message: /excluded rfc822Name/ });
     // Legacy e-mail addresses in the subject DN are checked as rfc822Names too (RFC 5280 4.2.1.10).
     const legacy = opensslCert({
       subject: '/CN=web/emailAddress=ops@evil.org', key: leafKey, issuer: int,
       ext: ['basicConstraints=critical,CA:false', 'keyUsage=critical,digitalSignature', 'subjectAltName=URI:spiffe://example.org/w'],
     });
-    check([legacy.der, int.der], 'refused:untrusted', { message: /subject emailAddress "ops@evil\.org" is outside the permitted rfc822Name/ });
+    check([legacy.der, int.der], 'refused:name-constraint-violation', { message: /subject emailAddress "ops@evil\.org" is outside the permitted rfc822Name/ });
   });
 
   it('directoryName: RDN-prefix match on the subject, ignoring case and string type; an empty subject is not a name', () => {
     const int = ca('dirname', ['nameConstraints=critical,permitted;dirName:dn_sect'], { sections: '[dn_sect]\nO=Terroir\n' });
     check(leaf('spiffe://example.org/w', int, [], { subject: { organization: 'terroir', commonName: 'web' } }), 'ok');
     check(leaf('spiffe://example.org/w', int, [], { subject: { organization: 'TERROIR' } }), 'ok');
-    check(leaf('spiffe://example.org/w', int, [], { subject: { organization: 'evil', commonName: 'web' } }), 'refused:untrusted', { message: /subject DN is outside the permitted directoryName/ });
-    check(leaf('spiffe://example.org/w', int, [], { subject: { country: 'DE', organization: 'terroir' } }), 'refused:untrusted');
+    check(leaf('spiffe://example.org/w', int, [], { subject: { organization: 'evil', commonName: 'web' } }), 'refused:name-constraint-violation', { message: /subject DN is outside the permitted directoryName/ });
+    check(leaf('spiffe://example.org/w', int, [], { subject: { country: 'DE', organization: 'terroir' } }), 'refused:name-constraint-violation');
     check(leaf('spiffe://example.org/w', int), 'ok'); // empty subject: SPIFFE leaves name themselves in the SAN
   });
 });
