@@ -90,12 +90,15 @@ describe('the deployment scripts, natively, Keylime continuous mode', () => {
 
   it('the node is enrolled: the verifier keeps pulling and verifying quotes from the agent\'s endpoint', async () => {
     // The server admitted the node only once Keylime had verified a quote from that endpoint.
-    const verified = s.log('server').split('\n').find((l) => l.includes('"msg":"Keylime verified the node"'));
-    expect(verified).toBeDefined();
+    const verifiedLine = (): string | undefined => s.log('server').split('\n').find((l) => l.includes('"msg":"Keylime verified the node"'));
+    await s.until('the server did not log the Keylime verification', () => verifiedLine() !== undefined, 5_000);
+    const verified = verifiedLine();
     expect(JSON.parse(verified as string)).toMatchObject({ agent: agentId, keylimeId, endpoint: `127.0.0.1:${s.ports.quote}` });
     const first = await verifierGet(`/v2.2/agents/${keylimeId}`);
     expect(first.status).toBe(200);
-    expect(first.body.results).toMatchObject({ operational_state: 3, ip: '127.0.0.1', port: s.ports.quote, attestation_status: 'PASS' });
+    expect(first.body.results).toMatchObject({ ip: '127.0.0.1', port: s.ports.quote, attestation_status: 'PASS' });
+    // 3 Get Quote (4-6: a retry or a quote in flight on a busy machine); never 7 Failed or 9 Invalid Quote.
+    expect([3, 4, 5, 6]).toContain(first.body.results['operational_state']);
     expect(JSON.parse(first.body.results['tpm_policy'] as string)).toMatchObject({ [POLICY_PCR]: [ZERO] });
     // Continuous: the count goes on rising, one pull a second.
     const count = first.body.results['attestation_count'] as number;
@@ -127,9 +130,10 @@ describe('the deployment scripts, natively, Keylime continuous mode', () => {
     // Every Workload API stream of the node ends at once (the agent drops its whole cache).
     await s.until('the workload did not lose its SVID', () => /watch ended: PERMISSION_DENIED|received 0 SVID\(s\)/.test(s.log('watch')), 20_000);
     // Why: the verifier's failed quote, audited by the server before it told the agent to drop its SVIDs.
-    const audit = s.log('server').split('\n').filter((l) => l.includes('"action":"keylime"')).map((l) => JSON.parse(l) as Record<string, unknown>)
-      .find((a) => a['result'] === 'denied' && a['subject'] === agentId);
-    expect(audit).toMatchObject({ caller: 'keylime-verifier', details: { kind: 'invalid_quote', keylimeId, lastEventId: `pcr_validation.invalid_pcr_${POLICY_PCR}` } });
+    const audits = (): Record<string, unknown>[] => s.log('server').split('\n').filter((l) => l.includes('"action":"keylime"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const failed = (a: Record<string, unknown>): boolean => a['result'] === 'denied' && a['subject'] === agentId && (a['details'] as { kind?: string }).kind === 'invalid_quote';
+    await s.until('the server did not audit Keylime\'s failure', () => audits().some(failed), 5_000);
+    expect(audits().find(failed)).toMatchObject({ caller: 'keylime-verifier', details: { kind: 'invalid_quote', keylimeId, lastEventId: `pcr_validation.invalid_pcr_${POLICY_PCR}` } });
 
     // The agent attests again at once, and Keylime refuses the tampered node: it stays without SVIDs.
     await s.until('the re-attestation was not refused', () => /node attestation refused: .*invalid_pcr_15/.test(s.log('agent')), 20_000);
