@@ -3,6 +3,8 @@
 // chain), server.sh (SQLite), register.sh, agent.sh (TPM attestation), the consumer workload as its own
 // user; with Unified Identity on also the Keylime development stand-in on certs-init's PKI and gpsd.sh
 // (gpsfake with a live log), read by the agent. Every process is stopped by its PID, the directory removed.
+// keylimeMode 'continuous' (stack-continuous.test.ts) adds the agent's Keylime quote endpoint, which the
+// stand-in pulls quotes from.
 import { type ChildProcess, execFile, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
