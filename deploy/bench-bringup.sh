@@ -52,7 +52,7 @@ export UNIFIED_IDENTITY_ENABLED=$([ "$flag" = on ] && echo true || echo false)
 t0=$(now_ms) last=$t0
 
 bash "$here/certs-init.sh" "$W/pki" >/dev/null
-phase "certs-init.sh (Keylime mTLS PKI, 5 keys)"
+phase "certs-init.sh (mTLS PKI, 6 keys)"
 
 if [ "$flag" = on ]; then
   GPSD_PORT=$gpsd_port GPSD_LISTEN_ALL=0 bash "$here/gpsd.sh" >"$W/gpsd.log" 2>&1 &
