@@ -1,8 +1,11 @@
 // Node attestation client: the AttestAgent exchange with the server, by join token or by TPM
-// (EK + AK, then TPM2_ActivateCredential to prove the AK lives in the same TPM as the EK).
+// (EK + AK, then TPM2_ActivateCredential to prove the AK lives in the same TPM as the EK). When the
+// challenge lists selector_pcrs, the agent also quotes those PCRs with the same AK (PCR-digest selectors).
 import * as grpc from '@grpc/grpc-js';
-import type {
-  AttestAgentRequest, AttestAgentResponse, AttestationResult, KeylimeQuoteEndpoint, TpmAttestation, UnifiedIdentityEvidence,
+import {
+  pcrSelectorsQualifyingData,
+  type AttestAgentRequest, type AttestAgentResponse, type AttestationResult, type KeylimeQuoteEndpoint, type TpmAttestation,
+  type TpmQuote, type UnifiedIdentityEvidence,
 } from '../api/agent-api.js';
 import type { NodeQuoter } from '../keylime/index.js';
 import type { AgentClient } from './server-conn.js';
@@ -22,7 +25,7 @@ export interface TpmCredentialSource {
   activateCredential(credentialBlob: Buffer, encryptedSecret: Buffer): Promise<Buffer>;
   /** Quotes with the attestation AK, for the Keylime quote endpoint (keeps that AK for the session). */
   quoter?(): NodeQuoter;
-  /** TPM2_Quote of sha256 PCRs with the attestation AK (Unified Identity). */
+  /** TPM2_Quote of sha256 PCRs with the attestation AK (Unified Identity, PCR-digest selectors). */
   quote?(pcrs: number[], qualifyingData: Buffer): Promise<{ attest: Buffer; signature: Buffer; pcrs: Map<number, Buffer> }>;
 }
 
@@ -44,6 +47,25 @@ export interface AttestOptions {
 }
 
 const MAX_CHALLENGE_FIELD_BYTES = 4096;
+const NONCE_BYTES = 32;
+
+/** Checks the server's selector_pcrs (0..23, each once) before any TPM work; returns them or why not. */
+function checkSelectorPcrs(pcrs: number[]): string | undefined {
+  if (pcrs.length > 24) return `the challenge lists ${pcrs.length} selector PCRs; a TPM bank has 24`;
+  const bad = pcrs.find((n) => !Number.isInteger(n) || n < 0 || n > 23);
+  if (bad !== undefined) return `the challenge asks to quote PCR ${String(bad)}, outside 0..23`;
+  if (new Set(pcrs).size !== pcrs.length) return 'the challenge lists a selector PCR twice';
+  return undefined;
+}
+
+/** The PCR-selector quote for a challenge: same AK, the requested sha256 PCRs, bound to the nonce. */
+async function pcrSelectorQuote(tpm: TpmCredentialSource, nonce: Buffer, pcrs: number[]): Promise<TpmQuote> {
+  if (!tpm.quote) throw new Error('this TPM source cannot quote, but the server asks for a PCR quote (selector_pcrs)');
+  const q = await tpm.quote([...pcrs].sort((a, b) => a - b), pcrSelectorsQualifyingData(nonce));
+  const wire: Record<string, Buffer> = {};
+  for (const [i, v] of q.pcrs) wire[String(i)] = v;
+  return { attest: q.attest, signature: q.signature, pcrs: wire };
+}
 
 export async function attestNode(client: AgentClient, opts: AttestOptions): Promise<AttestationResult> {
   if ((opts.joinToken === undefined) === (opts.tpm === undefined)) {
@@ -83,7 +105,13 @@ export async function attestNode(client: AgentClient, opts: AttestOptions): Prom
           return fail(new NodeAttestationError('protocol', 'server challenge has a missing or oversized credential blob or secret'));
         }
         const quotePcrs = c.quotePcrs ?? [];
-        opts.tpm.activateCredential(c.credentialBlob, c.encryptedSecret).then(
+        const selectorPcrs = c.selectorPcrs ?? [];
+        if (selectorPcrs.length > 0) {
+          const why = c.nonce.length !== NONCE_BYTES ? `the challenge nonce must be ${NONCE_BYTES} bytes, got ${c.nonce.length}` : checkSelectorPcrs(selectorPcrs);
+          if (why !== undefined) return fail(new NodeAttestationError('protocol', `server challenge refused: ${why}`));
+        }
+        const tpm = opts.tpm;
+        tpm.activateCredential(c.credentialBlob, c.encryptedSecret).then(
           async (secret) => {
             if (done) return;
             // The server asks for a quote only with Unified Identity on; read the sensors and quote after activation.
@@ -95,7 +123,16 @@ export async function attestNode(client: AgentClient, opts: AttestOptions): Prom
                 return fail(new NodeAttestationError('tpm', `Unified Identity evidence failed: ${(e as Error).message}`));
               }
             }
-            if (!done) call.write({ challengeResponse: { activatedSecret: secret, unifiedIdentity } });
+            // PCR-digest selectors: older servers send no selector_pcrs, and then nothing is quoted.
+            let pcrQuote: TpmQuote | null = null;
+            if (selectorPcrs.length > 0 && !done) {
+              try {
+                pcrQuote = await pcrSelectorQuote(tpm, c.nonce, selectorPcrs);
+              } catch (e) {
+                return fail(new NodeAttestationError('tpm', `quoting PCR(s) ${selectorPcrs.join(', ')} for the server's PCR selectors failed: ${(e as Error).message}`));
+              }
+            }
+            if (!done) call.write({ challengeResponse: { activatedSecret: secret, unifiedIdentity, pcrQuote } });
           },
           (e: unknown) => fail(new NodeAttestationError('tpm', `TPM2_ActivateCredential failed: ${(e as Error).message}`)),
         );

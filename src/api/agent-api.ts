@@ -71,6 +71,8 @@ export interface ChallengeResponse {
   activatedSecret: Buffer;
   /** Unified Identity evidence; null on decode when absent. */
   unifiedIdentity?: UnifiedIdentityEvidence | null;
+  /** PCR-digest selectors: the quote over the challenge's selectorPcrs; null on decode when absent. */
+  pcrQuote?: TpmQuote | null;
 }
 
 export interface TpmQuote {
@@ -99,6 +101,8 @@ export interface AttestationChallenge {
   expiresAt: number;
   /** Unified Identity: sha256 PCRs to quote; empty (or absent) for plain attestation. */
   quotePcrs?: number[];
+  /** PCR-digest selectors: sha256 PCRs to quote into ChallengeResponse.pcrQuote; empty (or absent) for none. */
+  selectorPcrs?: number[];
 }
 
 export interface AttestationResult {
@@ -234,4 +238,18 @@ export function unifiedIdentityQualifyingData(nonce: Buffer, claimsDocument: Buf
   const claimsHash = crypto.createHash('sha256').update(claimsDocument).digest();
   const digest = crypto.createHash('sha256').update(UNIFIED_IDENTITY_BINDING_LABEL, 'ascii').update(nonce).update(claimsHash).digest();
   return Buffer.from(digest.toString('hex'), 'ascii');
+}
+
+// ---------------------------------------------------------------- PCR-digest selectors binding
+
+/** Domain separation label of the PCR-selector quote binding (distinct from Unified Identity's). */
+export const PCR_SELECTORS_BINDING_LABEL = 'terroir-pcr-selectors-v1';
+
+/**
+ * The qualifying data of the PCR-selector quote for a challenge nonce: SHA-256(label || nonce), 32
+ * raw bytes. The label keeps this quote from ever being accepted as a Unified Identity quote (or
+ * the other way round) for the same nonce.
+ */
+export function pcrSelectorsQualifyingData(nonce: Buffer): Buffer {
+  return crypto.createHash('sha256').update(PCR_SELECTORS_BINDING_LABEL, 'ascii').update(nonce).digest();
 }

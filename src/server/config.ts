@@ -97,6 +97,13 @@ const tpmSchema = z.object({
   manufacturerCaFiles: z.array(z.string().min(1)).default([]),
   /** Enrolled EK public hashes (lowercase hex SHA-256) accepted without an EK certificate. */
   enrolledEkHashes: z.array(z.string().regex(/^[0-9a-f]{64}$/, 'a lowercase hex SHA-256 (64 characters)')).default([]),
+  /**
+   * sha256-bank PCRs every TPM node must quote at attestation; each becomes a selector
+   * tpm:pcr:sha256:<index>:<hex value> that entries can require. Default [] (no PCR quote asked for).
+   */
+  pcrSelectors: z.array(z.number().int('a PCR index is a whole number').min(0, 'PCR indexes are 0..23').max(23, 'PCR indexes are 0..23'))
+    .max(24).default([])
+    .refine((a) => new Set(a).size === a.length, 'a PCR is listed twice; list each PCR once'),
 }).strict();
 
 const nodeAttestationSchema = z.object({
@@ -432,6 +439,9 @@ function checkConsistency(c: ServerConfig): void {
   if (c.nodeAttestation.tpm.enabled && c.nodeAttestation.tpm.manufacturerCaFiles.length === 0
     && c.nodeAttestation.tpm.enrolledEkHashes.length === 0) {
     throw new ConfigError('nodeAttestation.tpm is enabled but trusts nothing: set manufacturerCaFiles and/or enrolledEkHashes');
+  }
+  if (!c.nodeAttestation.tpm.enabled && c.nodeAttestation.tpm.pcrSelectors.length > 0) {
+    throw new ConfigError('nodeAttestation.tpm.pcrSelectors is set but nodeAttestation.tpm is disabled: PCR selectors come from TPM attestation; enable nodeAttestation.tpm or remove pcrSelectors');
   }
   if (!c.nodeAttestation.joinToken.enabled && !c.nodeAttestation.tpm.enabled) {
     throw new ConfigError('nodeAttestation: enable at least one of joinToken and tpm, or no agent can ever attest');

@@ -246,6 +246,7 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
                 nonce: tpm.challenge.nonce,
                 expiresAt: Math.floor(tpm.challenge.expiresAt.getTime() / 1000),
                 quotePcrs: o.unifiedIdentity ? [...o.unifiedIdentity.pcrs] : [],
+                selectorPcrs: tpm.challenge.selectorPcrs,
               },
             });
           } else {
@@ -259,7 +260,8 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
         const { tpm, csrKey, params } = pending;
         pending = undefined;
         void (async () => {
-          const out = await o.tpm!.finish(tpm, msg.challengeResponse!.activatedSecret);
+          // Secret, PCR-selector quote (when asked for), then the nonce.
+          const out = await o.tpm!.finish(tpm, msg.challengeResponse!.activatedSecret, msg.challengeResponse!.pcrQuote);
           // Secret and nonce are settled; now quote, claims, Keylime one-shot and location policy.
           const unified = o.unifiedIdentity
             ? await o.unifiedIdentity.verify({
