@@ -49,7 +49,7 @@ export interface AttestOptions {
 const MAX_CHALLENGE_FIELD_BYTES = 4096;
 const NONCE_BYTES = 32;
 
-/** Checks the server's selector_pcrs (0..23, each once) before any TPM work; returns them or why not. */
+/** Checks the server's selector_pcrs (0..23, each once) before any TPM work: why they are refused, or undefined. */
 function checkSelectorPcrs(pcrs: number[]): string | undefined {
   if (pcrs.length > 24) return `the challenge lists ${pcrs.length} selector PCRs; a TPM bank has 24`;
   const bad = pcrs.find((n) => !Number.isInteger(n) || n < 0 || n > 23);
