@@ -116,6 +116,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
         trustDomain: td,
         manufacturerCasDer: cas,
         enrolledEkHashes: config.nodeAttestation.tpm.enrolledEkHashes,
+        pcrSelectors: config.nodeAttestation.tpm.pcrSelectors,
         challengeTtlSeconds: config.nodeAttestation.challengeTtl,
         store,
         now,

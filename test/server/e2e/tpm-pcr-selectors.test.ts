@@ -7,7 +7,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import * as grpc from '@grpc/grpc-js';
-import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   pcrSelectorsQualifyingData, type AttestAgentRequest, type AttestAgentResponse, type AttestationResult,
@@ -15,14 +14,8 @@ import {
 } from '../../../src/api/agent-api.js';
 import { attestNode } from '../../../src/agent/node-attestor.js';
 import { openTpmCredentialSource, type TpmSession } from '../../../src/agent/tpm-session.js';
-import { createAgentService, type AgentService } from '../../../src/server/agentapi/service.js';
-import { startAgentApiServer, type AgentApiServer } from '../../../src/server/agentapi/server.js';
-import { TpmAttestor } from '../../../src/server/attestation/tpm.js';
-import { SvidIssuer } from '../../../src/server/ca/issuer.js';
 import { serverSpiffeId } from '../../../src/server/datastore/types.js';
-import { RateLimiter } from '../../../src/server/ratelimit.js';
 import type { RunningServer } from '../../../src/server/run.js';
-import { TrustDomain } from '../../../src/spiffe/id.js';
 import { TpmDevice, type AkHandle } from '../../../src/tpm/device.js';
 import { ekHash, parseTpm2bPublic } from '../../../src/tpm/index.js';
 import { startSwtpm, type Swtpm } from '../../support/swtpm.js';
@@ -35,8 +28,6 @@ let tpm: TpmDevice;
 let session: TpmSession;
 let ts: TestServer;
 let pcrServer: RunningServer;
-let api: AgentApiServer;
-let service: AgentService;
 let ekCert: Buffer;
 let ekPub: Buffer;
 let agentId: string;
@@ -64,34 +55,16 @@ beforeAll(async () => {
   ekCert = (await tpm.readEkCertificate('rsa2048')) as Buffer;
   ekPub = await tpm.ekPublic('rsa2048');
   agentId = `spiffe://${TD}/agent/tpm/${ekHash(parseTpm2bPublic(ekPub))}`;
-  // The config is parsed (and the setting validated) by the real loader; run.ts does not yet pass
-  // nodeAttestation.tpm.pcrSelectors to the TPM attestor, so this test wires the agent API itself,
-  // over the started server's datastore, CA and auditor, exactly as run.ts does otherwise.
+  // The real server: config loader, run.ts wiring, TLS gRPC agent API.
   ts = await startTestServer({
     nodeAttestation: { joinToken: { enabled: false }, tpm: { enabled: true, manufacturerCaFiles: [swtpm.caFile], pcrSelectors: SELECTOR_PCRS } },
     agentApi: { attestationRateLimit: { perSecond: 50, burst: 100 } },
   });
-  const s = ts.server;
-  const issuer = new SvidIssuer({ ca: s.ca, maxTtlSeconds: 3600 });
-  service = createAgentService({
-    trustDomain: TrustDomain.parse(TD), store: s.store, ca: s.ca, issuer, joinTokens: false,
-    tpm: new TpmAttestor({
-      trustDomain: TrustDomain.parse(TD), manufacturerCasDer: swtpm.manufacturerCaDer, enrolledEkHashes: [], challengeTtlSeconds: 60,
-      pcrSelectors: SELECTOR_PCRS, store: s.store,
-    }),
-    rateLimiter: new RateLimiter({ perSecond: 50, burst: 100 }), auditor: s.auditor, logger: pino({ level: 'silent' }),
-    x509SvidTtl: 600, jwtSvidTtl: 300, watchIntervalMs: 100,
-  });
-  api = await startAgentApiServer({
-    host: '127.0.0.1', port: 0, service, ca: s.ca, issuer, dnsNames: [], ipAddresses: [], svidTtlSeconds: 600, logger: pino({ level: 'silent' }),
-  });
-  pcrServer = { ...s, agentApiPort: api.port };
+  pcrServer = ts.server;
 });
 
 afterAll(async () => {
   for (const c of clients) c.close();
-  await api?.close();
-  service?.close();
   await ts?.stop();
   await session?.close();
   await tpm?.close();
@@ -187,12 +160,19 @@ describe('PCR-digest selectors (swtpm, tpm2-tools oracle)', () => {
   });
 
   it('a server without pcrSelectors asks for no PCR quote and derives no PCR selectors', async () => {
-    const { result } = await agentAttest(ts.server);
-    expect(result.spiffeId).toBe(agentId);
-    expect(sel(result).some((s) => s.startsWith('tpm:pcr:'))).toBe(false);
-    const node = await ts.server.store.getNode(agentId);
-    expect(node?.selectors.some((s) => s.value.startsWith('pcr:'))).toBe(false);
-    expect(node?.attestationData).not.toHaveProperty('pcrs');
+    const plain = await startTestServer({
+      nodeAttestation: { joinToken: { enabled: false }, tpm: { enabled: true, manufacturerCaFiles: [swtpm.caFile] } },
+    });
+    try {
+      const { result } = await agentAttest(plain.server);
+      expect(result.spiffeId).toBe(agentId);
+      expect(sel(result).some((s) => s.startsWith('tpm:pcr:'))).toBe(false);
+      const node = await plain.server.store.getNode(agentId);
+      expect(node?.selectors.some((s) => s.value.startsWith('pcr:'))).toBe(false);
+      expect(node?.attestationData).not.toHaveProperty('pcrs');
+    } finally {
+      await plain.stop();
+    }
   });
 
   const refusals: [string, Forgery, grpc.status, RegExp][] = [
