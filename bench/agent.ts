@@ -11,6 +11,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http2 from 'node:http2';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -50,8 +51,42 @@ function firstMessage(client: WorkloadApiClient): Promise<number> {
   });
 }
 
+/** One FetchX509SVID over node:http2 alone (no gRPC library): the request frame by hand, the first DATA frame times it. */
+function rawFirstMessage(session: http2.ClientHttp2Session): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const req = session.request({
+      ':method': 'POST', ':path': '/SpiffeWorkloadAPI/FetchX509SVID', 'content-type': 'application/grpc', te: 'trailers', 'workload.spiffe.io': 'true',
+    });
+    req.once('data', () => {
+      const dt = performance.now() - t0;
+      req.close(http2.constants.NGHTTP2_CANCEL);
+      resolve(dt);
+    });
+    req.on('error', reject);
+    req.end(Buffer.from([0, 0, 0, 0, 0])); // an empty X509SVIDRequest, uncompressed
+  });
+}
+
 async function clientMain(mode: string, socket: string): Promise<void> {
   const say = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
+  if (mode === 'raw') {
+    const connect = () => http2.connect('http://localhost', { createConnection: () => net.connect(socket) });
+    let session = connect();
+    for (let i = 0; i < 100; i++) await rawFirstMessage(session);
+    const samples: number[] = [];
+    for (let i = 0; i < SAMPLES; i++) {
+      if (i % 200 === 0) {
+        session.close();
+        session = connect();
+        await rawFirstMessage(session);
+      }
+      samples.push(await rawFirstMessage(session));
+    }
+    session.close();
+    say({ samples });
+    return;
+  }
   if (mode === 'ttfm') {
     // A fresh connection every 200 calls: each sample cancels its stream, and HTTP/2 servers
     // (nghttp2's rapid-reset guard) close a connection that resets streams much faster than ~33/s.
@@ -257,6 +292,27 @@ async function agentMain(): Promise<void> {
   floorServer.forceShutdown();
   const floorSamples = floor.samples.sort((a, b) => a - b);
 
+  // The machine's floor: node:http2 on both sides, no gRPC library, the same pre-encoded message.
+  const rawSocket = path.join(dir, 'raw.sock');
+  const rawServer = http2.createServer();
+  const rawBody = Buffer.alloc(5 + floorMsg.length);
+  rawBody.writeUInt32BE(floorMsg.length, 1);
+  floorMsg.copy(rawBody, 5);
+  rawServer.on('stream', (stream) => {
+    stream.on('error', () => undefined);
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
+    stream.write(rawBody);
+  });
+  await new Promise<void>((resolve) => rawServer.listen(rawSocket, resolve));
+  const rawChild = spawn(process.execPath, ['--import', 'tsx', self, 'client', 'raw', rawSocket], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const raw = await new Promise<{ samples: number[] }>((resolve, reject) => {
+    let out = '';
+    rawChild.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    rawChild.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out) as { samples: number[] }) : reject(new Error(`raw client exited ${code}`))));
+  });
+  await new Promise<void>((resolve) => rawServer.close(() => resolve()));
+  const rawSamples = raw.samples.sort((a, b) => a - b);
+
   // 1,000 streams, then rotations.
   const child = startClient('streams');
   const lines = readline.createInterface({ input: child.stdout });
@@ -293,6 +349,8 @@ async function agentMain(): Promise<void> {
     `first call after start (hashes the workload's binary once) ${ttfm.cold.toFixed(1)} ms`);
   console.log(`  floor: plain grpc-js streaming a pre-encoded message of the same size, same client: ` +
     `p50 ${pct(floorSamples, 50).toFixed(3)} ms, p99 ${pct(floorSamples, 99).toFixed(3)} ms`);
+  console.log(`  floor of the machine: node:http2 server and client, no gRPC library, same message: ` +
+    `p50 ${pct(rawSamples, 50).toFixed(3)} ms, p99 ${pct(rawSamples, 99).toFixed(3)} ms`);
   console.log(`${STREAMS} concurrent streams over ${CONNECTIONS} connections: all had their first message ${(ready['openMs'] as number).toFixed(0)} ms after the client began opening them`);
   console.log(`rotation fan-out to ${STREAMS} streams (${ROTATIONS} rotations; from the cache update to the last stream's receipt): ` +
     `median ${pct(fanout, 50).toFixed(1)} ms, worst ${fanout[fanout.length - 1]!.toFixed(1)} ms (goal <= 100 ms)`);
