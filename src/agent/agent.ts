@@ -108,7 +108,8 @@ export class Agent {
   private readonly jwtCache = new Map<string, { token: string; refreshAt: number; expiresAt: number }>();
   private client: AgentClient | undefined;
   private watch: grpc.ClientReadableStream<AgentEvent> | undefined;
-  private readonly attestations = new Set<Promise<void>>();
+  /** The node attestation in flight, if any (there is at most one). */
+  private attesting: Promise<void> | undefined;
   private syncTimer: NodeJS.Timeout | undefined;
   private watchTimer: NodeJS.Timeout | undefined;
   private syncing: Promise<void> | undefined;
@@ -195,7 +196,7 @@ export class Agent {
     clearTimeout(this.watchTimer);
     this.watch?.cancel();
     // An attestation in flight (renewal, re-attestation after a drop) must not outlive the agent.
-    await Promise.allSettled([...this.attestations]);
+    await this.attesting?.catch(() => undefined);
     this.client?.close();
     await this.workloadApi?.close();
     await this.quoteEndpoint?.server.close();
@@ -298,12 +299,18 @@ export class Agent {
     }
   }
 
-  /** Node attestation; stop() waits for one in flight, and a stopped agent starts none. */
+  /**
+   * Node attestation; stop() waits for one in flight, and a stopped agent starts none. A second
+   * reason to attest while one runs (the server's drop push and a sync it refused, say) joins it:
+   * it yields a fresh SVID either way, and a node still not trusted afterwards is told so again. Two
+   * at once would only make the server (and Keylime) admit the node twice.
+   */
   private attest(roots: Buffer[]): Promise<void> {
     if (this.stopped) return Promise.resolve();
+    if (this.attesting) return this.attesting;
     const run = this.attestNow(roots);
-    this.attestations.add(run);
-    const done = (): void => { this.attestations.delete(run); };
+    this.attesting = run;
+    const done = (): void => { if (this.attesting === run) this.attesting = undefined; };
     run.then(done, done);
     return run;
   }
@@ -455,7 +462,12 @@ export class Agent {
       try {
         do {
           this.syncAgain = false;
-          await this.syncPass();
+          try {
+            await this.syncPass();
+          } catch (e) {
+            // A pass asked for meanwhile (after a fresh attestation, say) still runs: it may well succeed.
+            if (!this.syncAgain || this.stopped) throw e;
+          }
         } while (this.syncAgain && !this.stopped);
       } finally {
         this.syncing = undefined;
@@ -467,6 +479,7 @@ export class Agent {
   private async syncPass(): Promise<void> {
     if (this.stopped || !this.state) return;
     this.stats.syncs++;
+    const svid = this.state.chain[0];
     if (Date.now() >= this.state.notAfter) {
       // The server was out of reach for longer than the SVID lived: only a new attestation helps.
       this.log.warn('the agent SVID has expired: attesting again');
@@ -475,7 +488,7 @@ export class Agent {
       try {
         await this.renewAgentSvid();
       } catch (e) {
-        await this.handleAuthFailure(e);
+        await this.handleAuthFailure(e, svid);
         throw e;
       }
     }
@@ -484,14 +497,17 @@ export class Agent {
       await this.syncEntries();
       await this.signDue();
     } catch (e) {
-      await this.handleAuthFailure(e);
+      await this.handleAuthFailure(e, svid);
       throw e;
     }
     this.cache.pruneExpired();
   }
 
-  /** The server no longer knows our SVID (evicted, replaced): re-attest; banned: drop everything. */
-  private async handleAuthFailure(e: unknown): Promise<void> {
+  /**
+   * The server no longer knows our SVID (evicted, replaced): re-attest, unless `svid` (the agent SVID
+   * the failed pass started with) was replaced meanwhile; banned: drop everything.
+   */
+  private async handleAuthFailure(e: unknown, svid: Buffer | undefined): Promise<void> {
     const code = (e as grpc.ServiceError).code;
     if (code === grpc.status.PERMISSION_DENIED && /banned/i.test((e as grpc.ServiceError).details ?? '')) {
       this.log.error({ err: (e as Error).message }, 'this node is banned: dropping every SVID');
@@ -499,6 +515,8 @@ export class Agent {
       return;
     }
     if (code === grpc.status.UNAUTHENTICATED) {
+      // A re-attestation finished since this pass began: the next pass uses its SVID.
+      if (this.state?.chain[0] !== svid && this.attesting === undefined) return;
       this.log.warn({ err: (e as Error).message }, 'the server no longer accepts the agent SVID: re-attesting');
       await this.attest(this.ownRoots());
     }
