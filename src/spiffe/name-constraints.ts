@@ -439,9 +439,10 @@ function constraintsOf(cert: CertificateView, label: string): NameConstraints | 
 /**
  * Applies the name constraints of `anchor` and of every CA in `chain` (leaf first, ending just below
  * `anchor`) to the certificates below each of them. Call after the path's signatures have been
- * verified; `labelOf(i)` names chain[i] in error messages. Throws X509SvidError: 'untrusted' for a
- * name outside the permitted or inside the excluded subtrees (or one that cannot be compared with
- * them), 'malformed-certificate' and 'unhandled-critical-extension' from parseNameConstraints.
+ * verified; `labelOf(i)` names chain[i] in error messages. Throws X509SvidError:
+ * 'name-constraint-violation' for a name outside the permitted or inside the excluded subtrees (or one
+ * that cannot be compared with them), 'untrusted' past the comparison limit, and
+ * 'malformed-certificate' and 'unhandled-critical-extension' from parseNameConstraints.
  */
 export function enforceNameConstraints(chain: readonly CertificateView[], anchor: CertificateView, labelOf: (index: number) => string): void {
   const active: Constrainer[] = [];
