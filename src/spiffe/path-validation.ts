@@ -4,8 +4,8 @@
 // issuing certificate basicConstraints cA, keyCertSign (when KeyUsage is present) and pathLenConstraint;
 // unknown critical extensions are refused on the leaf and on intermediates. Once the path is known,
 // name constraints (name-constraints.ts) of every CA in it, the trust anchor included, are applied to
-// the certificates below. Policy processing is not implemented, so certificates with certificatePolicies
-// or policyConstraints marked critical are refused.
+// the certificates below. Certificate policies (6.1.3 (d)-(f)) are not evaluated, so a certificate that
+// marks certificatePolicies, policyConstraints or inhibitAnyPolicy critical is refused (fail closed).
 import type { CertificateView } from './certificate.js';
 import { X509SvidError } from './errors.js';
 import { enforceNameConstraints } from './name-constraints.js';

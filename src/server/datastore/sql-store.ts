@@ -241,7 +241,7 @@ export class SqlDataStore implements DataStore {
    */
   async createEntries(entries: NewRegistrationEntry[], options?: BatchOptions): Promise<BatchResult<RegistrationEntry>[]> {
     const results: BatchResult<RegistrationEntry>[] = new Array(entries.length);
-    const todo: { i: number; e: Omit<RegistrationEntry, 'revision' | 'createdAt'> }[] = [];
+    const toCreate: { i: number; e: Omit<RegistrationEntry, 'revision' | 'createdAt'> }[] = [];
     const ids = new Set<string>();
     entries.forEach((input, i) => {
       const e = { ...input, id: (input.id ?? randomUUID()).toLowerCase(), selectors: canonicalSelectors(input.selectors) };
@@ -257,20 +257,20 @@ export class SqlDataStore implements DataStore {
         return;
       }
       ids.add(e.id);
-      todo.push({ i, e });
+      toCreate.push({ i, e });
     });
     // Array.from, not map: map skips the holes of items not decided yet.
     const abort = (): BatchResult<RegistrationEntry>[] => Array.from(results, (r) => (r === undefined || r.ok
       ? { ok: false, code: 'aborted', message: 'not applied: another item in this all-or-nothing batch failed' }
       : r));
-    if (todo.length === 0) return results;
-    if (options?.allOrNothing && todo.length < entries.length) return abort();
+    if (toCreate.length === 0) return results;
+    if (options?.allOrNothing && toCreate.length < entries.length) return abort();
     try {
       await this.db.transaction(async (conn) => {
         const revision = await this.nextRevision(conn);
         const createdAt = Date.now();
         const inserted = new Set<string>();
-        for (const part of chunks(todo, 200)) {
+        for (const part of chunks(toCreate, 200)) {
           const rows = await conn.query(
             `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selectors_key, x509_svid_ttl, jwt_svid_ttl, dns_names,
               federates_with, admin, downstream, hint, store_svid, location_policy, revision, created_at)
@@ -280,7 +280,7 @@ export class SqlDataStore implements DataStore {
           for (const r of rows) inserted.add(String(r.id));
         }
         const created: Omit<RegistrationEntry, 'revision' | 'createdAt'>[] = [];
-        for (const { i, e } of todo) {
+        for (const { i, e } of toCreate) {
           if (inserted.has(e.id)) {
             results[i] = { ok: true, value: { ...e, revision, createdAt: new Date(createdAt) } };
             created.push(e);
@@ -289,7 +289,7 @@ export class SqlDataStore implements DataStore {
               message: `an entry with id ${e.id} or with the same SPIFFE ID, parent ID and selectors already exists` };
           }
         }
-        if (options?.allOrNothing && created.length < todo.length) throw new Aborted();
+        if (options?.allOrNothing && created.length < toCreate.length) throw new Aborted();
         const selectorRows = created.flatMap((e) => e.selectors.map((s) => [e.id, s.type, s.value]));
         for (const part of chunks(selectorRows, 300)) {
           await conn.run(`INSERT INTO entry_selectors (entry_id, type, value) VALUES ${part.map(() => '(?, ?, ?)').join(', ')}`,
