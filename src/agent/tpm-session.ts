@@ -1,5 +1,6 @@
 // The agent's TPM for node attestation, over src/tpm's TpmDevice: EK certificate and public, an AK
 // (fresh per attestation, or kept at a persistent handle), and ActivateCredential on the challenge.
+import pino, { type Logger } from 'pino';
 import { TpmDevice, type AkHandle } from '../tpm/device.js';
 import { tpmDeviceQuoter, type NodeQuoter } from '../keylime/index.js';
 import type { TpmAttestation } from '../api/agent-api.js';
@@ -18,8 +19,35 @@ export class TpmSessionError extends Error {
   }
 }
 
-export async function openTpmCredentialSource(cfg: TpmAttestorConfig): Promise<TpmSession> {
-  const device = await TpmDevice.open(cfg.tcti);
+/** The most EK intermediates the server accepts in one attestation (its MAX_INTERMEDIATES). */
+export const MAX_EK_INTERMEDIATES = 8;
+
+export interface OpenTpmSessionOptions {
+  /** For warnings about the TPM (e.g. a damaged EK chain NV index); default a pino logger on stdout. */
+  logger?: Logger;
+}
+
+export async function openTpmCredentialSource(cfg: TpmAttestorConfig, opts: OpenTpmSessionOptions = {}): Promise<TpmSession> {
+  const logger = opts.logger ?? pino({ name: 'terroir-agent' }).child({ component: 'tpm' });
+  const device = await TpmDevice.open(cfg.tcti, { logger });
+  // The EK certificate chain the manufacturer stored in NV: read once per session (like the EK
+  // certificate, it does not change while the agent runs). Sent as untrusted intermediates; the
+  // server trusts only its configured manufacturer roots.
+  let intermediates: Promise<Buffer[]> | undefined;
+  const ekIntermediates = (): Promise<Buffer[]> => {
+    intermediates ??= device.readEkCertificateChain().then((chain) => {
+      if (chain.certificates.length <= MAX_EK_INTERMEDIATES) return chain.certificates;
+      logger.warn({ found: chain.certificates.length, sent: MAX_EK_INTERMEDIATES },
+        `the TPM's EK certificate chain has more certificates than the server accepts; sending the first ${MAX_EK_INTERMEDIATES}`);
+      return chain.certificates.slice(0, MAX_EK_INTERMEDIATES);
+    }, (err: unknown) => {
+      // Optional data: attest without it (the server may hold the intermediates) and try again next time.
+      intermediates = undefined;
+      logger.warn({ err: (err as Error).message }, 'cannot read the EK certificate chain from the TPM; attesting without it');
+      return [];
+    });
+    return intermediates;
+  };
   let ak: AkHandle | undefined;
   // Set once a quoter was handed out (Keylime): the verifier holds the enrolled AK, so it must stay
   // the same for the session, or quotes would fail between a re-attestation and the re-enrollment.
@@ -46,8 +74,9 @@ export async function openTpmCredentialSource(cfg: TpmAttestorConfig): Promise<T
     async attestationData(): Promise<TpmAttestation> {
       const ekCertificate = await device.readEkCertificate(cfg.ekKind);
       const ekPublic = await device.ekPublic(cfg.ekKind);
+      const chain = await ekIntermediates();
       const a = await currentAk();
-      return { ekCertificate: ekCertificate ?? Buffer.alloc(0), ekIntermediates: [], ekPublic, akPublic: a.public };
+      return { ekCertificate: ekCertificate ?? Buffer.alloc(0), ekIntermediates: chain, ekPublic, akPublic: a.public };
     },
     async activateCredential(credentialBlob: Buffer, encryptedSecret: Buffer): Promise<Buffer> {
       if (!ak) throw new Error('no AK: attestationData() must come first');

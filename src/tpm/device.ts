@@ -16,6 +16,7 @@ import { objectName, parseTpm2bPublic, type TpmPublic } from './public.js';
 import { marshalPcrSelectionList, parseTpmsAttest, parseTpmtSignature, readPcrSelectionList, type PcrSelection, type PcrValues } from './attest.js';
 import { pcrDigest } from './quote.js';
 import { EK_NV_INDEX, EK_PERSISTENT_HANDLE, akTemplate, ekTemplate, type EkKind } from './templates.js';
+import { EK_CHAIN_NV_FIRST, EK_CHAIN_NV_LAST, splitDerCertificates } from './ekchain.js';
 
 export { Tss2LibraryError } from '../../native/tss2.js';
 export type { EkKind } from './templates.js';
@@ -54,6 +55,14 @@ export interface QuoteResult {
   pcrs: PcrValues;
 }
 
+/** What readEkCertificateChain() found. */
+export interface EkChain {
+  /** Whole DER certificates, in index order and, within an index, in stored order. Untrusted. */
+  certificates: Buffer[];
+  /** Indices skipped or cut short, and why (also logged as warnings). */
+  problems: { index?: number; message: string }[];
+}
+
 export interface OpenOptions {
   /**
    * Flush every transient object in the TPM at open (default true): swtpm and raw /dev/tpm0 have
@@ -76,6 +85,16 @@ const C_STRUCT_SIZE = 8192;
 const PCRS_PER_READ = 8;
 /** NV reads in chunks below every TPM's MAX_NV_BUFFER_SIZE. */
 const NV_CHUNK = 768;
+/** Bounds on the EK chain read from a (possibly broken) TPM. */
+const EK_CHAIN_MAX_INDICES = 16;
+const EK_CHAIN_MAX_BYTES = 64 * 1024;
+/** TPMA_NV bits (TPM 2.0 Part 2, 13.4). */
+const TPMA_NV_OWNERREAD = 1 << 17;
+const TPMA_NV_AUTHREAD = 1 << 18;
+const TPMA_NV_TPM_NT_SHIFT = 4;
+const TPMA_NV_TPM_NT_MASK = 0xf0;
+const TPMA_NV_READLOCKED = 1 << 28;
+const TPMA_NV_WRITTEN = 1 << 29;
 const DEFAULT_EVENT_LOG = '/sys/kernel/security/tpm0/binary_bios_measurements';
 
 export class TpmDevice {
@@ -225,25 +244,110 @@ export class TpmDevice {
         throw err;
       }
       try {
-        const nvPub: Out<CPointer> = [null];
-        const nvName: Out<CPointer> = [null];
-        await this.esapi(this.tss.Esys_NV_ReadPublic, 'NV_ReadPublic', tr, ESYS_TR.NONE, ESYS_TR.NONE, ESYS_TR.NONE, nvPub, nvName);
-        this.free(nvName[0]);
-        const r = new TpmReader(this.fromC('TPM2B_NV_PUBLIC', nvPub[0]), 'TPM2B_NV_PUBLIC');
-        r.u16('size'); r.u32('nvIndex'); r.u16('nameAlg'); r.u32('attributes'); r.tpm2b('authPolicy', 64);
-        const size = r.u16('dataSize');
-        const parts: Buffer[] = [];
-        for (let off = 0; off < size; off += NV_CHUNK) {
-          const out: Out<CPointer> = [null];
-          await this.esapi(this.tss.Esys_NV_Read, 'NV_Read', tr, tr, ESYS_TR.PASSWORD, ESYS_TR.NONE, ESYS_TR.NONE, Math.min(NV_CHUNK, size - off), off, out);
-          const chunk = new TpmReader(this.fromC('TPM2B_MAX_NV_BUFFER', out[0]), 'TPM2B_MAX_NV_BUFFER');
-          parts.push(chunk.tpm2b('buffer', 4096));
-        }
-        return trimDer(Buffer.concat(parts));
+        const pub = await this.nvReadPublic(tr);
+        return trimDer(await this.nvReadAll(tr, tr, pub.dataSize));
       } finally {
         await this.trClose(tr);
       }
     });
+  }
+
+  /**
+   * The EK certificate chain the manufacturer stored in the TCG EK chain NV indices
+   * (0x01C00100..0x01C001FF): every DER certificate found, index by index in handle order, each
+   * index's certificates in stored order. Bounded against a broken TPM: at most 16 indices and
+   * 64 KiB in all. An index that cannot be read, or whose bytes are not whole certificates, does not
+   * fail the call: it is reported in `problems` (and logged as a warning) and only the whole
+   * certificates before the damage are kept, because the chain is optional (a verifier may hold the
+   * intermediates itself) and never trusted by itself (trust comes from the verifier's roots).
+   */
+  readEkCertificateChain(): Promise<EkChain> {
+    return this.serial(async () => {
+      const chain: EkChain = { certificates: [], problems: [] };
+      const problem = (index: number | undefined, message: string): void => {
+        chain.problems.push({ ...(index !== undefined ? { index } : {}), message });
+        this.logger?.warn({ tcti: this.tctiConf, ...(index !== undefined ? { nvIndex: hex(index) } : {}) }, `EK certificate chain: ${message}`);
+      };
+      const indices = await this.nvIndicesInRange(EK_CHAIN_NV_FIRST, EK_CHAIN_NV_LAST, EK_CHAIN_MAX_INDICES + 1);
+      if (indices.length > EK_CHAIN_MAX_INDICES) {
+        problem(undefined, `more than ${EK_CHAIN_MAX_INDICES} chain indices are defined; only the first ${EK_CHAIN_MAX_INDICES} are read`);
+        indices.length = EK_CHAIN_MAX_INDICES;
+      }
+      let total = 0;
+      for (const index of indices) {
+        let tr: number | undefined;
+        try {
+          tr = await this.trFromTpm(index);
+          const pub = await this.nvReadPublic(tr);
+          const why = nvUnreadable(pub.attributes);
+          if (why !== undefined) { problem(index, `index ${hex(index)} ${why}; skipped`); continue; }
+          if (total + pub.dataSize > EK_CHAIN_MAX_BYTES) {
+            problem(index, `index ${hex(index)} (${pub.dataSize} bytes) would take the chain past ${EK_CHAIN_MAX_BYTES} bytes; it and later indices are skipped`);
+            break;
+          }
+          total += pub.dataSize;
+          const auth = (pub.attributes & TPMA_NV_AUTHREAD) !== 0 ? tr : ESYS_TR.RH_OWNER;
+          const split = splitDerCertificates(await this.nvReadAll(tr, auth, pub.dataSize));
+          chain.certificates.push(...split.certificates);
+          if (split.problem !== undefined) {
+            problem(index, `index ${hex(index)} ${split.problem}; kept the ${split.certificates.length} whole certificate(s) before it`);
+          }
+        } catch (err) {
+          problem(index, `index ${hex(index)} could not be read: ${(err as Error).message}; skipped`);
+        } finally {
+          if (tr !== undefined) await this.trClose(tr);
+        }
+      }
+      return chain;
+    });
+  }
+
+  /** Defined handles in [first, last], in ascending order, at most `max` of them. */
+  private async nvIndicesInRange(first: number, last: number, max: number): Promise<number[]> {
+    const out: number[] = [];
+    for (let from = first; out.length < max;) {
+      const more: Out<number> = [0];
+      const data: Out<CPointer> = [null];
+      await this.esapi(this.tss.Esys_GetCapability, 'GetCapability(handles)', ESYS_TR.NONE, ESYS_TR.NONE, ESYS_TR.NONE, TPM_CAP_HANDLES, from, max - out.length, more, data);
+      const cap = new TpmReader(this.fromC('TPMS_CAPABILITY_DATA', data[0]), 'TPMS_CAPABILITY_DATA');
+      cap.u32('capability');
+      const count = cap.u32('count');
+      let next = from;
+      for (let i = 0; i < count; i++) {
+        const h = cap.u32('handle');
+        // A TPM answers in ascending order from `from`; anything else ends the walk rather than loop.
+        if (h < next || h > last) return out;
+        out.push(h);
+        next = h + 1;
+      }
+      if (more[0] === 0 || count === 0 || next > last) return out;
+      from = next;
+    }
+    return out;
+  }
+
+  private async nvReadPublic(tr: number): Promise<{ attributes: number; dataSize: number }> {
+    const nvPub: Out<CPointer> = [null];
+    const nvName: Out<CPointer> = [null];
+    await this.esapi(this.tss.Esys_NV_ReadPublic, 'NV_ReadPublic', tr, ESYS_TR.NONE, ESYS_TR.NONE, ESYS_TR.NONE, nvPub, nvName);
+    this.free(nvName[0]);
+    const r = new TpmReader(this.fromC('TPM2B_NV_PUBLIC', nvPub[0]), 'TPM2B_NV_PUBLIC');
+    r.u16('size'); r.u32('nvIndex'); r.u16('nameAlg');
+    const attributes = r.u32('attributes');
+    r.tpm2b('authPolicy', 64);
+    return { attributes, dataSize: r.u16('dataSize') };
+  }
+
+  /** The whole contents of an NV index, in chunks, authorised by `auth` (the index or a hierarchy) with an empty password. */
+  private async nvReadAll(tr: number, auth: number, size: number): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for (let off = 0; off < size; off += NV_CHUNK) {
+      const out: Out<CPointer> = [null];
+      await this.esapi(this.tss.Esys_NV_Read, 'NV_Read', auth, tr, ESYS_TR.PASSWORD, ESYS_TR.NONE, ESYS_TR.NONE, Math.min(NV_CHUNK, size - off), off, out);
+      const chunk = new TpmReader(this.fromC('TPM2B_MAX_NV_BUFFER', out[0]), 'TPM2B_MAX_NV_BUFFER');
+      parts.push(chunk.tpm2b('buffer', 4096));
+    }
+    return Buffer.concat(parts);
   }
 
   /** TPM2B_PUBLIC of the EK: the provisioned persistent EK if present, else recreated from the default template. */
@@ -531,6 +635,21 @@ function selectionProblem(selection: PcrSelection[]): string | undefined {
     for (const p of s.pcrs) if (!Number.isInteger(p) || p < 0 || p > 23) return `PCR ${String(p)} is out of range 0..23`;
     if (new Set(s.pcrs).size !== s.pcrs.length) return `a PCR is selected twice in bank ${s.alg}`;
   }
+  return undefined;
+}
+
+function hex(n: number): string { return `0x${n.toString(16).padStart(8, '0')}`; }
+
+/**
+ * Why an NV index cannot be read here with an empty password, or undefined. Chain indices are
+ * ordinary indices readable with their own (empty) auth or the owner's; anything else is skipped.
+ */
+function nvUnreadable(attributes: number): string | undefined {
+  const type = (attributes & TPMA_NV_TPM_NT_MASK) >>> TPMA_NV_TPM_NT_SHIFT;
+  if (type !== 0) return `is not an ordinary index (TPM_NT ${type})`;
+  if ((attributes & TPMA_NV_WRITTEN) === 0) return 'has never been written';
+  if ((attributes & TPMA_NV_READLOCKED) !== 0) return 'is read-locked';
+  if ((attributes & (TPMA_NV_AUTHREAD | TPMA_NV_OWNERREAD)) === 0) return 'is readable neither with its own auth nor the owner\'s';
   return undefined;
 }
 

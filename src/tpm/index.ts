@@ -17,3 +17,4 @@ export { verifyQuote, pcrDigest, type VerifyQuoteOptions, type QuoteInfo } from 
 export { makeCredential, kdfa, kdfe, type Credential } from './credential.js';
 export { verifyEkCertificate, ekPublicMatchesCertificate, ekCertificateIdentity, type EkCertificateInfo, type VerifyEkCertificateOptions } from './ekcert.js';
 export { ekTemplate, akTemplate, EK_NV_INDEX, EK_PERSISTENT_HANDLE, type EkKind } from './templates.js';
+export { splitDerCertificates, EK_CHAIN_NV_FIRST, EK_CHAIN_NV_LAST, type SplitCertificates } from './ekchain.js';
