@@ -1,6 +1,7 @@
 // The EK certificate chain in the TCG chain NV indices (0x01C00100..0x01C001FF), read by TpmDevice
 // from a real swtpm; tpm2-tools define and write the indices and read them back as the oracle.
 import { execFileSync } from 'node:child_process';
+import crypto, { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pino } from 'pino';
@@ -144,5 +145,24 @@ describe('splitDerCertificates', () => {
     expect(splitDerCertificates(Buffer.from([0x30, 0x85, 1, 0, 0, 0, 0])).problem).toMatch(/unsupported length encoding/);
     // Padding only counts when it is uniform.
     expect(splitDerCertificates(Buffer.concat([certA, Buffer.from([0xff, 0x00])])).problem).toMatch(/found 0xff/);
+  });
+
+  it('never throws on mutated input, and returns only whole certificates that are a prefix of it', () => {
+    const base = Buffer.concat([certA, certB]);
+    for (let i = 0; i < 1500; i++) {
+      const buf = Buffer.from(i % 3 === 0 ? base.subarray(0, crypto.randomInt(base.length + 1)) : base);
+      for (let k = crypto.randomInt(1, 4); k > 0 && buf.length > 0; k--) buf[crypto.randomInt(buf.length)] = crypto.randomInt(256);
+      const r = splitDerCertificates(buf);
+      let off = 0;
+      for (const c of r.certificates) {
+        expect(c.equals(buf.subarray(off, off + c.length))).toBe(true);
+        expect(() => new X509Certificate(c)).not.toThrow();
+        off += c.length;
+      }
+      if (r.problem === undefined) {
+        const tail = buf.subarray(off);
+        expect(tail.length === 0 || tail.every((b) => b === tail[0]) && (tail[0] === 0 || tail[0] === 0xff)).toBe(true);
+      }
+    }
   });
 });
