@@ -30,8 +30,8 @@ export interface OpenTpmSessionOptions {
 export async function openTpmCredentialSource(cfg: TpmAttestorConfig, opts: OpenTpmSessionOptions = {}): Promise<TpmSession> {
   const logger = opts.logger ?? pino({ name: 'terroir-agent' }).child({ component: 'tpm' });
   const device = await TpmDevice.open(cfg.tcti, { logger });
-  // The EK certificate chain the manufacturer stored in NV: read once per session (like the EK
-  // certificate, it does not change while the agent runs). Sent as untrusted intermediates; the
+  // The EK certificate chain the manufacturer stored in NV: read once per session (provisioned at
+  // manufacture, it does not change while the agent runs). Sent as untrusted intermediates; the
   // server trusts only its configured manufacturer roots.
   let intermediates: Promise<Buffer[]> | undefined;
   const ekIntermediates = (): Promise<Buffer[]> => {
