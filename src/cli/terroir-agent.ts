@@ -246,12 +246,15 @@ async function runAgent(args: string[]): Promise<number> {
   const config = loadAgentConfig(file);
   // Loaded only for `run`: the api commands stay light, and the TPM stack loads only when configured.
   const { Agent } = await import('../agent/agent.js');
+  const { default: pino } = await import('pino');
+  // One logger (the configured level) for the agent and its TPM session.
+  const logger = pino({ name: 'terroir-agent', level: config.logLevel });
   let tpm: TpmSession | undefined;
   if (config.nodeAttestor.tpm) {
     const { openTpmCredentialSource } = await import('../agent/tpm-session.js');
-    tpm = await openTpmCredentialSource(config.nodeAttestor.tpm);
+    tpm = await openTpmCredentialSource(config.nodeAttestor.tpm, { logger: logger.child({ component: 'tpm' }) });
   }
-  const agent = await Agent.start(config, tpm ? { tpm } : {});
+  const agent = await Agent.start(config, { logger, ...(tpm ? { tpm } : {}) });
   await new Promise<void>((resolve) => {
     process.once('SIGINT', () => resolve());
     process.once('SIGTERM', () => resolve());
