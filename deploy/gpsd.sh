@@ -71,7 +71,8 @@ trap 'stop_player; rm -rf "$work"' EXIT
 epochs=$(( epochs + $(node -e 'console.log(Math.ceil(60 / Number(process.argv[1])))' "$step") ))
 while :; do
   node "$here/gps/live-nmea.mjs" "$work/live.nmea" "$lat" "$lon" "$step" "$epochs" || die "cannot write the NMEA log (GPS_LAT, GPS_LON: see the message above)"
-  gpsfake "${args[@]}" -c "$cycle" "$work/live.nmea" &
+  # TMPDIR: gpsfake's control socket (gpsfake-<pid>.sock), left behind on stop, goes with $work.
+  TMPDIR=$work gpsfake "${args[@]}" -c "$cycle" "$work/live.nmea" &
   player=$!
   sleep "$seconds" &
   timer=$!

@@ -1,5 +1,8 @@
 import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { freePort, waitForPort } from './ports.js';
 import { captureOutput, ProcessGroup } from './proc.js';
 
@@ -23,14 +26,21 @@ export async function startGpsfake(logPath: string, cycleS = 0.1): Promise<Gpsfa
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     const group = new ProcessGroup();
-    const child = group.start('gpsfake', ['-q', '-P', String(port), '-1', '-c', String(cycleS), logPath]);
+    // gpsfake makes its control socket (gpsfake-<pid>.sock) in TMPDIR and leaves it behind when
+    // stopped: a private directory, removed with it.
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'terroir-gpsfake-'));
+    const stop = async (): Promise<void> => {
+      await group.stopAll();
+      fs.rmSync(tmp, { recursive: true, force: true });
+    };
+    const child = group.start('gpsfake', ['-q', '-P', String(port), '-1', '-c', String(cycleS), logPath], { env: { ...process.env, TMPDIR: tmp } });
     const output = captureOutput(child);
     try {
       await waitForPort(port, '127.0.0.1', 10_000);
       await waitForDevice(port, child, 8_000);
-      return { port, process: child, output, stop: () => group.stopAll() };
+      return { port, process: child, output, stop };
     } catch (err) {
-      await group.stopAll();
+      await stop();
       failures.push(`port ${port}: ${(err as Error).message} ${output().trim()}`);
     }
   }
