@@ -56,7 +56,8 @@ export function agentClient(server: RunningServer, identity?: { chain: Buffer[];
       },
     },
   );
-  return new Client(`127.0.0.1:${server.agentApiPort}`, creds, AGENT_API_CHANNEL_OPTIONS) as AgentClient;
+  // SNI must be a name (RFC 6066), as the agent sends; the server is authenticated by SPIFFE ID.
+  return new Client(`127.0.0.1:${server.agentApiPort}`, creds, { ...AGENT_API_CHANNEL_OPTIONS, 'grpc.ssl_target_name_override': 'terroir-server' }) as AgentClient;
 }
 
 export function unary<Res>(client: AgentClient, method: string, req: unknown): Promise<Res> {
