@@ -62,7 +62,7 @@ beforeAll(async () => {
   const key = path.join(work.dir, 'k.pem');
   const cert = path.join(work.dir, 'c.pem');
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert,
-    '-days', '1', '-subj', '/CN=terroir server double', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    '-days', '1', '-subj', '/CN=terroir server double', '-addext', 'subjectAltName=DNS:terroir-server'], { stdio: 'ignore' });
   server = new grpc.Server();
   const noop = (_c: unknown, cb?: (e: grpc.ServiceError) => void) => cb?.({ code: grpc.status.UNIMPLEMENTED } as grpc.ServiceError);
   server.addService(agentServiceDefinition(), {
@@ -74,7 +74,9 @@ beforeAll(async () => {
       (err, p) => (err ? reject(err) : resolve(p)));
   });
   const Client = agentServiceClient();
-  client = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(fs.readFileSync(cert)), AGENT_API_CHANNEL_OPTIONS) as AgentClient;
+  // SNI and the host name check use a name (RFC 6066 allows no IP address in SNI).
+  client = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(fs.readFileSync(cert)),
+    { ...AGENT_API_CHANNEL_OPTIONS, 'grpc.ssl_target_name_override': 'terroir-server' }) as AgentClient;
 });
 
 afterAll(async () => {
