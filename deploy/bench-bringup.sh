@@ -12,6 +12,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 [ "${BENCH_DIST:-0}" = 1 ] || export TERROIR_FROM_SOURCE=1
+# After TERROIR_FROM_SOURCE: lib.sh decides how to run terroir from it.
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 [ "$(id -u)" -eq 0 ] || { echo "bench-bringup: run as root (the workloads run as uids 10101/10102 via setpriv)" >&2; exit 1; }
 
 W=$(mktemp -d /tmp/terroir-bringup.XXXXXX)
@@ -26,7 +29,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
 now_ms() { date +%s%3N; }
 wait_for() { # wait_for SECONDS WHAT COMMAND...
   local secs=$1 what=$2; shift 2
@@ -38,15 +40,8 @@ t0=$(now_ms)
 last=$t0
 phase() { local t; t=$(now_ms); rows+=("$(printf '%-52s %7d ms %8d ms' "$1" $((t - last)) $((t - t0)))"); last=$t; }
 
-tpm_port=""
-for _ in $(seq 1 20); do
-  p=$(free_port)
-  if node -e "require('net').createServer().once('error',()=>process.exit(1)).listen($((p + 1)),'127.0.0.1',function(){this.close()})"; then tpm_port=$p; break; fi
-done
-[ -n "$tpm_port" ] || { echo "bench-bringup: no free port pair for swtpm" >&2; exit 1; }
+tpm_port=$(swtpm_port_pair) || { echo "bench-bringup: no free port pair for swtpm" >&2; exit 1; }
 api_port=$(free_port) health_port=$(free_port) consumer_port=$(free_port) gpsd_port=$(free_port)
-# shellcheck source=lib.sh
-. "$here/lib.sh"
 flag=$(unified_identity_flag) || exit 1
 export UNIFIED_IDENTITY_ENABLED=$([ "$flag" = on ] && echo true || echo false)
 t0=$(now_ms) last=$t0

@@ -43,3 +43,20 @@ unified_identity_flag() {
       process.exit(1);
     }'
 }
+
+# free_port: prints a TCP port on 127.0.0.1 that is free right now (for scripts starting local services).
+free_port() { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
+
+# swtpm_port_pair: prints a port P with P+1 free too (swtpm serves the TPM on P and its control
+# channel on P+1); fails after 20 tries.
+swtpm_port_pair() {
+  local p
+  for _ in $(seq 1 20); do
+    p=$(free_port)
+    if node -e "require('net').createServer().once('error',()=>process.exit(1)).listen($((p + 1)),'127.0.0.1',function(){this.close()})"; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}

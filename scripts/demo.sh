@@ -59,7 +59,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-free_port() { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
 server_cli() { terroir_cli terroir-server "$@" -socketPath "$W/server/admin.sock"; }
 agent_cli() { terroir_cli terroir-agent "$@" -socketPath "$W/agent/public/api.sock"; }
 wait_for() { # wait_for SECONDS DESCRIPTION LOGFILE PID COMMAND...: until COMMAND succeeds, while PID lives
@@ -74,12 +73,7 @@ wait_for() { # wait_for SECONDS DESCRIPTION LOGFILE PID COMMAND...: until COMMAN
 
 TD=demo.terroir
 step "software TPM (swtpm) with an EK certificate from a local manufacturer CA"
-TPM_PORT=""
-for _ in $(seq 1 20); do
-  p=$(free_port)
-  if node -e "require('net').createServer().once('error',()=>process.exit(1)).listen($((p + 1)),'127.0.0.1',function(){this.close()})"; then TPM_PORT=$p; break; fi
-done
-[ -n "$TPM_PORT" ] || { echo "demo: no free port pair for swtpm" >&2; exit 1; }
+TPM_PORT=$(swtpm_port_pair) || { echo "demo: no free port pair for swtpm" >&2; exit 1; }
 SWTPM_OUT=$(bash swtpm/start.sh "$W/tpm" "$TPM_PORT")
 SWTPM_STARTED=1
 TCTI=$(sed -n 's/^TCTI=//p' <<<"$SWTPM_OUT")
