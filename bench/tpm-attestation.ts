@@ -96,18 +96,17 @@ async function ekChainRuns(swtpm: Swtpm): Promise<void> {
 }
 
 console.log(`terroir TPM attestation benchmark (Node ${process.version}, ${os.cpus().length} cores, load average ${os.loadavg()[0]!.toFixed(1)}; swtpm)`);
+/** Runs one part of the benchmark on its own swtpm, stopped afterwards. */
+async function onFreshSwtpm(title: string, part: (swtpm: Swtpm) => Promise<void>): Promise<void> {
+  const swtpm = await startSwtpm();
+  try {
+    console.log(title);
+    await part(swtpm);
+  } finally {
+    await swtpm.stop();
+  }
+}
+
 // Separate swtpm instances: the chain indices written in part 2 must not change part 1's EK chain.
-const first = await startSwtpm();
-try {
-  console.log('[1] AttestAgent, agent view (attestNode on one open connection; credential activation, PCR quote when asked, SVID):');
-  await pcrSelectorRuns(first);
-} finally {
-  await first.stop();
-}
-const second = await startSwtpm();
-try {
-  console.log('[2] EK certificate chain from the TCG NV indices (0x01C00100..):');
-  await ekChainRuns(second);
-} finally {
-  await second.stop();
-}
+await onFreshSwtpm('[1] AttestAgent, agent view (attestNode on one open connection; credential activation, PCR quote when asked, SVID):', pcrSelectorRuns);
+await onFreshSwtpm('[2] EK certificate chain from the TCG NV indices (0x01C00100..):', ekChainRuns);
