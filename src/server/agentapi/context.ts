@@ -1,0 +1,113 @@
+// What every agent API handler shares: the service options, the clock, the logger, the agent
+// authenticator, the authorized-entries cache and the watch hub, plus the helpers more than one RPC
+// family needs (unary wrapping and error replies, the signing gate, claim-expiry timers). Each RPC
+// family lives in its own module (attest, renew, sync, sign, watch-rpc); service.ts assembles them.
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { TrustDomain } from '../../spiffe/id.js';
+import type { DataStore } from '../datastore/types.js';
+import type { CaManager } from '../ca/manager.js';
+import type { SvidIssuer } from '../ca/issuer.js';
+import type { Auditor } from '../audit.js';
+import type { RateLimiter } from '../ratelimit.js';
+import type { TpmAttestor } from '../attestation/tpm.js';
+import type { KeylimeGate } from '../attestation/keylime.js';
+import type { UnifiedIdentityPipeline } from '../attestation/unified.js';
+import type { AgentAuthenticator, AuthenticatedAgent } from './auth.js';
+import type { AuthorizedEntriesCache } from './entries.js';
+import { rpcError, toRpcError, type RpcError } from './status.js';
+import type { WatchHub } from './watch.js';
+
+export interface AgentServiceOptions {
+  trustDomain: TrustDomain;
+  store: DataStore;
+  ca: CaManager;
+  issuer: SvidIssuer;
+  joinTokens: boolean;
+  tpm?: TpmAttestor;
+  /** Keylime continuous attestation: TPM nodes are enrolled before issuance and gated afterwards. */
+  keylime?: KeylimeGate;
+  /** Unified Identity (flag on): the attestation pipeline and the claims-based signing rules. */
+  unifiedIdentity?: UnifiedIdentityPipeline;
+  rateLimiter: RateLimiter;
+  auditor: Auditor;
+  logger: Logger;
+  x509SvidTtl: number;
+  jwtSvidTtl: number;
+  /** How long an agent has to send its first message. */
+  firstMessageTimeoutMs?: number;
+  watchIntervalMs: number;
+  now?: () => Date;
+}
+
+export interface AgentApiContext {
+  /** The service options, as given to createAgentService. */
+  o: AgentServiceOptions;
+  now: () => Date;
+  log: Logger;
+  auth: AgentAuthenticator;
+  entries: AuthorizedEntriesCache;
+  watchHub: WatchHub;
+  claimExpiry: ClaimExpiry;
+}
+
+/** Unified Identity: when a node's claims expire, tell its agent to drop its SVIDs and attest again. */
+export class ClaimExpiry {
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+
+  constructor(
+    private readonly o: Pick<AgentServiceOptions, 'unifiedIdentity'>,
+    private readonly watchHub: WatchHub,
+  ) {}
+
+  schedule(agentId: string): void {
+    clearTimeout(this.timers.get(agentId));
+    const ui = this.o.unifiedIdentity;
+    if (!ui) return;
+    const timer = setTimeout(() => {
+      this.timers.delete(agentId);
+      this.watchHub.dropNode(agentId, `Unified Identity claims expired (unifiedIdentity.reattestInterval ${ui.reattestIntervalS} s); attest again`);
+    }, Math.min(ui.reattestIntervalS * 1000, 2 ** 31 - 1));
+    timer.unref();
+    this.timers.set(agentId, timer);
+  }
+
+  clear(): void {
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+  }
+}
+
+export function fail(ctx: AgentApiContext, callback: grpc.sendUnaryData<unknown>, err: unknown, what: string): void {
+  const e = toRpcError(err);
+  if (e.code === grpc.status.INTERNAL) ctx.log.error({ err, rpc: what }, 'agent API internal error');
+  callback({ code: e.code, details: e.message } as grpc.ServiceError, null);
+}
+
+/** Wraps a unary handler that needs an authenticated agent. */
+export function authed<Req, Res>(ctx: AgentApiContext, name: string, fn: (agent: AuthenticatedAgent, req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    ctx.auth.authenticate(call)
+      .then((agent) => fn(agent, call.request))
+      .then((res) => callback(null, res), (err: unknown) => fail(ctx, callback as grpc.sendUnaryData<unknown>, err, name));
+  };
+}
+
+/** Why nothing may be signed for this node now, and by which gate; undefined when it is in good standing. */
+export function standing(ctx: AgentApiContext, agent: AuthenticatedAgent): { gate: 'keylime' | 'unified_identity'; error: RpcError } | undefined {
+  const { o } = ctx;
+  const keylime = o.keylime?.check(agent.id.toString(), agent.node.attestationType);
+  if (keylime !== undefined) return { gate: 'keylime', error: keylime };
+  const why = o.unifiedIdentity?.signingRefusal(agent.node, undefined);
+  return why === undefined ? undefined : { gate: 'unified_identity', error: rpcError(grpc.status.PERMISSION_DENIED, why) };
+}
+
+/** The signing gate: refuses (and audits) any signing for a node Keylime or Unified Identity does not allow now. */
+export function gate(ctx: AgentApiContext, agent: AuthenticatedAgent, action: 'renew_agent' | 'sign_x509_svid' | 'sign_jwt_svid'): void {
+  const refusal = standing(ctx, agent);
+  if (refusal === undefined) return;
+  ctx.o.auditor.record({ action, caller: agent.id.toString(), result: 'denied', reason: refusal.error.message, details: { gate: refusal.gate } });
+  // Unified Identity: a node without current claims gets nothing, and its agent is told to re-attest.
+  if (refusal.gate === 'unified_identity') ctx.watchHub.dropNode(agent.id.toString(), refusal.error.message);
+  throw refusal.error;
+}
