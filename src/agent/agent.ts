@@ -12,10 +12,12 @@ import type {
 } from '../api/agent-api.js';
 import { AGENT_API_MAX_BATCH } from '../api/agent-api.js';
 import { startQuoteEndpoint, type QuoteEndpoint } from '../keylime/index.js';
+import type { RevocationNotification } from '../keylime/quote-endpoint.js';
 import { Bundle, BundleSet, TrustDomain, pemToDer, validateJwtSvid, verifyX509Svid } from '../spiffe/index.js';
 import { IdentityCache, type CacheEntry, type CachedSvid, type TrustBundle } from './cache.js';
 import type { AgentConfig } from './config.js';
 import { createCsr, generateKeyPair, pkcs8Der } from './csr.js';
+import { HealthStatusWriter, type AttestationFailure } from './health-status.js';
 import { fingerprint, presentedServerChain } from './insecure-bootstrap.js';
 import { attestNode, NodeAttestationError, type TpmCredentialSource } from './node-attestor.js';
 import { openUnifiedIdentity, type AgentUnifiedIdentity } from './unified-identity.js';
@@ -29,6 +31,8 @@ export interface AgentOptions {
   logger?: Logger;
   /** The TPM for `nodeAttestor.tpm` (opened by the caller, e.g. with openTpmCredentialSource). */
   tpm?: TpmCredentialSource;
+  /** Stops the agent, also while start() still waits for a node attestation the server keeps refusing. */
+  signal?: AbortSignal;
 }
 
 export class AgentStartError extends Error {
@@ -73,6 +77,14 @@ function certTimes(der: Buffer): { notBefore: number; notAfter: number } {
 
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30_000;
+/**
+ * A refused node attestation is retried too (an operator may fix the server, its Keylime policy or
+ * the registration), but more slowly than an unreachable server: each attempt can cost the server a
+ * Keylime round trip, and nothing changes by itself.
+ */
+const MAX_REFUSED_BACKOFF_MS = 120_000;
+/** The SPIFFE ID of a TPM node ends in its EK hash, which is also its Keylime agent id (server: keylimeIdOf). */
+const TPM_NODE_ID = /\/agent\/tpm\/([0-9a-f]{64})$/;
 const MAX_JWT_CACHE = 1000;
 /**
  * CSRs per BatchNewX509Svid call: well under the API's limit, so the keys, requests and
@@ -85,11 +97,13 @@ export interface AgentStats {
   attestations: number;
   syncs: number;
   svidsSigned: number;
+  /** Keylime revocation notifications about this node that the agent acted on. */
+  revocations: number;
 }
 
 export class Agent {
   readonly cache: IdentityCache;
-  readonly stats: AgentStats = { attestations: 0, syncs: 0, svidsSigned: 0 };
+  readonly stats: AgentStats = { attestations: 0, syncs: 0, svidsSigned: 0, revocations: 0 };
   private readonly log: Logger;
   private readonly store: SvidStore;
   private readonly trustDomain: TrustDomain;
@@ -117,20 +131,30 @@ export class Agent {
   private backoffMs = MIN_BACKOFF_MS;
   private watchBackoffMs = MIN_BACKOFF_MS;
   private stopped = false;
+  /** Aborted by stop(): ends backoff waits at once. */
+  private readonly halt = new AbortController();
+  /** The background re-attestation (after a drop), with its backoff; a second reason to drop joins it. */
+  private reattesting: Promise<void> | undefined;
+  private readonly health: HealthStatusWriter;
 
   private constructor(readonly config: AgentConfig, private readonly opts: AgentOptions) {
     this.log = opts.logger ?? pino({ name: 'terroir-agent', level: config.logLevel });
     this.trustDomain = TrustDomain.parse(config.trustDomain);
     this.cache = new IdentityCache(config.trustDomain);
     this.store = new SvidStore(config.dataDir);
+    this.health = new HealthStatusWriter(config.socketPath, this.log.child({ component: 'health-status' }));
   }
 
   /** Attests (or resumes), performs a first sync, and starts serving the Workload API. */
   static async start(config: AgentConfig, opts: AgentOptions = {}): Promise<Agent> {
     const agent = new Agent(config, opts);
+    const onAbort = (): void => void agent.stop();
+    if (opts.signal?.aborted) throw new AgentStartError('stopped before the agent started');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
       await agent.boot();
     } catch (e) {
+      opts.signal?.removeEventListener('abort', onAbort);
       await agent.stop();
       throw e;
     }
@@ -170,7 +194,8 @@ export class Agent {
       this.log.info({ spiffeId: stored.spiffeId, expires: new Date(stored.notAfter).toISOString() },
         'resuming with the stored agent SVID; no node attestation needed');
     } else {
-      await this.attestWithRetry(await this.bootstrapRoots());
+      const roots = await this.bootstrapRoots();
+      await this.attestWithRetry(() => roots);
     }
     try {
       await this.syncOnce();
@@ -191,6 +216,7 @@ export class Agent {
   }
 
   async stop(): Promise<void> {
+    if (!this.stopped) this.halt.abort();
     this.stopped = true;
     clearTimeout(this.syncTimer);
     clearTimeout(this.watchTimer);
@@ -203,6 +229,12 @@ export class Agent {
     this.quoteEndpoint = undefined;
     await this.unifiedIdentity?.close();
     this.unifiedIdentity = undefined;
+    this.health.remove();
+  }
+
+  /** What `terroir-agent healthcheck` reads: the state of node attestation and its last failure. */
+  get healthStatus(): HealthStatusWriter['current'] {
+    return this.health.current;
   }
 
   /**
@@ -235,6 +267,7 @@ export class Agent {
     const server = await startQuoteEndpoint({
       quoter, pubkeyPem, encAlg: 'ecc', signAlg: 'ecdsa', cert, key, clientCa,
       host: qe.bindAddress, port: qe.port, logger: this.log.child({ component: 'keylime-quote-endpoint' }),
+      onRevocation: (n) => this.onRevocation(n),
     });
     this.quoteEndpoint = {
       server,
@@ -284,19 +317,42 @@ export class Agent {
 
   // ------------------------------------------------------------------ node attestation
 
-  private async attestWithRetry(roots: Buffer[]): Promise<void> {
+  /**
+   * Attests until it works: an unreachable server is retried quickly, a refusal (the server's reason
+   * in the log and the health status each time) with a longer capped backoff. Other failures (this
+   * node's TPM, a malformed answer, configuration) are thrown.
+   */
+  private async attestWithRetry(roots: () => Buffer[]): Promise<void> {
     let delay = MIN_BACKOFF_MS;
-    for (;;) {
+    for (let attempt = 1; ; attempt++) {
+      if (this.stopped) throw new AgentStartError('the agent stopped before the node was attested');
       try {
-        await this.attest(roots);
+        await this.attest(roots());
         return;
       } catch (e) {
-        if (!(e instanceof NodeAttestationError) || e.code !== 'unavailable' || this.stopped) throw e;
-        this.log.warn({ err: e.message, retryInMs: delay }, 'server unreachable for node attestation; retrying');
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, MAX_BACKOFF_MS);
+        if (!(e instanceof NodeAttestationError) || (e.code !== 'unavailable' && e.code !== 'refused') || this.stopped) throw e;
+        const refused = e.code === 'refused';
+        delay = Math.min(delay, refused ? MAX_REFUSED_BACKOFF_MS : MAX_BACKOFF_MS);
+        // Up to 10 % less, so that a fleet refused together does not come back in lockstep.
+        const wait = Math.round(delay * (1 - Math.random() * 0.1));
+        this.health.retryingAt(Date.now() + wait);
+        const fields = { err: e.message, code: e.grpcCode !== undefined ? grpc.status[e.grpcCode] : undefined, attempt, retryInMs: wait };
+        if (refused) this.log.error(fields, 'the server refused node attestation; backing off');
+        else this.log.warn(fields, 'server unreachable for node attestation; retrying');
+        await this.sleep(wait);
+        delay *= 2;
       }
     }
+  }
+
+  /** Resolves after `ms`, or at once when the agent stops. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.halt.signal.aborted) return resolve();
+      const done = (): void => { clearTimeout(t); this.halt.signal.removeEventListener('abort', done); resolve(); };
+      const t = setTimeout(done, ms);
+      this.halt.signal.addEventListener('abort', done, { once: true });
+    });
   }
 
   /**
@@ -308,7 +364,13 @@ export class Agent {
   private attest(roots: Buffer[]): Promise<void> {
     if (this.stopped) return Promise.resolve();
     if (this.attesting) return this.attesting;
-    const run = this.attestNow(roots);
+    this.health.attesting();
+    const run = this.attestNow(roots).then(
+      () => this.health.attested(this.state?.spiffeId ?? ''),
+      (e: unknown) => {
+        this.health.failed(failureOf(e));
+        throw e;
+      });
     this.attesting = run;
     const done = (): void => { if (this.attesting === run) this.attesting = undefined; };
     run.then(done, done);
@@ -528,6 +590,42 @@ export class Agent {
     this.jwtCache.clear();
   }
 
+  /**
+   * Drops every workload SVID now (open Workload API streams see it at once) and attests again in the
+   * background, backing off while the server refuses. Used for the server's DROP_SVIDS push and for
+   * Keylime's revocation notification. A drop while a re-attestation is under way joins it: the
+   * server decides from the verifier's current status anyway, and a node Keylime keeps failing must
+   * not turn each notification into one more attempt.
+   */
+  private dropAndReattest(): void {
+    this.dropAll();
+    if (this.stopped || this.reattesting) return;
+    const run = this.attestWithRetry(() => this.ownRoots())
+      .then(() => this.syncOnce())
+      .catch((e: unknown) => { if (!this.stopped) this.log.error({ err: (e as Error).message }, 're-attestation after a drop failed'); })
+      .finally(() => { if (this.reattesting === run) this.reattesting = undefined; });
+    this.reattesting = run;
+  }
+
+  /**
+   * Keylime's push (POST /v{ver}/notifications/revocation), authenticated by the quote endpoint's
+   * mTLS (the verifier's client CA only). Dropping our own SVIDs only lowers privilege, so that is
+   * enough to act on; whether the node gets new ones is the server's decision, from the verifier's
+   * status. Keylime notifies every node it polls about any node's failure: only one naming this node
+   * counts.
+   */
+  private onRevocation(n: RevocationNotification): void {
+    const own = TPM_NODE_ID.exec(this.state?.spiffeId ?? '')?.[1];
+    const fields = { type: n.type, keylimeAgentId: n.agentId, eventId: n.eventId, severity: n.severityLabel };
+    if (own === undefined || n.agentId !== own) {
+      this.log.info(fields, 'Keylime revocation notification about another node: nothing to drop here');
+      return;
+    }
+    this.log.warn(fields, 'Keylime revoked this node: dropping every SVID and attesting again');
+    this.stats.revocations++;
+    this.dropAndReattest();
+  }
+
   private async syncBundles(): Promise<void> {
     const res = await unaryCall<{ knownSequence: number }, FetchBundlesResponse>(this.serverClient(), 'FetchBundles', { knownSequence: this.bundleSequence });
     if (res.bundle.length === 0) return;
@@ -649,9 +747,7 @@ export class Agent {
           break;
         case 'DROP_SVIDS':
           this.log.warn({ reason: ev.reason }, 'server told the agent to drop its SVIDs; re-attesting');
-          this.dropAll();
-          void this.attest(this.ownRoots()).then(() => this.syncOnce()).catch((e: unknown) =>
-            this.log.error({ err: (e as Error).message }, 're-attestation after a drop failed'));
+          this.dropAndReattest();
           break;
         default:
           break;
@@ -694,6 +790,16 @@ export class Agent {
       },
     };
   }
+}
+
+/** A failed attestation as the health status records it (the server's words, without our prefix). */
+function failureOf(e: unknown): AttestationFailure {
+  const at = new Date().toISOString();
+  if (e instanceof NodeAttestationError) {
+    const message = e.message.replace(/^node attestation (refused|failed): /, '');
+    return { at, kind: e.code, ...(e.grpcCode !== undefined ? { code: grpc.status[e.grpcCode] } : {}), message };
+  }
+  return { at, kind: 'other', message: (e as Error)?.message ?? String(e) };
 }
 
 function sameDers(a: Buffer[], b: Buffer[]): boolean {

@@ -9,6 +9,7 @@ import {
   type WorkloadApiClient, type X509SvidResponse,
 } from '../api/workload-api.js';
 import { AgentConfigError, loadAgentConfig } from '../agent/config.js';
+import { describeAttestationFailure, readHealthStatus } from '../agent/health-status.js';
 import type { TpmSession } from '../agent/tpm-session.js';
 import { unifiedIdentityFromCertificate } from '../spiffe/index.js';
 import { FlagError, FlagSet, str, type FlagSpec, type ParsedFlags } from './flags.js';
@@ -23,7 +24,7 @@ Commands:
   api fetch jwt -audience A [-spiffeID ID]            fetch JWT-SVIDs for an audience
   api validate jwt -audience A -svid TOKEN            validate a JWT-SVID
   api watch [-socketPath S]                           print every X.509-SVID update as it arrives
-  healthcheck [-socketPath S]                         exit 0 when the Workload API answers
+  healthcheck [-socketPath S]                         exit 0 when the Workload API answers and the node is attested
   help                                                show this help
 
 The Workload API socket defaults to $${ENDPOINT_SOCKET_ENV} (unix:///path) or /run/terroir/agent.sock.
@@ -214,7 +215,18 @@ async function healthcheck(args: string[]): Promise<number> {
     { name: 'shallow', type: 'bool', usage: 'accepted for SPIRE compatibility; the check is always the Workload API answering' },
     { name: 'verbose', type: 'bool', usage: 'accepted for SPIRE compatibility' }]);
   if (!flags) return 0;
-  const client = createWorkloadClient(socketFrom(flags));
+  const socket = socketFrom(flags);
+  // The agent's own account, next to its socket: while the server refuses the node there is no
+  // Workload API to ask, and the reason is what the operator needs.
+  const local = socket.startsWith('tcp:') ? undefined : readHealthStatus(socket.replace(/^unix:(\/\/)?/, ''));
+  if (local?.running) {
+    const failing = describeAttestationFailure(local.status);
+    if (failing !== undefined) {
+      process.stderr.write(`Agent is unhealthy: ${failing}\n`);
+      return 1;
+    }
+  }
+  const client = createWorkloadClient(socket);
   try {
     await new Promise<void>((resolve, reject) => {
       const call = client.FetchX509Bundles({}, workloadMetadata(), { deadline: Date.now() + timeoutFrom(flags) });
@@ -231,7 +243,10 @@ async function healthcheck(args: string[]): Promise<number> {
     process.stdout.write('Agent is healthy.\n');
     return 0;
   } catch (e) {
-    process.stderr.write(`Agent is unhealthy: ${describeError(e)}\n`);
+    let why = '';
+    if (local?.running && local.status.attestation.state === 'attesting') why = ` (agent pid ${local.status.pid} is still attesting the node)`;
+    else if (local && !local.running) why = ` (the agent that wrote ${socket}.health.json, pid ${local.status.pid}, is not running)`;
+    process.stderr.write(`Agent is unhealthy: ${describeError(e)}${why}\n`);
     return 1;
   } finally {
     client.close();
@@ -254,11 +269,22 @@ async function runAgent(args: string[]): Promise<number> {
     const { openTpmCredentialSource } = await import('../agent/tpm-session.js');
     tpm = await openTpmCredentialSource(config.nodeAttestor.tpm, { logger: logger.child({ component: 'tpm' }) });
   }
-  const agent = await Agent.start(config, { logger, ...(tpm ? { tpm } : {}) });
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', () => resolve());
-    process.once('SIGTERM', () => resolve());
+  // Signals also end a start still waiting for the server to accept the node (it backs off meanwhile).
+  const stop = new AbortController();
+  const stopped = new Promise<void>((resolve) => {
+    const onSignal = (): void => { stop.abort(); resolve(); };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
   });
+  let agent: Awaited<ReturnType<typeof Agent.start>>;
+  try {
+    agent = await Agent.start(config, { logger, signal: stop.signal, ...(tpm ? { tpm } : {}) });
+  } catch (e) {
+    await tpm?.close();
+    if (stop.signal.aborted) return 0;
+    throw e;
+  }
+  await stopped;
   await agent.stop();
   await tpm?.close();
   return 0;
