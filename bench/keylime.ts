@@ -43,7 +43,7 @@ async function main(): Promise<void> {
     const q = await quoter.quote([0, 1, 2, 3, 4, 5, 6, 7, 16], Buffer.from(nonce));
     const quote = encodeQuoteString(q);
     const policy = Object.fromEntries([0, 1, 2, 3, 4, 5, 6, 7].map((i) => [i, [Buffer.from(q.pcrs[0]?.values.get(i) ?? []).toString('hex')]]));
-    const input = { quote, nonce, akPublic: ak.public, hashAlg: 'sha256' as const, tpmPolicy: policy };
+    const input = { quote, nonce, akPublic: ak.public, ekPublic: await device.ekPublic('rsa2048'), hashAlg: 'sha256' as const, tpmPolicy: policy };
     for (let i = 0; i < 20; i++) await verifyEvidence(client, input); // warm-up (JIT), same connection
     const sessionsBefore = verifier.counters.tlsSessions;
     const handshakesBefore = client.counters().handshakes;

@@ -15,7 +15,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { Pool, buildConnector, type Dispatcher } from 'undici';
 import { z } from 'zod';
-import { KeylimeConfigError, KeylimeRequestError, type KeylimeFailureKind } from './errors.js';
+import { KeylimeConfigError, KeylimeRequestError, type KeylimeFailure, type KeylimeFailureKind } from './errors.js';
 
 /** Keylime REST API versions this client speaks (agent management + one-shot evidence). */
 export const CLIENT_API_VERSIONS = ['2.0', '2.1', '2.2', '2.3', '2.4', '2.5', '2.6'] as const;
@@ -109,7 +109,7 @@ export class KeylimeVerifierClient {
     requests: 0,
     handshakes: 0,
     retries: 0,
-    failures: { connect: 0, tls: 0, timeout: 0, http: 0, oversized: 0, malformed: 0, version: 0, stand_in: 0 },
+    failures: { connect: 0, tls: 0, timeout: 0, http: 0, refused: 0, oversized: 0, malformed: 0, version: 0, stand_in: 0 },
   };
 
   constructor(opts: KeylimeClientOptions) {
@@ -282,6 +282,14 @@ export class KeylimeVerifierClient {
     // The status decides first: a proxy's HTML 502 is an HTTP failure (retryable), not garbage.
     if (!expect.includes(res.statusCode)) {
       const detail = env.success ? `: ${env.data.status.slice(0, 200)}` : '';
+      if (res.statusCode === 400) {
+        // Keylime answers 400 only for input it refuses (a missing parameter, say): the caller's
+        // request is wrong, the verifier is up, and sending it again cannot help.
+        const failures = env.success ? keylimeFailures(env.data.results) : [];
+        const named = failures.length > 0 ? `: ${failures.map((f) => `${f.type}: ${f.context}`).join('; ')}` : detail;
+        throw this.fail('refused', `${opts.method} ${fullPath}: the verifier refused the request as malformed (HTTP 400)${named}; `
+          + 'this is a configuration or protocol error, not an outage, and is not retried', res.statusCode, undefined, failures);
+      }
       throw this.fail('http', `${opts.method} ${fullPath}: verifier answered HTTP ${res.statusCode}${detail}`, res.statusCode);
     }
     if (!isJson) {
@@ -330,16 +338,39 @@ export class KeylimeVerifierClient {
     return this.fail(kind, `${method} ${path} to ${this.origin}: ${what}`, undefined, err);
   }
 
-  private fail(kind: KeylimeFailureKind, message: string, status?: number, cause?: unknown): KeylimeRequestError {
+  private fail(kind: KeylimeFailureKind, message: string, status?: number, cause?: unknown, failures?: KeylimeFailure[]): KeylimeRequestError {
     this.stats.failures[kind]++;
     this.logger?.warn({ kind, status }, message);
-    return new KeylimeRequestError(kind, message, { ...(status !== undefined ? { status } : {}), ...(cause !== undefined ? { cause } : {}) });
+    return new KeylimeRequestError(kind, message, {
+      ...(status !== undefined ? { status } : {}), ...(cause !== undefined ? { cause } : {}), ...(failures !== undefined ? { failures } : {}),
+    });
   }
+}
+
+const MAX_REPORTED_FAILURES = 16;
+const MAX_FAILURE_TEXT = 512;
+const failureList = z.object({ failures: z.array(z.object({ type: z.string(), context: z.unknown() })) });
+
+/**
+ * Keylime's failure list from a results object ({valid, claims, failures:[{type, context}]}), bounded
+ * and flattened to text: `context` is a string or an object such as {"message": "..."}.
+ */
+export function keylimeFailures(results: unknown): KeylimeFailure[] {
+  const parsed = failureList.safeParse(results);
+  if (!parsed.success) return [];
+  return parsed.data.failures.slice(0, MAX_REPORTED_FAILURES).map((f) => {
+    const c = f.context;
+    // {"message": "..."} alone reads best as its message; anything richer (an "error", "got") stays JSON.
+    const onlyMessage = c !== null && typeof c === 'object' && Object.keys(c).length === 1 && typeof (c as { message?: unknown }).message === 'string';
+    const text = typeof c === 'string' ? c : onlyMessage ? (c as { message: string }).message : JSON.stringify(c) ?? '';
+    return { type: f.type.slice(0, MAX_FAILURE_TEXT), context: text.slice(0, MAX_FAILURE_TEXT) };
+  });
 }
 
 function retryable(err: KeylimeRequestError): boolean {
   if (err.kind === 'connect' || err.kind === 'timeout') return true;
-  return err.kind === 'http' && (err.status === 502 || err.status === 503 || err.status === 504);
+  // 5xx: the verifier (or a proxy in front of it) is failing; 4xx answers are final.
+  return err.kind === 'http' && err.status !== undefined && err.status >= 500 && err.status <= 599;
 }
 
 const TLS_CODES = new Set([

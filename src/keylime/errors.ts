@@ -9,6 +9,7 @@ export type KeylimeErrorCode =
   | 'KEYLIME_TLS'
   | 'KEYLIME_TIMEOUT'
   | 'KEYLIME_HTTP'
+  | 'KEYLIME_REFUSED_REQUEST'
   | 'KEYLIME_OVERSIZED'
   | 'KEYLIME_MALFORMED'
   | 'KEYLIME_VERSION'
@@ -36,18 +37,30 @@ export class KeylimeConfigError extends KeylimeError {
 }
 
 /** Kinds of transport/protocol failure, also used as counter labels. */
-export type KeylimeFailureKind = 'connect' | 'tls' | 'timeout' | 'http' | 'oversized' | 'malformed' | 'version' | 'stand_in';
+export type KeylimeFailureKind = 'connect' | 'tls' | 'timeout' | 'http' | 'refused' | 'oversized' | 'malformed' | 'version' | 'stand_in';
 
-/** The verifier could not be reached or answered something unusable. Always fail closed on this. */
+/**
+ * The verifier could not be reached, answered something unusable, or (kind `refused`) refused the
+ * request itself as malformed. Always fail closed on this. Only `unreachable` errors are worth
+ * retrying: a refused request is a configuration or protocol error and fails the same way again.
+ */
 export class KeylimeRequestError extends KeylimeError {
   readonly kind: KeylimeFailureKind;
   /** HTTP status when the verifier answered with one. */
   readonly status: number | undefined;
-  constructor(kind: KeylimeFailureKind, message: string, options?: { cause?: unknown; status?: number }) {
+  /** Keylime's own failure list, when it gave one (a 400 names what was missing or wrong). */
+  readonly failures: readonly KeylimeFailure[];
+  constructor(kind: KeylimeFailureKind, message: string, options?: { cause?: unknown; status?: number; failures?: readonly KeylimeFailure[] }) {
     super(codeForKind(kind), message, options);
     this.name = 'KeylimeRequestError';
     this.kind = kind;
     this.status = options?.status;
+    this.failures = options?.failures ?? [];
+  }
+
+  /** True unless the verifier answered and refused the request: the verifier is down, failing or garbled. */
+  get unreachable(): boolean {
+    return this.kind !== 'refused';
   }
 }
 
@@ -57,6 +70,7 @@ function codeForKind(kind: KeylimeFailureKind): KeylimeErrorCode {
     case 'tls': return 'KEYLIME_TLS';
     case 'timeout': return 'KEYLIME_TIMEOUT';
     case 'http': return 'KEYLIME_HTTP';
+    case 'refused': return 'KEYLIME_REFUSED_REQUEST';
     case 'oversized': return 'KEYLIME_OVERSIZED';
     case 'malformed': return 'KEYLIME_MALFORMED';
     case 'version': return 'KEYLIME_VERSION';

@@ -7,7 +7,7 @@
  * activation), the TPM clock, PCR16. Those are the caller's job before calling this.
  */
 import { z } from 'zod';
-import type { KeylimeVerifierClient } from './client.js';
+import { keylimeFailures, type KeylimeVerifierClient } from './client.js';
 import { KeylimeError, KeylimeEvidenceRejectedError, type KeylimeFailure } from './errors.js';
 import { tpmPolicyJson, type TpmPolicy } from './policy.js';
 import { checkTpm2bPublic } from './tpm-public.js';
@@ -20,8 +20,11 @@ export interface EvidenceInput {
   nonce: string;
   /** The AK as a TPM2B_PUBLIC. Keylime trusts it as given: establish its provenance first. */
   akPublic: Uint8Array;
-  /** The EK as a TPM2B_PUBLIC (passed through; Keylime does not check it). */
-  ekPublic?: Uint8Array;
+  /**
+   * The EK as a TPM2B_PUBLIC. Keylime 7.14 requires it (a request without it is a 400) but does not
+   * check it: the EK's trust is the caller's job (certificate chain, credential activation).
+   */
+  ekPublic: Uint8Array;
   hashAlg: PcrHashAlg;
   /** PCR allowlist, or an already serialized `tpm_policy` JSON string. */
   tpmPolicy: TpmPolicy | string;
@@ -33,9 +36,15 @@ export interface EvidenceInput {
   imaList?: string;
 }
 
+/**
+ * Keylime's verdict, as kept for audit. Keylime's `claims` on success echo the whole request (quote,
+ * AK, EK, policy: several KB) and add nothing the caller did not send, so they are not kept.
+ */
 export interface EvidenceVerdict {
-  /** The claims Keylime echoes back on success. */
-  claims: Record<string, unknown>;
+  valid: true;
+  failures: readonly KeylimeFailure[];
+  /** The REST API version the verdict was given under. */
+  apiVersion: string;
 }
 
 /** Nonces Keylime puts into extraData: ASCII alphanumerics, at most 64 (the TPM's qualifyingData limit). */
@@ -54,20 +63,17 @@ export function keylimeNonce(challenge: Uint8Array): string {
   return Buffer.from(challenge).toString('hex');
 }
 
-const failure = z.object({
-  type: z.string().max(1024),
-  context: z.unknown(),
-});
 const evidenceResults = z.object({
   valid: z.boolean(),
-  claims: z.record(z.string(), z.unknown()).optional(),
-  failures: z.array(failure).max(1000).default([]),
+  claims: z.unknown().optional(),
+  failures: z.array(z.object({ type: z.string().max(1024), context: z.unknown() })).max(1000).default([]),
 });
 
 /**
  * Asks the verifier to judge the evidence. Resolves with the claims when, and only when, Keylime says
  * `valid: true` with no failures; throws KeylimeEvidenceRejectedError carrying every failure otherwise,
- * and KeylimeRequestError if the verifier could not give an answer (treat both as "no").
+ * and KeylimeRequestError if the verifier could not give an answer or refused the request itself
+ * (kind `refused`: HTTP 400, Keylime's failures attached). Treat all of them as "no".
  */
 export async function verifyEvidence(client: KeylimeVerifierClient, input: EvidenceInput): Promise<EvidenceVerdict> {
   if (!KEYLIME_NONCE.test(input.nonce)) {
@@ -75,17 +81,17 @@ export async function verifyEvidence(client: KeylimeVerifierClient, input: Evide
   }
   decodeQuoteString(input.quote); // refuse to send a malformed quote; the error says what is wrong
   checkTpm2bPublic(input.akPublic, 'akPublic');
-  if (input.ekPublic !== undefined) checkTpm2bPublic(input.ekPublic, 'ekPublic');
+  checkTpm2bPublic(input.ekPublic, 'ekPublic');
   const tpmPolicy = typeof input.tpmPolicy === 'string' ? input.tpmPolicy : tpmPolicyJson(input.tpmPolicy);
 
   const data: Record<string, string> = {
     quote: input.quote,
     nonce: input.nonce,
     hash_alg: input.hashAlg,
+    tpm_ek: b64(input.ekPublic),
     tpm_ak: b64(input.akPublic),
     tpm_policy: tpmPolicy,
   };
-  if (input.ekPublic !== undefined) data.tpm_ek = b64(input.ekPublic);
   if (input.mbPolicy !== undefined) data.mb_policy = input.mbPolicy;
   // The API docs call this mb_list; Keylime's code reads mb_log.
   if (input.mbLog !== undefined) data.mb_log = b64(input.mbLog);
@@ -100,12 +106,9 @@ export async function verifyEvidence(client: KeylimeVerifierClient, input: Evide
     // Evidence verification changes nothing on the verifier, so repeating it is safe.
     idempotent: true,
   });
-  const failures: KeylimeFailure[] = results.failures.map((f) => ({
-    type: f.type,
-    context: typeof f.context === 'string' ? f.context : JSON.stringify(f.context) ?? '',
-  }));
+  const failures = keylimeFailures(results);
   if (results.valid !== true || failures.length > 0) throw new KeylimeEvidenceRejectedError(failures);
-  return { claims: results.claims ?? {} };
+  return { valid: true, failures, apiVersion: await client.apiVersion() };
 }
 
 function b64(bytes: Uint8Array): string {

@@ -57,6 +57,8 @@ export interface AgentStatus {
   lastSuccessfulAttestation: number | undefined;
   lastEventId: string | undefined;
   severityLevel: number | undefined;
+  /** The metadata given at enrollment (parsed JSON object), or undefined if absent or unreadable. */
+  metadata?: Record<string, unknown> | undefined;
 }
 
 const statusResults = z.looseObject({
@@ -66,7 +68,16 @@ const statusResults = z.looseObject({
   last_successful_attestation: z.number().int().min(0).nullish(),
   last_event_id: z.string().max(1024).nullish(),
   severity_level: z.number().int().nullish(),
+  meta_data: z.string().max(64 * 1024).nullish(),
 });
+/**
+ * GET /agents/ lists the verifier's agent ids as `uuids`: Keylime serializes its database rows, so
+ * each id may come as a one-element list (7.x) or as a bare string; both are read.
+ */
+const listResults = z.looseObject({
+  uuids: z.array(z.union([z.string(), z.tuple([z.string()]).rest(z.unknown())])).max(1_000_000),
+});
+const MAX_LISTED = 1_000_000;
 const anyResults = z.unknown();
 
 const AGENT_ID = /^[A-Za-z0-9._-]{1,255}$/;
@@ -120,7 +131,15 @@ export class KeylimeTenant {
       lastSuccessfulAttestation: results.last_successful_attestation || undefined,
       lastEventId: results.last_event_id ?? undefined,
       severityLevel: results.severity_level ?? undefined,
+      metadata: parseMetadata(results.meta_data),
     };
+  }
+
+  /** The ids of every agent the verifier holds (enrolled by anyone: filter before acting on them). */
+  async listAgents(): Promise<string[]> {
+    const { results } = await this.client.call({ method: 'GET', path: '/agents/', results: listResults, idempotent: true });
+    const ids = results.uuids.slice(0, MAX_LISTED).map((u) => (typeof u === 'string' ? u : u[0]));
+    return ids.filter((id) => AGENT_ID.test(id));
   }
 
   /** Removes a node: 'deleted' (200), 'deleting' (202, a poll was in flight), 'not_found' (404). */
@@ -128,6 +147,16 @@ export class KeylimeTenant {
     checkAgentId(agentId);
     const { status } = await this.client.call({ method: 'DELETE', path: `/agents/${agentId}`, results: anyResults, expect: [200, 202, 404], idempotent: true });
     return status === 200 ? 'deleted' : status === 202 ? 'deleting' : 'not_found';
+  }
+}
+
+function parseMetadata(text: string | null | undefined): Record<string, unknown> | undefined {
+  if (typeof text !== 'string' || text === '') return undefined;
+  try {
+    const v = JSON.parse(text) as unknown;
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? v as Record<string, unknown> : undefined;
+  } catch {
+    return undefined;
   }
 }
 

@@ -182,6 +182,13 @@ const keylimeSchema = z.object({
   maxAttestationAge: duration.default(30),
   /** How long a new node may take to get its first quote verified before its attestation is refused. */
   enrollTimeout: duration.default(30),
+  /**
+   * A node enrolled by terroir that has not attested again for this long (gone, or its agent
+   * stopped) is removed from the verifier, which otherwise keeps polling it forever. Checked at start
+   * and every removeAfter/4 (at most hourly). Must exceed ca.x509SvidTtl: TPM nodes re-attest at
+   * half their agent SVID's lifetime.
+   */
+  removeAfter: duration.default(86_400),
   /** Per-request timeout towards the verifier. */
   requestTimeoutMs: z.number().int().min(100).max(120_000).default(5000),
   /** Default PCR policy for TPM nodes no `policies` item matches; absent: such nodes are refused. */
@@ -264,6 +271,14 @@ const unifiedIdentitySchema = z.object({
   tpmPolicy: tpmPolicySchema.optional(),
   /** Claims older than this are expired: no SVIDs until the node re-attests (the server tells it to). */
   reattestInterval: duration.default(3600),
+  /**
+   * One-shot mode (keylime.mode: oneshot): how old the node's last Keylime verdict may be before
+   * nothing more is signed for it. A one-shot verdict is never refreshed, so claims (and every SVID
+   * carrying them) expire this long after the attestation; agents re-attest before that. Lower:
+   * fresher evidence, more attestations; higher: SVIDs keep being signed longer through a verifier
+   * outage. Continuous mode ignores it (keylime.maxAttestationAge bounds the verdict there).
+   */
+  verdictMaxAge: duration.default(300),
   /** Optional: ask the node's mobile operator whether its SIM is where its GNSS says (policies with operator.required need it). */
   operator: operatorSchema.optional(),
 }).strict();
@@ -449,6 +464,9 @@ function checkConsistency(c: ServerConfig): void {
   if (c.keylime) {
     if (!c.nodeAttestation.tpm.enabled) {
       throw new ConfigError('keylime is configured but nodeAttestation.tpm is disabled: Keylime attests TPM nodes; enable nodeAttestation.tpm');
+    }
+    if (c.keylime.removeAfter <= c.ca.x509SvidTtl) {
+      throw new ConfigError(`keylime.removeAfter (${c.keylime.removeAfter}s) must exceed ca.x509SvidTtl (${c.ca.x509SvidTtl}s): live TPM nodes re-attest only at half their agent SVID's lifetime and would be removed from the verifier`);
     }
     if (c.keylime.mode === 'continuous' && !c.keylime.tpmPolicy && c.keylime.policies.length === 0) {
       throw new ConfigError('keylime: set tpmPolicy (the default PCR policy) and/or policies, or no TPM node can ever be trusted');

@@ -141,7 +141,10 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
     if (config.keylime && config.keylime.mode === 'continuous') {
       keylime = new KeylimeGate({
         settings: config.keylime,
+        trustDomain: td.name,
+        store,
         auditor,
+        now,
         logger,
         onUntrusted: (id, reason) => dropOnKeylimeFailure(id, reason),
       });

@@ -18,7 +18,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { parseTpmPolicyJson, type ParsedTpmPolicy } from '../../src/keylime/policy.js';
 import { parseTpm2bPublic, type ClockInfo, type TpmPublic } from '../../src/tpm/index.js';
-import { checkQuote, type Failure } from './keylime/checks.js';
+import { checkQuote, invalidQuote, type Failure } from './keylime/checks.js';
 
 export type Fault =
   | { mode: 'none' }
@@ -27,7 +27,9 @@ export type Fault =
   | { mode: 'garbage' }
   | { mode: 'oversized'; bytes: number; chunked?: boolean }
   | { mode: 'wrong-shape' }
-  | { mode: 'contradiction' };
+  | { mode: 'contradiction' }
+  /** Every POST /verify/evidence gets Keylime 7.14's 400 for a request without tpm_ek (what an old terroir got). */
+  | { mode: 'bad-request' };
 
 export interface TestVerifierOptions {
   /** The verifier's server certificate and key, and the CA its admin clients must come from. */
@@ -52,6 +54,8 @@ export interface AgentRecord {
   akPublic: TpmPublic;
   policy: ParsedTpmPolicy;
   tpmPolicyText: string;
+  /** The enrollment's `metadata` (a JSON string), returned as `meta_data`. */
+  metadata: string;
   ip: string;
   port: number;
   mtlsCert: string;
@@ -76,6 +80,10 @@ export interface AgentRecord {
 }
 
 const MAX_BODY = 1024 * 1024;
+/** Inputs POST /verify/evidence requires, in the order Keylime checks them. */
+export const EVIDENCE_REQUIRED = ['quote', 'nonce', 'hash_alg', 'tpm_ek', 'tpm_ak'] as const;
+/** At least one of these must be given. */
+export const EVIDENCE_POLICIES = ['tpm_policy', 'runtime_policy', 'mb_policy'] as const;
 const REQUIRED_AGENT_FIELDS = [
   'v', 'cloudagent_ip', 'cloudagent_port', 'tpm_policy', 'runtime_policy', 'mb_policy', 'mb_policy_name',
   'ima_sign_verification_keys', 'metadata', 'revocation_key', 'accept_tpm_hash_algs', 'accept_tpm_encryption_algs',
@@ -212,10 +220,21 @@ export class TestKeylimeVerifier {
     let body: unknown;
     try {
       body = req.method === 'POST' ? await readJson(req) : undefined;
-    } catch (err) {
-      return send(res, 400, (err as Error).message);
+    } catch {
+      // Keylime's web framework: unparseable JSON declared as JSON is "Malformed Request Parameter";
+      // otherwise the handler gives up without answering (500). Both without a body.
+      return sendEmpty(res, /^application\/(?:[a-z-.]+\+)?json/.test(req.headers['content-type'] ?? '') ? 400 : 500);
     }
-    if (route === '/verify/evidence' && req.method === 'POST') return this.verifyEvidence(res, body);
+    if (route === '/verify/evidence' && req.method === 'POST') {
+      if (fault.mode === 'bad-request') return sendBadRequest(res, 'missing_param', { message: 'missing parameter "tpm_ek"' });
+      return this.verifyEvidence(res, body);
+    }
+    if (route === '/agents/' || route === '/agents') {
+      if (!socket.authorized) return send(res, 403, 'Forbidden: a client certificate from a trusted CA is required');
+      if (req.method !== 'GET') return send(res, 405, 'Method not allowed');
+      // As Keylime 7.x: its database rows, each a one-element list.
+      return send(res, 200, 'Success', { uuids: [...this.agents.keys()].map((id) => [id]) });
+    }
     const agent = /^\/agents\/([A-Za-z0-9._-]{1,255})$/.exec(route);
     if (agent === null) return send(res, 404, 'Not found');
     if (!socket.authorized) return send(res, 403, 'Forbidden: a client certificate from a trusted CA is required');
@@ -237,29 +256,47 @@ export class TestKeylimeVerifier {
     }
   }
 
+  /**
+   * POST /verify/evidence with Keylime 7.14.3's input rules, in its order (keylime/cloud_verifier_tornado.py
+   * VerifyEvidenceHandler.post and `_tpm_verify`; ../shared/docs/keylime-api.md), each answer as Keylime
+   * gives it: `type` and `data` present (400 "missing parameter '...'"), type "tpm" (400 "invalid evidence
+   * type"); quote, nonce, hash_alg, tpm_ek, tpm_ak each present and not "" (400 default.missing_param), at
+   * least one of tpm_policy / runtime_policy / mb_policy not "" (400 default.missing_policy). A value of
+   * JSON null passes those checks and fails later with an exception: 500. Evidence that fails a check,
+   * including an AK or tpm_policy that does not parse, is 200 valid:false; on success the request's
+   * `data` is echoed as the claims. Like Keylime, `tpm_ek` is required but never checked.
+   */
   private verifyEvidence(res: ServerResponse, body: unknown): void {
     this.counters.evidenceChecks++;
     this.lastEvidenceBody = body;
-    const b = body as { type?: unknown; data?: Record<string, unknown> } | undefined;
-    if (b?.type !== 'tpm' || typeof b.data !== 'object' || b.data === null) return send(res, 400, 'body must be {"type":"tpm","data":{...}}');
-    const d = b.data;
-    for (const k of ['quote', 'nonce', 'hash_alg', 'tpm_ak', 'tpm_policy']) {
-      if (typeof d[k] !== 'string') return send(res, 400, `data.${k} is required (string)`);
+    if (body === null || typeof body !== 'object') return sendEmpty(res, 500);
+    const b = body as Record<string, unknown>;
+    if (!('type' in b) || b.type === '') return send(res, 400, "missing parameter 'type'");
+    if (!('data' in b) || b.data === '') return send(res, 400, "missing parameter 'data'");
+    if (b.type !== 'tpm') return send(res, 400, 'invalid evidence type');
+    if (b.data === null || typeof b.data !== 'object') return sendException(res);
+    const d = b.data as Record<string, unknown>;
+    for (const k of EVIDENCE_REQUIRED) {
+      if (!(k in d) || d[k] === '') return sendBadRequest(res, 'missing_param', { message: `missing parameter "${k}"` });
     }
+    if (!EVIDENCE_POLICIES.some((k) => k in d && d[k] !== '')) {
+      return sendBadRequest(res, 'missing_policy', { message: 'at least one policy (tpm_policy, runtime_policy, or mb_policy) must be provided' });
+    }
+    // Present but not text (null, a number...): Keylime raises while verifying.
+    if (EVIDENCE_REQUIRED.some((k) => typeof d[k] !== 'string')) return sendException(res);
+    if ('runtime_policy' in d && d.runtime_policy !== '' && !isJson(d.runtime_policy)) return sendException(res);
+    const tpmPolicy = typeof d.tpm_policy === 'string' && d.tpm_policy !== '' ? d.tpm_policy : '{}';
     let ak: TpmPublic;
     let policy: ParsedTpmPolicy;
     try {
       ak = parseTpm2bPublic(Buffer.from(d.tpm_ak as string, 'base64'));
-      policy = parseTpmPolicyJson(d.tpm_policy as string);
+      policy = tpmPolicy === '{}' ? { mask: [], allowed: new Map() } : parseTpmPolicyJson(tpmPolicy);
     } catch (err) {
-      return send(res, 400, (err as Error).message);
+      return send(res, 200, 'Success', { valid: false, claims: {}, failures: [invalidQuote((err as Error).message)] });
     }
     const result = checkQuote({ quote: d.quote as string, nonce: d.nonce as string, hashAlg: d.hash_alg as string, akPublic: ak, policy });
     const valid = result.failures.length === 0;
-    const claims = valid && result.pcrs !== undefined
-      ? { nonce: d.nonce, hash_alg: d.hash_alg, pcrs: Object.fromEntries([...result.pcrs].map(([k, v]) => [String(k), v.toString('hex')])) }
-      : {};
-    send(res, 200, 'Success', { valid, claims, failures: result.failures });
+    send(res, 200, 'Success', { valid, claims: valid ? d : {}, failures: result.failures });
   }
 
   private addAgent(res: ServerResponse, id: string, body: unknown): void {
@@ -283,7 +320,7 @@ export class TestKeylimeVerifier {
     }
     if (!policy.mask.includes(16)) policy.mask.push(16);
     const rec: AgentRecord = {
-      id, akPublic: ak, policy, tpmPolicyText: String(d.tpm_policy), ip: d.cloudagent_ip, port: d.cloudagent_port as number,
+      id, akPublic: ak, policy, tpmPolicyText: String(d.tpm_policy), metadata: typeof d.metadata === 'string' ? d.metadata : '{}', ip: d.cloudagent_ip, port: d.cloudagent_port as number,
       mtlsCert: d.mtls_cert, supportedVersion: typeof d.supported_version === 'string' ? d.supported_version : '2.2',
       acceptHashAlgs: d.accept_tpm_hash_algs as string[], acceptEncAlgs: d.accept_tpm_encryption_algs as string[],
       acceptSignAlgs: d.accept_tpm_signing_algs as string[],
@@ -302,7 +339,7 @@ export class TestKeylimeVerifier {
     const s = a.operationalState;
     const attestationStatus = s >= 3 && s <= 6 ? 'PASS' : s === 7 || s === 9 || s === 10 ? 'FAIL' : 'PENDING';
     send(res, 200, 'Success', {
-      operational_state: s, v: null, ip: a.ip, port: a.port, tpm_policy: a.tpmPolicyText, meta_data: '{}',
+      operational_state: s, v: null, ip: a.ip, port: a.port, tpm_policy: a.tpmPolicyText, meta_data: a.metadata,
       has_mb_refstate: 0, has_runtime_policy: 0, accept_tpm_hash_algs: a.acceptHashAlgs,
       accept_tpm_encryption_algs: a.acceptEncAlgs, accept_tpm_signing_algs: a.acceptSignAlgs,
       hash_alg: a.hashAlg ?? '', enc_alg: '', sign_alg: '', verifier_id: 'default', verifier_ip: '127.0.0.1',
@@ -447,6 +484,32 @@ function send(res: ServerResponse, code: number, status: string, results: Record
   const body = JSON.stringify({ code, status, results });
   res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
   res.end(body);
+}
+
+/** Keylime's answer to an exception while verifying (its handler catches it). */
+function sendException(res: ServerResponse): void {
+  send(res, 500, 'Internal Server Error: Failed to process attestation data');
+}
+
+/** The web framework's own answers carry no body. */
+function sendEmpty(res: ServerResponse, code: number): void {
+  res.writeHead(code, { 'content-length': 0 });
+  res.end();
+}
+
+function isJson(v: unknown): boolean {
+  if (typeof v !== 'string') return false;
+  try {
+    JSON.parse(v);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Keylime's 400 for refused input: results carry valid:false and one `default.<type>` failure. */
+function sendBadRequest(res: ServerResponse, type: string, context: Record<string, string>): void {
+  send(res, 400, 'Bad Request', { valid: false, claims: {}, failures: [{ type: `default.${type}`, context }] });
 }
 
 function sendOversized(res: ServerResponse, bytes: number, chunked: boolean): void {

@@ -73,8 +73,10 @@ describe('quotes from TpmDevice', () => {
       const quote = encodeQuoteString(q);
       expect(await checkWithTools(decodeQuoteString(quote), rsa.public, Buffer.from(nonce).toString('hex'))).toContain('sha256');
       const pcr0 = Buffer.from(q.pcrs[0]?.values.get(0) ?? []).toString('hex');
-      const verdict = await verifyEvidence(client, { quote, nonce, akPublic: rsa.public, hashAlg: 'sha256', tpmPolicy: { 0: [pcr0] } });
-      expect(verdict.claims).toMatchObject({ nonce });
+      const ekPublic = await device.ekPublic('rsa2048');
+      const verdict = await verifyEvidence(client, { quote, nonce, akPublic: rsa.public, ekPublic, hashAlg: 'sha256', tpmPolicy: { 0: [pcr0] } });
+      expect(verdict).toMatchObject({ valid: true, failures: [] });
+      expect(verdict.apiVersion).toMatch(/^2\.\d+$/);
     } finally {
       await device.releaseAk(rsa);
     }

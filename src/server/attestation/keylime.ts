@@ -14,7 +14,7 @@ import type { KeylimeQuoteEndpoint } from '../../api/agent-api.js';
 import type { Auditor } from '../audit.js';
 import type { ServerConfig } from '../config.js';
 import { ConfigError } from '../config.js';
-import type { Selector } from '../datastore/types.js';
+import type { DataStore, Selector } from '../datastore/types.js';
 import { rpcError, type RpcError } from '../agentapi/status.js';
 import { AttestationError } from './errors.js';
 
@@ -41,8 +41,13 @@ export interface AdmitRequest {
 
 export interface KeylimeGateOptions {
   settings: KeylimeSettings;
+  /** This server's trust domain: only nodes of it, enrolled by terroir, are ever removed from the verifier. */
+  trustDomain: string;
+  /** Where node standing (banned, last attestation) is read from when reconciling with the verifier. */
+  store: Pick<DataStore, 'getNode'>;
   auditor: Auditor;
   logger: Logger;
+  now?: () => Date;
   /** Called when a trusted node stops being trusted: withdraw its SVIDs. */
   onUntrusted(agentId: string, reason: string): void;
 }
@@ -56,6 +61,16 @@ interface Enrolled {
 /** The Keylime agent id of a TPM node's SPIFFE ID, or undefined if the ID is not a TPM node's. */
 export function keylimeIdOf(agentId: string): string | undefined {
   return /\/agent\/tpm\/([0-9a-f]{64})$/.exec(agentId)?.[1];
+}
+
+/** What one reconcile() pass saw and did. */
+export interface ReconcileReport {
+  /** Agents the verifier holds. */
+  listed: number;
+  /** Of those, enrolled by terroir for this trust domain. */
+  ours: number;
+  /** Node SPIFFE IDs removed from the verifier. */
+  removed: string[];
 }
 
 export class KeylimeGate {
@@ -72,10 +87,14 @@ export class KeylimeGate {
   private readonly admissions = new Map<string, Promise<void>>();
   private readonly defaultPolicy: string | undefined;
   private readonly groupPolicies: { selectors: string[]; policy: string }[];
+  private readonly now: () => Date;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private reconciling: Promise<ReconcileReport> | undefined;
 
   constructor(private readonly o: KeylimeGateOptions) {
     const s = o.settings;
     this.log = o.logger.child({ component: 'keylime' });
+    this.now = o.now ?? (() => new Date());
     try {
       this.client = new KeylimeVerifierClient({
         url: s.verifierUrl, caFile: s.caFile, certFile: s.certFile, keyFile: s.keyFile,
@@ -109,13 +128,77 @@ export class KeylimeGate {
     });
   }
 
+  /** Starts polling verdicts, and reconciles the verifier's enrollments now and every removeAfter/4 (at most hourly). */
   start(): void {
     this.monitor.start();
+    const sweep = (): void => {
+      this.reconcile().catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'Keylime: reconciling the verifier\'s enrollments failed; trying again later'));
+    };
+    sweep();
+    this.sweepTimer = setInterval(sweep, Math.min(this.o.settings.removeAfter * 250, 3_600_000));
+    this.sweepTimer.unref();
   }
 
   async close(): Promise<void> {
+    clearInterval(this.sweepTimer);
+    await this.reconciling?.catch(() => undefined);
     await this.monitor.stop();
     await this.client.close();
+  }
+
+  /**
+   * Enrollment hygiene: lists the verifier's agents and removes those terroir enrolled for this trust
+   * domain (the enrollment metadata says so) whose node is gone from the datastore, banned, or has not
+   * attested for keylime.removeAfter. Agents anyone else enrolled are never touched; nor is one whose
+   * enrollment is younger than twice enrollTimeout (another server may be admitting it right now).
+   * Each removal is audited. Concurrent calls share one run.
+   */
+  reconcile(): Promise<ReconcileReport> {
+    if (this.reconciling === undefined) {
+      const run = this.reconcileNow();
+      this.reconciling = run;
+      const done = (): void => { if (this.reconciling === run) this.reconciling = undefined; };
+      run.then(done, done);
+    }
+    return this.reconciling;
+  }
+
+  private async reconcileNow(): Promise<ReconcileReport> {
+    const report: ReconcileReport = { listed: 0, ours: 0, removed: [] };
+    const ids = await this.tenant.listAgents();
+    report.listed = ids.length;
+    const prefix = `spiffe://${this.o.trustDomain}/agent/tpm/`;
+    for (const keylimeId of ids) {
+      if (!/^[0-9a-f]{64}$/.test(keylimeId)) continue;
+      let status: Awaited<ReturnType<KeylimeTenant['getAgentStatus']>>;
+      try {
+        status = await this.tenant.getAgentStatus(keylimeId);
+      } catch (err) {
+        if (err instanceof KeylimeRequestError && err.status === 404) continue; // removed meanwhile
+        throw err;
+      }
+      const agentId = status.metadata?.['terroir_agent'];
+      if (agentId !== `${prefix}${keylimeId}`) continue;
+      report.ours++;
+      if (this.admissions.has(agentId)) continue;
+      const enrolledAt = Date.parse(String(status.metadata?.['terroir_enrolled_at'] ?? ''));
+      const nowMs = this.now().getTime();
+      if (!Number.isNaN(enrolledAt) && nowMs - enrolledAt < 2 * this.o.settings.enrollTimeout * 1000) continue;
+      const node = await this.o.store.getNode(agentId);
+      const idleS = node === undefined ? 0 : Math.round((nowMs - node.updatedAt.getTime()) / 1000);
+      const why = node === undefined
+        ? 'the node is not in the datastore (evicted, or its attestation never finished)'
+        : node.banned
+          ? 'the node is banned'
+          : idleS > this.o.settings.removeAfter
+            ? `the node has not attested for ${idleS} s (keylime.removeAfter ${this.o.settings.removeAfter} s)`
+            : undefined;
+      if (why === undefined) continue;
+      await this.inTurn(agentId, () => this.removeFromVerifier(agentId, why));
+      report.removed.push(agentId);
+    }
+    if (report.removed.length > 0) this.log.info({ removed: report.removed.length, ours: report.ours, listed: report.listed }, 'Keylime: removed stale enrollments from the verifier');
+    return report;
   }
 
   counters(): MonitorCounters {
@@ -177,7 +260,8 @@ export class KeylimeGate {
       await this.enroll(keylimeId, {
         akPublic: r.akPublic, tpmPolicy: policy, quoteEndpoint: { ip: target.ip, port: target.port },
         quoteEndpointCert: ep.tlsCertificatePem, agentApiVersion: target.apiVersion,
-        metadata: { terroir_agent: r.agentId },
+        // Marks the enrollment as terroir's (reconcile() only ever removes these) and when it was made.
+        metadata: { terroir_agent: r.agentId, terroir_enrolled_at: this.now().toISOString() },
       });
       this.monitor.watch(keylimeId);
       await this.monitor.awaitTrusted(keylimeId, this.o.settings.enrollTimeout * 1000);
@@ -233,7 +317,7 @@ export class KeylimeGate {
   async evict(agentId: string): Promise<void> {
     // Stop trusting it now; the verifier is told in turn with the node's admissions (see inTurn).
     this.withdraw(agentId);
-    await this.inTurn(agentId, () => this.removeFromVerifier(agentId));
+    await this.inTurn(agentId, () => this.removeFromVerifier(agentId, 'node evicted or banned'));
   }
 
   private withdraw(agentId: string): string | undefined {
@@ -244,15 +328,15 @@ export class KeylimeGate {
     return keylimeId;
   }
 
-  private async removeFromVerifier(agentId: string): Promise<void> {
+  private async removeFromVerifier(agentId: string, why: string): Promise<void> {
     // Again: an admission that was in flight at the eviction may have enrolled the node since.
     const keylimeId = this.withdraw(agentId);
     if (keylimeId === undefined) return;
     try {
       const outcome = await this.tenant.deleteAgent(keylimeId);
-      this.o.auditor.record({ action: 'keylime', caller: 'server', subject: agentId, result: 'ok', reason: 'node evicted: removed from the Keylime verifier', details: { keylimeId, outcome } });
+      this.o.auditor.record({ action: 'keylime', caller: 'server', subject: agentId, result: 'ok', reason: `removed from the Keylime verifier: ${why}`, details: { keylimeId, outcome } });
     } catch (err) {
-      this.o.auditor.record({ action: 'keylime', caller: 'server', subject: agentId, result: 'error', reason: `node evicted but the Keylime verifier could not be told: ${(err as Error).message}`, details: { keylimeId } });
+      this.o.auditor.record({ action: 'keylime', caller: 'server', subject: agentId, result: 'error', reason: `${why}, but the Keylime verifier could not be told: ${(err as Error).message}`, details: { keylimeId } });
     }
   }
 

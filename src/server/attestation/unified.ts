@@ -16,7 +16,7 @@ import {
 } from '../../geo/index.js';
 import {
   encodeQuoteString, KeylimeConfigError, KeylimeEvidenceRejectedError, KeylimeRequestError, KeylimeVerifierClient,
-  tpmPolicyJson, verifyEvidence, type TpmPolicy,
+  tpmPolicyJson, verifyEvidence, type EvidenceVerdict, type TpmPolicy,
 } from '../../keylime/index.js';
 import type { UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
 import { canonicalUnifiedIdentity, DEVELOPMENT_STAND_IN_VERIFIER } from '../../spiffe/unified-identity.js';
@@ -60,6 +60,8 @@ export interface VerifyInput {
   ak: TpmPublic;
   /** The AK as sent (TPM2B_PUBLIC), for Keylime. */
   akPublic: Buffer;
+  /** The EK as sent (TPM2B_PUBLIC): Keylime requires `tpm_ek` on every one-shot request (it does not check it). */
+  ekPublic: Buffer;
   evidence: UnifiedIdentityEvidence | null | undefined;
 }
 
@@ -106,6 +108,14 @@ export class UnifiedIdentityPipeline {
   readonly policies: PolicySet;
   readonly pcrs: readonly number[];
   readonly reattestIntervalS: number;
+  /**
+   * How long a node's claims stay valid after the attestation that established them: the
+   * re-attestation interval, and in one-shot mode at most unifiedIdentity.verdictMaxAge (a one-shot
+   * verdict is never refreshed, so the claims must not outlive it).
+   */
+  readonly claimsLifetimeS: number;
+  /** Which knob bounds claimsLifetimeS (named in refusals). */
+  private readonly lifetimeKnob: string;
   readonly defaultPolicy: string;
   /** Stage durations of the last successful verification (benchmark, debugging). */
   lastStages: PipelineStages | undefined;
@@ -122,6 +132,14 @@ export class UnifiedIdentityPipeline {
     this.defaultPolicy = o.settings.defaultPolicy;
     this.pcrs = [...new Set(o.settings.pcrs)].sort((a, b) => a - b);
     this.reattestIntervalS = o.settings.reattestInterval;
+    const oneShot = o.keylime?.mode === 'oneshot';
+    if (oneShot && o.settings.verdictMaxAge < o.settings.reattestInterval) {
+      this.claimsLifetimeS = o.settings.verdictMaxAge;
+      this.lifetimeKnob = `unifiedIdentity.verdictMaxAge ${o.settings.verdictMaxAge} s`;
+    } else {
+      this.claimsLifetimeS = o.settings.reattestInterval;
+      this.lifetimeKnob = `unifiedIdentity.reattestInterval ${o.settings.reattestInterval} s`;
+    }
     const policy = o.settings.tpmPolicy ?? o.keylime?.tpmPolicy;
     if (o.keylime) {
       if (policy === undefined) throw new ConfigError('unifiedIdentity: set unifiedIdentity.tpmPolicy or keylime.tpmPolicy: Keylime needs a PCR allowlist to check quotes against');
@@ -201,24 +219,18 @@ export class UnifiedIdentityPipeline {
     }
     const quoteMs = lap();
 
-    let keylimeClaims: Record<string, unknown>;
+    let keylimeVerdict: EvidenceVerdict;
     try {
-      const verdict = await verifyEvidence(this.client as KeylimeVerifierClient, {
+      keylimeVerdict = await verifyEvidence(this.client as KeylimeVerifierClient, {
         quote: encodeQuoteString({ attest: ev.quote.attest, signature: ev.quote.signature, pcrs: [{ alg: 'sha256', values: pcrValues }] }),
         nonce: expected.toString('ascii'),
         akPublic: input.akPublic,
+        ekPublic: input.ekPublic,
         hashAlg: 'sha256',
         tpmPolicy: this.tpmPolicy as string,
       });
-      keylimeClaims = verdict.claims;
     } catch (err) {
-      if (err instanceof KeylimeEvidenceRejectedError) {
-        throw new AttestationError('permission_denied', `Keylime refused the evidence: ${err.message}`, { cause: err });
-      }
-      if (err instanceof KeylimeRequestError) {
-        throw new AttestationError('unavailable', `Keylime verifier unreachable or failing, attestation refused (fail closed): ${err.message}`, { cause: err });
-      }
-      throw new AttestationError('invalid_argument', `Keylime refused to check the evidence: ${(err as Error).message}`, { cause: err });
+      throw keylimeRefusal(err);
     }
     const keylimeMs = lap();
 
@@ -226,6 +238,7 @@ export class UnifiedIdentityPipeline {
     const operatorMs = lap();
 
     const now = this.now();
+    const validUntil = new Date(now.getTime() + this.claimsLifetimeS * 1000);
     const ctx = { now, ...(op.result ? { operatorResult: op.result } : {}) };
     const decision = evaluatePolicy(this.policies.get(this.defaultPolicy), readings, ctx);
     if (!decision.allowed || !decision.claims) {
@@ -248,6 +261,8 @@ export class UnifiedIdentityPipeline {
       // the development stand-in checked.
       verifier: this.client?.developmentStandIn === true ? DEVELOPMENT_STAND_IN_VERIFIER : 'keylime',
       attestedAt: now.toISOString(),
+      // No SVID carrying these claims outlives them (the signing paths clamp NotAfter to this).
+      validUntil: validUntil.toISOString(),
       satisfiedPolicies: satisfied,
     };
     canonicalUnifiedIdentity(claims); // the SVID extension must be able to carry them: fail here, not at minting
@@ -259,7 +274,8 @@ export class UnifiedIdentityPipeline {
         readings: readings.map((r) => ({ kind: r.kind, sensorId: r.sensorId, time: r.time.toISOString(), lat: r.lat, lon: r.lon, horizontalErrorM: r.horizontalErrorM, attested: r.attested })),
         policyReasons: decision.reasons,
         claimsDocumentSha256: crypto.createHash('sha256').update(ev.claimsDocument).digest('hex'),
-        keylimeClaims,
+        // Keylime's verdict, not its echo of the request (the quote, AK and EK, several KB).
+        keylime: { valid: keylimeVerdict.valid, failures: keylimeVerdict.failures, apiVersion: keylimeVerdict.apiVersion },
         ...(op.audit ? { operator: op.audit } : {}),
         ...(ev.sensorEvidence && ev.sensorEvidence.length > 0 ? { sensorEvidenceSha256: crypto.createHash('sha256').update(ev.sensorEvidence).digest('hex') } : {}),
       },
@@ -289,10 +305,35 @@ export class UnifiedIdentityPipeline {
 
   /** A description of how long ago the claims expired, or undefined while they are fresh. */
   expiredBy(claims: UnifiedIdentityClaims): string | undefined {
+    const expiry = this.claimsExpiry(claims);
+    if (expiry === undefined) return 'at an unknown time (no attestedAt)';
+    const overMs = this.now().getTime() - expiry.getTime();
+    return overMs >= 0 ? `${Math.round(overMs / 1000)} s ago (${this.lifetimeKnob})` : undefined;
+  }
+
+  /**
+   * When the claims expire: attestedAt plus this server's claims lifetime, or their validUntil if
+   * earlier (claims written by a server with a shorter bound, or before a configuration change).
+   * Undefined when they carry no readable attestedAt (treated as expired).
+   */
+  claimsExpiry(claims: UnifiedIdentityClaims): Date | undefined {
     const at = typeof claims['attestedAt'] === 'string' ? Date.parse(claims['attestedAt']) : NaN;
-    if (Number.isNaN(at)) return 'at an unknown time (no attestedAt)';
-    const overMs = this.now().getTime() - (at + this.reattestIntervalS * 1000);
-    return overMs >= 0 ? `${Math.round(overMs / 1000)} s ago (unifiedIdentity.reattestInterval ${this.reattestIntervalS} s)` : undefined;
+    if (Number.isNaN(at)) return undefined;
+    let end = at + this.claimsLifetimeS * 1000;
+    const until = typeof claims['validUntil'] === 'string' ? Date.parse(claims['validUntil']) : NaN;
+    if (!Number.isNaN(until) && until < end) end = until;
+    return new Date(end);
+  }
+
+  /**
+   * The TTL (s) an SVID carrying these claims may have: the requested one, cut so that NotAfter is
+   * no later than the claims' expiry. At least 1 (callers refuse expired claims before asking).
+   */
+  clampTtl(claims: UnifiedIdentityClaims, ttlS: number): number {
+    const expiry = this.claimsExpiry(claims);
+    if (expiry === undefined) return 1;
+    const leftS = Math.floor((expiry.getTime() - this.now().getTime()) / 1000);
+    return Math.max(1, Math.min(ttlS, leftS));
   }
 
   /**
@@ -356,6 +397,26 @@ export class UnifiedIdentityPipeline {
     if (missing.length > 0) throw new AttestationError('invalid_argument', `unified_identity.quote.pcrs lacks PCR(s) ${missing.join(', ')}: quote every PCR of the challenge's quote_pcrs`);
     return out;
   }
+}
+
+/**
+ * The attestation error for a failed one-shot verification. Refused evidence is the node's
+ * problem (permission_denied: its earlier claims are withdrawn); a request Keylime refused as
+ * malformed (HTTP 400) is this server's (failed_precondition: configuration or protocol, never
+ * retried, never called an outage); only an unreachable or failing verifier is `unavailable`.
+ */
+function keylimeRefusal(err: unknown): AttestationError {
+  if (err instanceof KeylimeEvidenceRejectedError) {
+    return new AttestationError('permission_denied', `Keylime refused the evidence: ${err.message}`, { cause: err });
+  }
+  if (err instanceof KeylimeRequestError && !err.unreachable) {
+    return new AttestationError('failed_precondition', `Keylime refused the request (HTTP ${err.status ?? 400}: ${err.failures.map((f) => `${f.type}: ${f.context}`).join('; ') || 'no failures named'}): `
+      + 'a configuration or protocol error between this server and its verifier, not an outage; attestation refused (fail closed). Check the verifier\'s version and the server\'s log', { cause: err });
+  }
+  if (err instanceof KeylimeRequestError) {
+    return new AttestationError('unavailable', `Keylime verifier unreachable or failing, attestation refused (fail closed): ${err.message}`, { cause: err });
+  }
+  return new AttestationError('invalid_argument', `Keylime refused to check the evidence: ${(err as Error).message}`, { cause: err });
 }
 
 function operatorClient(s: OperatorSettings): CamaraLocationVerifier {
