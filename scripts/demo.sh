@@ -62,13 +62,31 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 server_cli() { terroir_cli terroir-server "$@" -socketPath "$W/server/admin.sock"; }
 agent_cli() { terroir_cli terroir-agent "$@" -socketPath "$W/agent/public/api.sock"; }
 wait_for() { # wait_for SECONDS DESCRIPTION LOGFILE PID COMMAND...: until COMMAND succeeds, while PID lives
-  local secs=$1 what=$2 log=$3 pid=$4; shift 4
-  for _ in $(seq 1 $((secs * 10))); do
+  # Bounded by the clock, not by a count of tries: a slow COMMAND (a CLI starting) must not stretch it.
+  local secs=$1 what=$2 log=$3 pid=$4 deadline=$((SECONDS + $1)); shift 4
+  while [ "$SECONDS" -lt "$deadline" ]; do
     "$@" >/dev/null 2>&1 && return 0
     kill -0 "$pid" 2>/dev/null || { echo "demo: $what exited; its log:" >&2; tail -n 40 "$log" >&2; exit 1; }
     sleep 0.1
   done
   echo "demo: $what did not come up within ${secs}s; its log:" >&2; tail -n 40 "$log" >&2; exit 1
+}
+wait_for_agent() { # until the agent is healthy; when the server refuses the node, stop at once with its reason
+  local secs=$1 deadline=$((SECONDS + $1)) out=""
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    out=$(agent_cli healthcheck 2>&1) && return 0
+    # The agent keeps retrying a refused node (backing off); a demo has nothing to wait for.
+    if grep -q 'node attestation refused' <<<"$out"; then
+      echo "demo: the server refused this node's attestation, so no workload can get an SVID. terroir-agent healthcheck says:" >&2
+      echo "  $out" >&2
+      echo "demo: the agent's log (last lines):" >&2; tail -n 10 "$W/agent.log" >&2
+      exit 1
+    fi
+    kill -0 "$AGENT_PID" 2>/dev/null || { echo "demo: terroir-agent exited; its log:" >&2; tail -n 40 "$W/agent.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "demo: terroir-agent did not come up within ${secs}s; healthcheck says: $out" >&2
+  echo "demo: its log:" >&2; tail -n 40 "$W/agent.log" >&2; exit 1
 }
 
 TD=demo.terroir
@@ -173,7 +191,7 @@ EOF
 terroir_cmd terroir-agent
 "${CMD[@]}" run -c "$W/agent.yaml" >"$W/agent.log" 2>&1 &
 AGENT_PID=$!
-wait_for 30 "terroir-agent" "$W/agent.log" "$AGENT_PID" agent_cli healthcheck
+wait_for_agent 40
 server_cli agent list
 
 step "a workload fetches its X.509-SVID over the SPIFFE Workload API"
