@@ -52,6 +52,8 @@ export interface ServerOptions {
   reattestInterval?: number;
   /** Keylime mode (default oneshot); continuous also enrolls nodes and gates signing. */
   keylimeMode?: 'oneshot' | 'continuous';
+  /** unifiedIdentity.verdictMaxAge, seconds (default: the server's, 300). */
+  verdictMaxAge?: number;
 }
 
 export interface UnifiedDeployment {
@@ -143,6 +145,7 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
             pcrs: [0, 7, POLICY_PCR],
             tpmPolicy: { [String(POLICY_PCR)]: [ZERO] },
             reattestInterval: o.reattestInterval ?? '1h',
+            ...(o.verdictMaxAge !== undefined ? { verdictMaxAge: o.verdictMaxAge } : {}),
           },
         }, tmp.dir, o.flag ? { UNIFIED_IDENTITY_ENABLED: 'true' } : {});
         const server = await startServer(cfg, { logger });

@@ -368,6 +368,55 @@ describe('Unified Identity, re-attestation interval', () => {
   });
 });
 
+describe('Unified Identity, one-shot verdict freshness (unifiedIdentity.verdictMaxAge)', () => {
+  it('no SVID outlives the verdict behind it; with the verifier down nothing new is signed once the verdict aged out', async () => {
+    await agent?.stop();
+    const fresh = await d.startServer({ flag: true, keylime: true, verdictMaxAge: 4 });
+    agent = await startAgent(d, fresh, true, 'agent-fresh');
+    const client = specClient(agent.socketPath);
+    try {
+      const validUntil = Date.parse(agent.lastClaims!['validUntil'] as string);
+      const attestedAt = Date.parse(agent.lastClaims!['attestedAt'] as string);
+      expect(validUntil - attestedAt).toBe(4000);
+      const spiffeId = `spiffe://${TD}/workload/fresh-app`;
+      const uid = { type: 'unix', value: `uid:${process.getuid!()}` };
+      const [r] = await fresh.store.createEntries([{ spiffeId, parentId: agent.spiffeId!, selectors: [uid], federatesWith: [] }]);
+      expect(r?.ok).toBe(true);
+      // The workload's X.509-SVID and JWT-SVID end no later than the claims they carry (x509SvidTtl is 1 h).
+      const msg = await fetchX509(client);
+      const leaf = new crypto.X509Certificate(msg.svids.find((s) => s.spiffe_id === spiffeId)!.x509_svid);
+      const claims = unifiedIdentityFromCertificate(Buffer.from(leaf.raw))!;
+      expect(Date.parse(leaf.validTo)).toBeLessThanOrEqual(Date.parse(claims['validUntil'] as string));
+      const jwt = await fetchJwt(client, 'fresh-audience');
+      const payload = JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString('utf8')) as { exp: number; unified_identity: { validUntil: string } };
+      expect(payload.exp * 1000).toBeLessThanOrEqual(Date.parse(payload.unified_identity.validUntil));
+      // The agent re-attests before its verdict runs out (its agent SVID ends with the claims).
+      const deadline = Date.now() + 10_000;
+      while (agent.stats.attestations < 2 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 100));
+      expect(agent.stats.attestations).toBeGreaterThanOrEqual(2);
+
+      // The verifier goes away: a node whose last verdict aged out gets nothing new, even for an entry made meanwhile.
+      await d.verifier.stop();
+      try {
+        const lastVerdict = Date.parse((await nodeClaims(fresh, agent.spiffeId!))!['attestedAt'] as string);
+        await new Promise((res) => setTimeout(res, Math.max(0, lastVerdict + 4500 - Date.now())));
+        const lateId = `spiffe://${TD}/workload/made-during-outage`;
+        const [late] = await fresh.store.createEntries([{ spiffeId: lateId, parentId: agent.spiffeId!, selectors: [uid], federatesWith: [] }]);
+        expect(late?.ok).toBe(true);
+        const served = await fetchX509(client, 3000).then((m) => m.svids.map((s) => s.spiffe_id), () => []);
+        expect(served).not.toContain(lateId);
+        expect(served).not.toContain(spiffeId);
+      } finally {
+        await d.verifier.restart();
+      }
+    } finally {
+      client.close();
+      await agent.stop();
+      agent = undefined;
+    }
+  });
+});
+
 describe('Unified Identity with Keylime continuous mode', () => {
   it('one-shot check at attestation, then the continuous gate: a PCR change withdraws the node\'s workload SVIDs', async () => {
     await agent?.stop();

@@ -23,7 +23,9 @@ async function finalizeAttestation(ctx: AgentApiContext, out: AttestationOutcome
   if (existing?.banned) {
     throw new AttestationError('permission_denied', `node ${agentId} is banned; an operator must evict it (agent evict) before it can attest again`);
   }
-  const svid = o.issuer.mintX509(out.agentId, csrKey, o.x509SvidTtl, [], claims ? [unifiedIdentityExtension(claims)] : undefined);
+  // An agent SVID carrying claims ends when they do: the agent re-attests (TPM nodes renew by attesting) before that.
+  const ttl = claims && o.unifiedIdentity ? o.unifiedIdentity.clampTtl(claims, o.x509SvidTtl) : o.x509SvidTtl;
+  const svid = o.issuer.mintX509(out.agentId, csrKey, ttl, [], claims ? [unifiedIdentityExtension(claims)] : undefined);
   const fields = {
     attestationType: out.attestationType,
     selectors: out.selectors,
@@ -45,7 +47,7 @@ async function finalizeAttestation(ctx: AgentApiContext, out: AttestationOutcome
     }
   }
   entries.forget(agentId);
-  if (claims) ctx.claimExpiry.schedule(agentId);
+  if (claims) ctx.claimExpiry.schedule(agentId, claims);
   return {
     spiffeId: agentId,
     svidChain: svid.certChain,

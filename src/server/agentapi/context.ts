@@ -13,6 +13,7 @@ import type { RateLimiter } from '../ratelimit.js';
 import type { TpmAttestor } from '../attestation/tpm.js';
 import type { KeylimeGate } from '../attestation/keylime.js';
 import type { UnifiedIdentityPipeline } from '../attestation/unified.js';
+import type { UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
 import type { AgentAuthenticator, AuthenticatedAgent } from './auth.js';
 import type { AuthorizedEntriesCache } from './entries.js';
 import { rpcError, toRpcError, type RpcError } from './status.js';
@@ -60,14 +61,15 @@ export class ClaimExpiry {
     private readonly watchHub: WatchHub,
   ) {}
 
-  schedule(agentId: string): void {
+  schedule(agentId: string, claims: UnifiedIdentityClaims): void {
     clearTimeout(this.timers.get(agentId));
     const ui = this.o.unifiedIdentity;
     if (!ui) return;
+    const expiry = ui.claimsExpiry(claims)?.getTime() ?? Date.now();
     const timer = setTimeout(() => {
       this.timers.delete(agentId);
-      this.watchHub.dropNode(agentId, `Unified Identity claims expired (unifiedIdentity.reattestInterval ${ui.reattestIntervalS} s); attest again`);
-    }, Math.min(ui.reattestIntervalS * 1000, 2 ** 31 - 1));
+      this.watchHub.dropNode(agentId, `Unified Identity claims expired (${ui.lifetimeKnob}); attest again`);
+    }, Math.min(Math.max(0, expiry - Date.now()), 2 ** 31 - 1));
     timer.unref();
     this.timers.set(agentId, timer);
   }

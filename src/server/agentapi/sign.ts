@@ -60,6 +60,11 @@ function nodeClaims(ctx: AgentApiContext, agent: AuthenticatedAgent): UnifiedIde
   return ctx.o.unifiedIdentity ? claimsOfNode(agent.node) : undefined;
 }
 
+/** The TTL for an SVID carrying `claims`: never past their expiry (the verdict behind them). */
+function ttlFor(ctx: AgentApiContext, claims: UnifiedIdentityClaims | undefined, ttlS: number): number {
+  return claims && ctx.o.unifiedIdentity ? ctx.o.unifiedIdentity.clampTtl(claims, ttlS) : ttlS;
+}
+
 /** Refuses an entry naming a location policy the node does not satisfy (flag on). */
 function checkEntryPolicy(ctx: AgentApiContext, agent: AuthenticatedAgent, entry: RegistrationEntry): void {
   const { o } = ctx;
@@ -109,7 +114,7 @@ export function batchNewX509Svid(ctx: AgentApiContext): grpc.handleUnaryCall<api
           }
           ids.set(entry.spiffeId, id);
         }
-        const svid = o.issuer.mintX509(id, key, entry.x509SvidTtl ?? o.x509SvidTtl, entry.dnsNames ?? [], extensions);
+        const svid = o.issuer.mintX509(id, key, ttlFor(ctx, claims, entry.x509SvidTtl ?? o.x509SvidTtl), entry.dnsNames ?? [], extensions);
         results.push({ entryId: p.entryId, svid: x509ToWire(svid), errorCode: 0, errorMessage: '' });
         ok++;
       } catch (err) {
@@ -150,7 +155,7 @@ export function newJwtSvid(ctx: AgentApiContext): grpc.handleUnaryCall<api.NewJw
     }
     const id = SpiffeId.parse(entry.spiffeId);
     const claims = nodeClaims(ctx, agent);
-    const jwt = await o.issuer.mintJwt(id, aud, entry.jwtSvidTtl ?? o.jwtSvidTtl, claims ? { [UNIFIED_IDENTITY_JWT_CLAIM]: unifiedIdentityJwtClaim(claims) } : undefined);
+    const jwt = await o.issuer.mintJwt(id, aud, ttlFor(ctx, claims, entry.jwtSvidTtl ?? o.jwtSvidTtl), claims ? { [UNIFIED_IDENTITY_JWT_CLAIM]: unifiedIdentityJwtClaim(claims) } : undefined);
     o.auditor.record({ action: 'sign_jwt_svid', caller: agentId, subject: entry.spiffeId, result: 'ok', details: { entry: entry.id, audience: aud } });
     return { spiffeId: entry.spiffeId, token: jwt.token, expiresAt: Math.floor(jwt.expiresAt.getTime() / 1000) };
   });

@@ -114,8 +114,8 @@ export class UnifiedIdentityPipeline {
    * verdict is never refreshed, so the claims must not outlive it).
    */
   readonly claimsLifetimeS: number;
-  /** Which knob bounds claimsLifetimeS (named in refusals). */
-  private readonly lifetimeKnob: string;
+  /** Which knob bounds claimsLifetimeS, with its value (named in refusals). */
+  readonly lifetimeKnob: string;
   readonly defaultPolicy: string;
   /** Stage durations of the last successful verification (benchmark, debugging). */
   lastStages: PipelineStages | undefined;
