@@ -47,6 +47,11 @@ export interface TestVerifierOptions {
   pullTimeoutMs?: number;
   /** Highest TLS version offered (default TLSv1.3). */
   maxTlsVersion?: 'TLSv1.2' | 'TLSv1.3';
+  /**
+   * Push revocation notifications to the nodes' quote endpoints when a node fails, as Keylime does
+   * with its default `[revocations] enabled_revocation_notifications = ['agent']`. Default true.
+   */
+  notifyRevocations?: boolean;
 }
 
 export interface AgentRecord {
@@ -93,7 +98,9 @@ const REQUIRED_AGENT_FIELDS = [
 export class TestKeylimeVerifier {
   /** Every failed verdict, in order: a test can check what Keylime decided after the node was re-enrolled. */
   readonly failedVerdicts: { id: string; state: number; lastEventId: string }[] = [];
-  readonly counters = { requests: 0, tlsSessions: 0, droppedUntrustedClients: 0, evidenceChecks: 0, quotesPulled: 0, pullErrors: 0 };
+  readonly counters = { requests: 0, tlsSessions: 0, droppedUntrustedClients: 0, evidenceChecks: 0, quotesPulled: 0, pullErrors: 0, notificationsSent: 0, notificationErrors: 0 };
+  /** When each revocation notification was sent (ms since the epoch), with the failed node's id. */
+  readonly notifications: { at: number; aboutId: string; toId: string; status: number | undefined }[] = [];
   readonly agents = new Map<string, AgentRecord>();
   /** TLS version of the last session. */
   lastTlsProtocol: string | null = null;
@@ -107,6 +114,8 @@ export class TestKeylimeVerifier {
   private readonly server: https.Server;
   private readonly sockets = new Set<Socket>();
   private readonly opts: Required<Omit<TestVerifierOptions, 'port' | 'maxTlsVersion'>>;
+  /** Set per test: whether failures are pushed to quote endpoints (see TestVerifierOptions.notifyRevocations). */
+  notifyRevocations: boolean;
   private up = false;
 
   private constructor(opts: TestVerifierOptions) {
@@ -116,8 +125,10 @@ export class TestKeylimeVerifier {
       retryIntervalMs: 200,
       maxRetries: 3,
       pullTimeoutMs: 2000,
+      notifyRevocations: true,
       ...opts,
     };
+    this.notifyRevocations = this.opts.notifyRevocations;
     // Client certificates are optional (requested, verified by us below), as on Keylime's verifier.
     this.server = https.createServer({
       cert: opts.cert, key: opts.key, ca: opts.clientCa, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2',
@@ -386,6 +397,8 @@ export class TestKeylimeVerifier {
         a.severityLevel = 6;
         a.failures = [{ type: 'agent.unreachable', context: (err as Error).message }];
         this.failedVerdicts.push({ id: a.id, state: 7, lastEventId: a.lastEventId });
+        // Keylime sends comm_error only for a node that had passed before.
+        if (a.attestationCount > 0) this.notifyAll(a, 'comm_error');
         return;
       }
       a.operationalState = 4;
@@ -403,6 +416,7 @@ export class TestKeylimeVerifier {
       a.lastEventId = failures[0]?.type ?? 'qoute_validation.quote_validation';
       a.severityLevel = 6;
       this.failedVerdicts.push({ id: a.id, state: 9, lastEventId: a.lastEventId });
+      this.notifyAll(a, 'revocation');
       return;
     }
     a.retries = 0;
@@ -434,6 +448,38 @@ export class TestKeylimeVerifier {
     });
     if (result.info !== undefined && result.failures.length === 0) a.clock = result.info.clockInfo;
     return result.failures;
+  }
+
+  /**
+   * Keylime's push on a failure (keylime/cloud_verifier_tornado.py invoke_notify_error, message from
+   * cloud_verifier_common.py prepare_error): POST /v{ver}/notifications/revocation to every node this
+   * verifier polls, the failed one included, over mTLS with its client certificate, pinning each
+   * node's mtls_cert; body {"msg": <JSON text>, "signature": ""} (unsigned: terroir enrolls no
+   * revocation_key). Fire and forget: Keylime only logs a non-200.
+   */
+  private notifyAll(failed: AgentRecord, type: 'revocation' | 'comm_error'): void {
+    if (!this.notifyRevocations) return;
+    const msg = JSON.stringify({
+      type, ip: failed.ip, agent_id: failed.id, port: failed.port, tpm_policy: failed.tpmPolicyText, meta_data: failed.metadata,
+      event_time: new Date().toUTCString(), event_id: failed.lastEventId ?? 'qoute_validation.quote_validation', severity_label: 'emergency',
+      context: JSON.stringify(failed.failures[0]?.context ?? {}),
+    });
+    const body = JSON.stringify({ msg, signature: '' });
+    for (const to of this.agents.values()) {
+      if (to.deleted) continue;
+      const req = https.request({
+        host: to.ip, port: to.port, path: `/v${to.supportedVersion}/notifications/revocation`, method: 'POST',
+        ca: to.mtlsCert, cert: this.opts.pullCert, key: this.opts.pullKey, minVersion: 'TLSv1.2', timeout: this.opts.pullTimeoutMs, agent: false,
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      }, (res) => {
+        res.resume();
+        this.counters.notificationsSent++;
+        this.notifications.push({ at: Date.now(), aboutId: failed.id, toId: to.id, status: res.statusCode });
+      });
+      req.on('timeout', () => req.destroy(new Error('notification timed out')));
+      req.on('error', () => { this.counters.notificationErrors++; });
+      req.end(body);
+    }
   }
 
   private pull(a: AgentRecord, nonce: string): Promise<Record<string, unknown>> {
