@@ -17,6 +17,12 @@ export interface LocationReading {
   lon: number;
   horizontalErrorM: number;
   attested: boolean;
+  /**
+   * How the reading reached the agent: `remote` when it was read from a sensor service on another host
+   * (a gpsd the operator explicitly allowed off loopback), which anyone on that network path can
+   * impersonate. Absent: local (serial device, loopback gpsd, Unix socket).
+   */
+  link?: 'remote';
   evidence?: unknown;
 }
 
@@ -38,6 +44,7 @@ export function assertValidReading(r: LocationReading): void {
     throw new InvalidReadingError(`${who}: time must be a valid Date`);
   }
   if (typeof r.attested !== 'boolean') throw new InvalidReadingError(`${who}: attested must be a boolean`);
+  if (r.link !== undefined && r.link !== 'remote') throw new InvalidReadingError(`${who}: link must be "remote" or absent`);
 }
 
 /** Throws InvalidReadingError unless lat ∈ [-90, 90] and lon ∈ [-180, 180] are finite numbers. */
@@ -59,6 +66,7 @@ export interface LocationReadingJson {
   lon: number;
   horizontalErrorM: number;
   attested: boolean;
+  link?: 'remote';
   evidence?: unknown;
 }
 
@@ -73,6 +81,7 @@ export function readingToJson(r: LocationReading): LocationReadingJson {
     horizontalErrorM: r.horizontalErrorM,
     attested: r.attested,
   };
+  if (r.link !== undefined) out.link = r.link;
   if (r.evidence !== undefined) out.evidence = r.evidence;
   return out;
 }
@@ -80,7 +89,7 @@ export function readingToJson(r: LocationReading): LocationReadingJson {
 // Exactly Date.prototype.toISOString's form, so parsing and re-serialising give the same bytes
 // (and the same claims digest).
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
-const KNOWN_FIELDS = new Set(['kind', 'sensorId', 'time', 'lat', 'lon', 'horizontalErrorM', 'attested', 'evidence']);
+const KNOWN_FIELDS = new Set(['kind', 'sensorId', 'time', 'lat', 'lon', 'horizontalErrorM', 'attested', 'link', 'evidence']);
 
 /**
  * Parses a reading received as JSON (e.g. from an agent), refusing anything malformed with an
@@ -108,6 +117,7 @@ export function readingFromJson(v: unknown): LocationReading {
     horizontalErrorM: o.horizontalErrorM,
     attested: o.attested,
   } as LocationReading;
+  if (o.link !== undefined) r.link = o.link as 'remote';
   if (o.evidence !== undefined) r.evidence = o.evidence;
   assertValidReading(r);
   return r;
