@@ -1,15 +1,25 @@
 import { borderMap, NO_TERRITORY, type CircleVerdict, type TerritoryIndex } from './borders.js';
 import { GeoError } from './errors.js';
 import type { LocationPolicy } from './policy.js';
-import { assertValidReading, type LocationReading } from './reading.js';
+import { assertLatLon, assertValidReading, type LocationReading } from './reading.js';
 import { distanceM } from './spherical.js';
+import { assuranceAtLeast, type LocationAssurance } from '../spiffe/unified-identity.js';
 
 /** What the mobile operator said about the node's SIM (see CamaraLocationVerifier). */
 export interface OperatorVerification {
   result: 'TRUE' | 'FALSE' | 'PARTIAL';
   matchRate?: number;
   lastLocationTime?: Date;
+  /**
+   * The circle the operator was asked about. TRUE proves only that the device is within `radiusM`
+   * of the centre, so the policy counts the answer only when that whole disk lies inside the allowed
+   * area. Without it the answer places the device nowhere and confirms nothing.
+   */
+  area?: { lat: number; lon: number; radiusM: number };
 }
+
+// The levels belong to the claims codec, which relying parties read too.
+export { assuranceAtLeast, LOCATION_ASSURANCE_LEVELS, type LocationAssurance } from '../spiffe/unified-identity.js';
 
 /** The coarse facts an SVID may carry about where its node is: never raw coordinates. */
 export interface CoarseLocationClaims {
@@ -19,6 +29,13 @@ export interface CoarseLocationClaims {
   sensorKinds: string[];
   /** ISO 8601 time of the oldest reading the decision rests on. */
   readingTime: string;
+  /** How the place was established (the strongest witness that placed the node inside the area and its country). */
+  assurance: LocationAssurance;
+  /**
+   * The witnesses that agreed, sorted: `node:<kind>` for the node's own sensors (`node:gnss-remote`
+   * when read over the network), `operator` for the mobile operator.
+   */
+  witnesses: string[];
 }
 
 export interface PolicyDecision {
@@ -43,6 +60,9 @@ interface Placed {
   verdict: CircleVerdict;
   territory: TerritoryIndex;
 }
+
+/** The sensor id an operator witness is reported under. */
+export const OPERATOR_WITNESS_ID = 'operator';
 
 /**
  * Decides whether the readings put the node inside the policy's area, under its sensor, age,
@@ -73,6 +93,10 @@ export function evaluatePolicy(policy: LocationPolicy, readings: LocationReading
       reasons.push(`${tag}: unattested reading ignored; policy ${policy.name} needs attested sensors`);
       continue;
     }
+    if (r.link === 'remote' && !policy.allowRemoteSensors) {
+      reasons.push(`${tag}: read from a sensor service over the network, ignored; policy ${policy.name} does not allow remote sensors (sensors.allowRemote)`);
+      continue;
+    }
     const ageS = (nowMs - r.time.getTime()) / 1000;
     if (ageS < -MAX_FUTURE_SKEW_S) {
       reasons.push(`${tag}: reading is ${Math.round(-ageS)} s in the future; check the sensor's clock`);
@@ -100,6 +124,59 @@ export function evaluatePolicy(policy: LocationPolicy, readings: LocationReading
     }
   }
 
+  // The operator's answer, as a witness of its own: TRUE (or PARTIAL at the policy's match rate) says
+  // the device is somewhere in the disk asked about, so it counts only where that whole disk is inside.
+  const op = ctx.operatorResult;
+  let operatorWitness: Placed | undefined;
+  if (op !== undefined) {
+    const opAgeS = op.lastLocationTime !== undefined ? (nowMs - op.lastLocationTime.getTime()) / 1000 : 0;
+    if (op.result !== 'TRUE' && op.result !== 'FALSE' && op.result !== 'PARTIAL') {
+      throw new GeoError('GEO_INVALID_CONTEXT', `operatorResult.result must be TRUE, FALSE or PARTIAL, got ${JSON.stringify(op.result)}`);
+    }
+    if (op.lastLocationTime !== undefined && (Number.isNaN(op.lastLocationTime.getTime()) || opAgeS < -MAX_FUTURE_SKEW_S)) {
+      throw new GeoError('GEO_INVALID_CONTEXT', 'operatorResult.lastLocationTime must be a valid time, not in the future');
+    }
+    if (opAgeS > policy.maxReadingAgeS) {
+      reasons.push(`mobile operator's location is ${Math.round(opAgeS)} s old; policy allows ${policy.maxReadingAgeS} s`);
+    } else if (op.result === 'FALSE') {
+      deny = true;
+      reasons.push('mobile operator reports the device outside the area');
+    } else {
+      const min = policy.operatorMinMatchRate;
+      const partialOk = op.result === 'PARTIAL' && min !== undefined && op.matchRate !== undefined && op.matchRate >= min;
+      if (op.result === 'PARTIAL' && !partialOk) {
+        reasons.push(`mobile operator reports only a partial match${op.matchRate !== undefined ? ` of ${op.matchRate} %` : ''}; policy ${min === undefined ? 'needs TRUE' : `needs ≥ ${min} %`}`);
+      } else if (op.area === undefined) {
+        reasons.push('mobile operator answer names no area, so it places the device nowhere');
+      } else {
+        assertLatLon(op.area.lat, op.area.lon, 'operatorResult.area');
+        if (!Number.isFinite(op.area.radiusM) || op.area.radiusM <= 0) throw new GeoError('GEO_INVALID_CONTEXT', 'operatorResult.area.radiusM must be a positive number');
+        const witness: LocationReading = {
+          kind: 'mobile', sensorId: OPERATOR_WITNESS_ID, time: op.lastLocationTime ?? ctx.now,
+          lat: op.area.lat, lon: op.area.lon, horizontalErrorM: op.area.radiusM, attested: true,
+        };
+        const placed = place(policy, witness);
+        const what = op.result === 'TRUE' ? 'confirms the device' : `reports a partial match of ${op.matchRate} % (policy accepts ≥ ${min} %) for the device`;
+        if (placed.verdict === 'inside') {
+          operatorWitness = placed;
+          accepted.push(placed);
+          reasons.push(`mobile operator ${what} within ${round(op.area.radiusM)} m of the node's fix, a disk inside the allowed area`);
+        } else if (placed.verdict === 'outside') {
+          deny = true;
+          reasons.push(`mobile operator ${what} within ${round(op.area.radiusM)} m of the node's fix, a disk outside the allowed area`);
+        } else {
+          reasons.push(`mobile operator ${what} within ${round(op.area.radiusM)} m of the node's fix, but that disk crosses the border of the allowed area: it does not place the device inside`);
+        }
+      }
+    }
+  }
+  if (policy.operatorRequired && operatorWitness === undefined) {
+    undecided = true;
+    reasons.push(op === undefined
+      ? `policy ${policy.name} requires mobile-operator verification; none was performed`
+      : `policy ${policy.name} requires the mobile operator to place the device inside the area; its answer does not`);
+  }
+
   if (policy.maxSensorDistanceM !== undefined) {
     for (let i = 0; i < accepted.length; i++) {
       for (let j = i + 1; j < accepted.length; j++) {
@@ -122,7 +199,9 @@ export function evaluatePolicy(policy: LocationPolicy, readings: LocationReading
   for (const kind of policy.requiredSensorKinds) {
     if (!inside.some((p) => p.reading.kind === kind && p.reading.attested)) {
       undecided = true;
-      reasons.push(`policy ${policy.name} requires an attested ${kind} reading inside the area; none qualifies`);
+      reasons.push(kind === 'mobile'
+        ? `policy ${policy.name} requires the mobile operator to place the device inside the area; none did`
+        : `policy ${policy.name} requires an attested ${kind} reading inside the area; none qualifies`);
     }
   }
   // Agreement counts sensors, not readings: one receiver reporting twice is still one witness.
@@ -130,32 +209,6 @@ export function evaluatePolicy(policy: LocationPolicy, readings: LocationReading
   if (witnesses < policy.minAgreeingSensors) {
     undecided = true;
     reasons.push(`${witnesses} sensor(s) with a usable reading inside the area; policy ${policy.name} needs ${policy.minAgreeingSensors}`);
-  }
-
-  if (policy.operatorRequired) {
-    const op = ctx.operatorResult;
-    if (op === undefined) {
-      undecided = true;
-      reasons.push(`policy ${policy.name} requires mobile-operator verification; none was performed`);
-    } else if (op.lastLocationTime !== undefined && (nowMs - op.lastLocationTime.getTime()) / 1000 > policy.maxReadingAgeS) {
-      undecided = true;
-      reasons.push(`mobile operator's location is ${Math.round((nowMs - op.lastLocationTime.getTime()) / 1000)} s old; policy allows ${policy.maxReadingAgeS} s`);
-    } else if (op.result === 'FALSE') {
-      deny = true;
-      reasons.push('mobile operator reports the device outside the area');
-    } else if (op.result === 'PARTIAL') {
-      const min = policy.operatorMinMatchRate;
-      if (min !== undefined && op.matchRate !== undefined && op.matchRate >= min) {
-        reasons.push(`mobile operator reports a partial match of ${op.matchRate} % (policy accepts ≥ ${min} %)`);
-      } else {
-        undecided = true;
-        reasons.push(`mobile operator reports only a partial match${op.matchRate !== undefined ? ` of ${op.matchRate} %` : ''}; policy ${min === undefined ? 'needs TRUE' : `needs ≥ ${min} %`}`);
-      }
-    } else if (op.result === 'TRUE') {
-      reasons.push('mobile operator confirms the device is in the area');
-    } else {
-      throw new GeoError('GEO_INVALID_CONTEXT', `operatorResult.result must be TRUE, FALSE or PARTIAL, got ${JSON.stringify(op.result)}`);
-    }
   }
 
   let claims: CoarseLocationClaims | undefined;
@@ -171,18 +224,55 @@ export function evaluatePolicy(policy: LocationPolicy, readings: LocationReading
     } else {
       let oldest = inside[0]!.reading.time;
       for (const p of inside) if (p.reading.time < oldest) oldest = p.reading.time;
+      const assurance = assuranceOf(operatorWitness, code, reasons);
       claims = {
         country: code,
         policy: policy.name,
         sensorKinds: [...new Set(inside.map((p) => p.reading.kind))].sort(),
         readingTime: oldest.toISOString(),
+        assurance,
+        witnesses: [...new Set(inside.map((p) => witnessName(p.reading)))].sort(),
       };
       const region = policy.territoryRegion[inside[0]!.territory];
       if (region !== undefined) claims.region = region;
+      if (!assuranceAtLeast(assurance, policy.minAssurance)) {
+        undecided = true;
+        reasons.push(`the location is ${assurance}; policy ${policy.name} needs at least ${policy.minAssurance}`);
+        claims = undefined;
+      }
+      const names = claims?.witnesses ?? [];
+      const missing = policy.requiredWitnesses.filter((w) => !names.some((n) => (w === 'operator' ? n === OPERATOR_WITNESS_ID : n.startsWith('node:'))));
+      if (claims !== undefined && missing.length > 0) {
+        undecided = true;
+        reasons.push(`policy ${policy.name} requires witness(es) ${missing.join(', ')}; the location rests on ${claims.witnesses.join(', ')}`);
+        claims = undefined;
+      }
     }
   }
   const decision = deny ? 'deny' : undecided ? 'undecided' : 'allow';
   return decision === 'allow' ? { allowed: true, decision, reasons, claims } : { allowed: false, decision, reasons };
+}
+
+/** How a reading witnessed the location, as the claims name it. */
+function witnessName(r: LocationReading): string {
+  if (r.kind === 'mobile') return OPERATOR_WITNESS_ID;
+  return `node:${r.kind}${r.link === 'remote' ? '-remote' : ''}`;
+}
+
+/**
+ * `operator-witnessed` when the operator's disk lies inside the allowed area and inside the claimed
+ * country too (the claims name both); otherwise the place rests on the node's own sensors.
+ */
+function assuranceOf(operator: Placed | undefined, country: string, reasons: string[]): LocationAssurance {
+  if (operator === undefined) return 'self-reported';
+  const r = operator.reading;
+  const map = borderMap();
+  // A country can be several territories in the border map (e.g. its overseas parts).
+  const only = new Uint8Array(map.territories.length);
+  map.territories.forEach((t, i) => { if (t.code === country) only[i] = 1; });
+  if (map.classifyCircle(r.lat, r.lon, r.horizontalErrorM, only).verdict === 'inside') return 'operator-witnessed';
+  reasons.push('the operator\'s disk is inside the allowed area but crosses a national border: the country rests on the node\'s own sensors');
+  return 'self-reported';
 }
 
 function place(policy: LocationPolicy, r: LocationReading): Placed {

@@ -50,11 +50,17 @@ const policySchema = z
         required: z.array(z.enum(['gnss', 'mobile'])).max(2).default([]),
         minAgreeing: z.int().min(1).max(16).default(1),
         allowUnattested: z.boolean().default(false),
+        /** Readings a node took from a sensor service over the network (link: remote) count only when true. */
+        allowRemote: z.boolean().default(false),
       })
       .refine((s) => !(s.allowUnattested && s.required.length > 0), {
         error: 'allowUnattested cannot be combined with required sensor kinds: a required sensor must be attested',
       })
-      .default({ required: [], minAgreeing: 1, allowUnattested: false }),
+      .default({ required: [], minAgreeing: 1, allowUnattested: false, allowRemote: false }),
+    /** The weakest way of establishing the place this policy accepts (docs/unified-identity.md "Assurance"). */
+    minAssurance: z.enum(['self-reported', 'operator-witnessed', 'latency-bounded']).default('self-reported'),
+    /** Witnesses that must each have placed the node inside the area: `node` (its own sensors), `operator`. */
+    requireWitnesses: z.array(z.enum(['node', 'operator'])).max(2).default([]),
     maxReadingAgeS: z.number().positive().max(7 * 86400).default(300),
     maxHorizontalErrorM: z.number().positive().max(1_000_000).default(1000),
     maxSensorDistanceM: z.number().positive().max(20_000_000).optional(),
@@ -85,6 +91,9 @@ export interface LocationPolicy {
   readonly maxSensorDistanceM?: number;
   readonly operatorRequired: boolean;
   readonly operatorMinMatchRate?: number;
+  readonly allowRemoteSensors: boolean;
+  readonly minAssurance: 'self-reported' | 'operator-witnessed' | 'latency-bounded';
+  readonly requiredWitnesses: readonly ('node' | 'operator')[];
   /** allowedTerritories[t] === 1 when border-map territory t is in the allowed countries/regions; null when the policy names none. */
   readonly allowedTerritories: Uint8Array | null;
   /** For each border-map territory, the first of `regions` it belongs to (for the claims). */
@@ -176,8 +185,12 @@ export function parsePolicies(text: string): PolicySet {
       maxReadingAgeS: p.maxReadingAgeS,
       maxHorizontalErrorM: p.maxHorizontalErrorM,
       maxSensorDistanceM: p.maxSensorDistanceM,
-      operatorRequired: p.operator.required,
+      // Requiring the operator as a witness is requiring its check.
+      operatorRequired: p.operator.required || p.requireWitnesses.includes('operator') || p.minAssurance === 'operator-witnessed',
       operatorMinMatchRate: p.operator.minMatchRate,
+      allowRemoteSensors: p.sensors.allowRemote,
+      minAssurance: p.minAssurance,
+      requiredWitnesses: p.requireWitnesses,
       allowedTerritories: countries.length + regions.length > 0 ? compileTerritories(countries, regions) : null,
       territoryRegion: borderMap().territories.map((t) => regions.find((r) => territoryInRegion(t, r))),
     });

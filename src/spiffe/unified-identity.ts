@@ -22,6 +22,21 @@ const MAX_DEPTH = 4;
 
 export type UnifiedIdentityErrorCode = 'invalid-claims' | 'too-large' | 'malformed-extension' | 'not-canonical' | 'duplicate-extension';
 
+/**
+ * How the location in the claims was established, weakest first (docs/unified-identity.md "Assurance"):
+ * `self-reported` — the node's own sensors, bound to its attested TPM quote: it proves which node said
+ * it and that its software was intact, not where its antenna was; `operator-witnessed` — the mobile
+ * operator placed the node's SIM in a disk that lies inside the area and the country;
+ * `latency-bounded` — landmarks bounded the node's distance by the speed of light.
+ */
+export type LocationAssurance = 'self-reported' | 'operator-witnessed' | 'latency-bounded';
+export const LOCATION_ASSURANCE_LEVELS: readonly LocationAssurance[] = ['self-reported', 'operator-witnessed', 'latency-bounded'];
+
+/** Whether `have` is at least `want` (LOCATION_ASSURANCE_LEVELS' order). */
+export function assuranceAtLeast(have: LocationAssurance, want: LocationAssurance): boolean {
+  return LOCATION_ASSURANCE_LEVELS.indexOf(have) >= LOCATION_ASSURANCE_LEVELS.indexOf(want);
+}
+
 /** A Unified Identity claims document or its encoding is malformed. */
 export class UnifiedIdentityError extends SpiffeError<UnifiedIdentityErrorCode> {}
 
@@ -37,6 +52,10 @@ export interface UnifiedIdentityClaims {
   /** Id of the sovereign-location policy the node satisfied. */
   policy?: string;
   sensorKinds?: string[];
+  /** How the location was established; absent in claims minted before it existed (read as self-reported). */
+  assurance?: LocationAssurance;
+  /** The witnesses that placed the node inside the area: `node:<kind>`, `node:<kind>-remote`, `operator`. */
+  witnesses?: string[];
   [member: string]: unknown;
 }
 
@@ -171,11 +190,15 @@ function checkClaims(v: unknown): asserts v is UnifiedIdentityClaims {
   for (const k of ['region', 'policy'] as const) {
     if (k in c && (typeof c[k] !== 'string' || c[k] === '')) throw new UnifiedIdentityError('invalid-claims', `claim "${k}" must be a non-empty string`);
   }
-  if ('sensorKinds' in c) {
-    const s = c['sensorKinds'];
+  for (const k of ['sensorKinds', 'witnesses'] as const) {
+    if (!(k in c)) continue;
+    const s = c[k];
     if (!Array.isArray(s) || !s.every((x) => typeof x === 'string')) {
-      throw new UnifiedIdentityError('invalid-claims', 'claim "sensorKinds" must be an array of strings');
+      throw new UnifiedIdentityError('invalid-claims', `claim "${k}" must be an array of strings`);
     }
+  }
+  if ('assurance' in c && !LOCATION_ASSURANCE_LEVELS.includes(c['assurance'] as LocationAssurance)) {
+    throw new UnifiedIdentityError('invalid-claims', `claim "assurance" must be one of ${LOCATION_ASSURANCE_LEVELS.join(', ')}`);
   }
   checkJson(c, '$', 0);
 }

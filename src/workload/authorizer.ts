@@ -5,6 +5,7 @@
 import { SpiffeId, TrustDomain } from '../spiffe/id.js';
 import type { ValidatedJwtSvid } from '../spiffe/jwtsvid.js';
 import {
+  assuranceAtLeast, LOCATION_ASSURANCE_LEVELS, type LocationAssurance,
   DEVELOPMENT_STAND_IN_VERIFIER, unifiedIdentityFromCertificate, unifiedIdentityFromJwtClaims, UnifiedIdentityError, type UnifiedIdentityClaims,
 } from '../spiffe/unified-identity.js';
 import type { VerifiedX509Svid } from '../spiffe/x509svid.js';
@@ -81,6 +82,13 @@ export interface UnifiedIdentityRequirement {
   regions?: string[];
   policies?: string[];
   /**
+   * The weakest way of establishing the location accepted (default: any). Claims without an
+   * `assurance` (minted before it existed) count as `self-reported`.
+   */
+  minAssurance?: LocationAssurance;
+  /** Witnesses that must all be among the claims' `witnesses`, e.g. ['operator']. */
+  requireWitnesses?: string[];
+  /**
    * Accept claims whose `verifier` is the development Keylime stand-in (demos and tests only).
    * Default false: such claims were never checked by a Keylime verifier.
    */
@@ -99,6 +107,10 @@ export function authorizeUnifiedIdentity(req: UnifiedIdentityRequirement): Autho
   if (countries === undefined && regions === undefined && policies === undefined) {
     throw new WorkloadError('invalid-argument', 'authorizeUnifiedIdentity needs at least one of countries, regions or policies');
   }
+  if (req.minAssurance !== undefined && !LOCATION_ASSURANCE_LEVELS.includes(req.minAssurance)) {
+    throw new WorkloadError('invalid-argument', `minAssurance must be one of ${LOCATION_ASSURANCE_LEVELS.join(', ')}`);
+  }
+  const witnesses = listOf(req?.requireWitnesses, 'requireWitnesses');
   if (countries !== undefined && ![...countries].every((c) => /^[A-Z]{2}$/.test(c))) {
     throw new WorkloadError('invalid-argument', 'countries must be ISO 3166-1 alpha-2 codes in upper case, e.g. "DE"');
   }
@@ -112,6 +124,17 @@ export function authorizeUnifiedIdentity(req: UnifiedIdentityRequirement): Autho
     check(peer, claims, 'country', countries);
     check(peer, claims, 'region', regions);
     check(peer, claims, 'policy', policies);
+    if (req.minAssurance !== undefined) {
+      const have = claims.assurance ?? 'self-reported';
+      if (!assuranceAtLeast(have, req.minAssurance)) {
+        throw new AuthorizationError(`peer ${peer.id.toString()}'s location is ${have}; ${req.minAssurance} or better is required`);
+      }
+    }
+    for (const w of witnesses ?? []) {
+      if (!(claims.witnesses ?? []).includes(w)) {
+        throw new AuthorizationError(`peer ${peer.id.toString()}'s location was not witnessed by ${w} (witnesses: ${(claims.witnesses ?? []).join(', ') || 'none named'})`);
+      }
+    }
   };
 }
 

@@ -221,7 +221,7 @@ policies:
     const verdict = await v.verify({ phoneNumber: '+4915112345678' }, area, { maxAgeS: 120 });
     const mobile = mobileReading(verdict, area, 'operator:test');
     expect(mobile).not.toBeNull();
-    const d = evaluatePolicy(policies.get('de-gnss-operator'), [gnss, mobile!], { now: nowDate, operatorResult: verdict });
+    const d = evaluatePolicy(policies.get('de-gnss-operator'), [gnss, mobile!], { now: nowDate, operatorResult: { ...verdict, area } });
     expect(d).toMatchObject({ decision: 'allow', claims: { country: 'DE', sensorKinds: ['gnss', 'mobile'], policy: 'de-gnss-operator' } });
     // The same node whose SIM the operator places 20 km away is denied.
     const far = await v.verify({ phoneNumber: '+4915112345678' }, { lat: FRA.lat + 0.18, lon: FRA.lon, radiusM: 2000 });

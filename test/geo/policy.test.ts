@@ -114,43 +114,52 @@ describe('parsePolicies', () => {
 });
 
 describe('evaluatePolicy', () => {
-  const op = { result: 'TRUE' as const, lastLocationTime: now };
+  // The operator is asked about a 50 m circle around the node's fix; its TRUE is the mobile witness.
+  const area = { ...FRA, radiusM: 50 };
+  const op = { result: 'TRUE' as const, lastLocationTime: now, area };
   const mobile = reading({ kind: 'mobile', sensorId: 'operator', horizontalErrorM: 50 });
 
   it('allows when every rule holds, with coarse claims and every reason', () => {
-    const d = evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now, operatorResult: op });
+    const d = evaluatePolicy(set.get('eu-strict'), [reading()], { now, operatorResult: op });
     expect(d).toEqual({
       allowed: true,
       decision: 'allow',
-      reasons: expect.arrayContaining(['gnss sensor gps0: inside the allowed area (in DE)', 'mobile operator confirms the device is in the area']),
-      claims: { country: 'DE', region: 'EU', policy: 'eu-strict', sensorKinds: ['gnss', 'mobile'], readingTime: '2026-11-22T11:59:50.000Z' },
+      reasons: expect.arrayContaining(['gnss sensor gps0: inside the allowed area (in DE)', "mobile operator confirms the device within 50 m of the node's fix, a disk inside the allowed area"]),
+      claims: {
+        country: 'DE', region: 'EU', policy: 'eu-strict', sensorKinds: ['gnss', 'mobile'], readingTime: '2026-11-22T11:59:50.000Z',
+        assurance: 'operator-witnessed', witnesses: ['node:gnss', 'operator'],
+      },
     });
     // Never raw coordinates: not in the claims, not in the reasons.
     expect(JSON.stringify(d)).not.toMatch(/50\.11|8\.68/);
   });
 
   it('is undecided when a required kind or the operator check is missing', () => {
-    const noMobile = evaluatePolicy(set.get('eu-strict'), [reading()], { now, operatorResult: op });
+    const noMobile = evaluatePolicy(set.get('eu-strict'), [reading()], { now });
     expect(noMobile).toMatchObject({ allowed: false, decision: 'undecided' });
-    expect(noMobile.reasons).toContain('policy eu-strict requires an attested mobile reading inside the area; none qualifies');
+    expect(noMobile.reasons).toContain('policy eu-strict requires the mobile operator to place the device inside the area; none did');
     expect(noMobile.reasons).toContain('1 sensor(s) with a usable reading inside the area; policy eu-strict needs 2');
+    expect(noMobile.reasons).toContain('policy eu-strict requires mobile-operator verification; none was performed');
     expect(noMobile.claims).toBeUndefined();
-    const noOp = evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now });
     // Two readings from the same receiver are one witness, not two agreeing sensors.
-    const twice = evaluatePolicy(set.get('eu-strict'), [reading(), reading(), mobile], { now, operatorResult: op });
+    const twice = evaluatePolicy(set.get('eu-strict'), [reading(), reading()], { now, operatorResult: op });
     expect(twice.decision).toBe('allow');
-    const sameSensor = evaluatePolicy(set.get('eu-strict'), [reading(), reading({ kind: 'mobile', sensorId: 'gps0' })], { now, operatorResult: op });
-    expect(sameSensor).toMatchObject({ decision: 'undecided', reasons: expect.arrayContaining(['1 sensor(s) with a usable reading inside the area; policy eu-strict needs 2']) });
-    expect(noOp).toMatchObject({ decision: 'undecided', reasons: expect.arrayContaining([expect.stringMatching(/requires mobile-operator verification/)]) });
+    // An operator answer that names no area places the device nowhere.
+    const noArea = evaluatePolicy(set.get('eu-strict'), [reading()], { now, operatorResult: { result: 'TRUE', lastLocationTime: now } });
+    expect(noArea).toMatchObject({ decision: 'undecided', reasons: expect.arrayContaining(['mobile operator answer names no area, so it places the device nowhere']) });
+    // A library caller's own mobile reading still counts (the server never accepts one from a node).
+    expect(evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now, operatorResult: op }).decision).toBe('allow');
   });
 
   it('handles operator FALSE (deny) and PARTIAL against minMatchRate', () => {
-    expect(evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now, operatorResult: { result: 'FALSE' } }).decision).toBe('deny');
-    expect(evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now, operatorResult: { result: 'PARTIAL', matchRate: 85 } }).decision).toBe('allow');
-    const low = evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now, operatorResult: { result: 'PARTIAL', matchRate: 60 } });
+    expect(evaluatePolicy(set.get('eu-strict'), [reading()], { now, operatorResult: { result: 'FALSE', area } }).decision).toBe('deny');
+    expect(evaluatePolicy(set.get('eu-strict'), [reading()], { now, operatorResult: { result: 'PARTIAL', matchRate: 85, area } }).decision).toBe('allow');
+    const low = evaluatePolicy(set.get('eu-strict'), [reading()], { now, operatorResult: { result: 'PARTIAL', matchRate: 60, area } });
     expect(low.decision).toBe('undecided');
     expect(low.reasons).toContain('mobile operator reports only a partial match of 60 %; policy needs ≥ 80 %');
-    const stale = evaluatePolicy(set.get('eu-strict'), [reading(), mobile], { now, operatorResult: { result: 'TRUE', lastLocationTime: new Date(now.getTime() - 600_000) } });
+    // FALSE is evidence against the node even where the policy does not require the operator.
+    expect(evaluatePolicy(set.get('dev'), [reading()], { now, operatorResult: { result: 'FALSE', area } }).decision).toBe('deny');
+    const stale = evaluatePolicy(set.get('eu-strict'), [reading()], { now, operatorResult: { result: 'TRUE', lastLocationTime: new Date(now.getTime() - 600_000), area } });
     expect(stale).toMatchObject({ decision: 'undecided', reasons: expect.arrayContaining(["mobile operator's location is 600 s old; policy allows 60 s"]) });
   });
 

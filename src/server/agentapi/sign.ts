@@ -65,10 +65,18 @@ function ttlFor(ctx: AgentApiContext, claims: UnifiedIdentityClaims | undefined,
   return claims && ctx.o.unifiedIdentity ? ctx.o.unifiedIdentity.clampTtl(claims, ttlS) : ttlS;
 }
 
-/** Refuses an entry naming a location policy the node does not satisfy (flag on). */
+/**
+ * Refuses an entry naming a location policy the node does not satisfy. With the flag off there is no
+ * location evidence at all, so such an entry is never signed (one server of an HA pair still on the
+ * old setting, or a rollback, must not hand out an identity the entry restricts to a place).
+ */
 function checkEntryPolicy(ctx: AgentApiContext, agent: AuthenticatedAgent, entry: RegistrationEntry): void {
   const { o } = ctx;
-  if (!o.unifiedIdentity || entry.locationPolicy === undefined) return;
+  if (entry.locationPolicy === undefined) return;
+  if (!o.unifiedIdentity) {
+    throw rpcError(grpc.status.PERMISSION_DENIED, `entry ${entry.id} names location policy ${entry.locationPolicy} but Unified Identity is off on this server `
+      + '(UNIFIED_IDENTITY_ENABLED): no node has location evidence here, so the entry is not signed; turn the flag on, or remove the entry\'s locationPolicy');
+  }
   const why = o.unifiedIdentity.signingRefusal(agent.node, entry.locationPolicy);
   if (why !== undefined) throw rpcError(grpc.status.PERMISSION_DENIED, `entry ${entry.id}: ${why}`);
 }

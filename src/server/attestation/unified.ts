@@ -255,6 +255,9 @@ export class UnifiedIdentityPipeline {
       ...(decision.claims.region !== undefined ? { region: decision.claims.region } : {}),
       policy: decision.claims.policy,
       sensorKinds: decision.claims.sensorKinds,
+      // How the place was established: the node's word unless a witness placed it (docs/unified-identity.md).
+      assurance: decision.claims.assurance,
+      witnesses: decision.claims.witnesses,
       readingTime: decision.claims.readingTime,
       pcrDigest: quoteInfo.pcrDigest.toString('hex'),
       // Relying parties can tell (and authorizeUnifiedIdentity refuses by default) evidence that only
@@ -365,7 +368,10 @@ export class UnifiedIdentityPipeline {
     const s = this.operator.settings;
     const deviceKind = 'phoneNumber' in device ? 'phoneNumber' : 'ipv4Address';
     try {
-      const result = await this.operator.client.verify(device as CamaraDevice, { lat: gnss.lat, lon: gnss.lon, radiusM: s.radiusM }, s.maxAgeS !== undefined ? { maxAgeS: s.maxAgeS } : {});
+      const area = { lat: gnss.lat, lon: gnss.lon, radiusM: s.radiusM };
+      const answer = await this.operator.client.verify(device as CamaraDevice, area, s.maxAgeS !== undefined ? { maxAgeS: s.maxAgeS } : {});
+      // The policy counts a TRUE only where this whole disk lies inside its area.
+      const result: OperatorVerification = { ...answer, area };
       return {
         result,
         audit: {
@@ -479,10 +485,26 @@ export function parseClaimsDocument(doc: Buffer): LocationReading[] {
   // The digest binds these exact bytes; a second spelling of the same JSON would be a second document.
   if (!canonical.equals(doc)) throw bad('is not in RFC 8785 canonical form');
   return rs.map((r, i) => {
+    let reading: LocationReading;
     try {
-      return readingFromJson(r);
+      reading = readingFromJson(r);
     } catch (err) {
       throw bad(`readings[${i}]: ${(err as Error).message}`);
     }
+    const why = unproducible(reading);
+    if (why !== undefined) throw new AttestationError('permission_denied', `unified_identity.claims_document readings[${i}] (sensor ${reading.sensorId.slice(0, 64)}): ${why}; attestation refused`);
+    return reading;
   });
+}
+
+/**
+ * Why no agent can have produced this reading (undefined: one can). A node's document carries what
+ * its own sensors read: GNSS receivers (gpsd, NMEA: `gnss`, attested hardware) and configured
+ * positions (`static`, never attested). Mobile-network positions come only from the operator, which
+ * the server asks itself; a node claiming one, or an attested configured position, is lying.
+ */
+function unproducible(r: LocationReading): string | undefined {
+  if (r.kind === 'mobile') return 'a mobile-network reading cannot come from a node (the server asks the operator itself)';
+  if (r.kind === 'static' && r.attested) return 'a static (configured) position is never attested';
+  return undefined;
 }
