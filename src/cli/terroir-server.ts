@@ -208,6 +208,8 @@ function reportBatch(results: EntryResult[], verb: string, out: OutputFormat, io
     const which = r.entry?.id || r.entry?.spiffeId || '';
     io.err(`Failed to ${verb} entry${which ? ` ${which}` : ''}: ${r.status.message}\n`);
   }
+  // A success the server qualified (e.g. an entry that will not be signed while a flag is off).
+  for (const r of results) if (r.status.code === 0 && r.status.message !== 'OK' && r.status.message !== '') io.err(`Warning: ${r.status.message}\n`);
   return failed.length > 0 ? 1 : 0;
 }
 

@@ -203,6 +203,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
         void keylime?.evict(id);
       },
       onEntriesChanged: () => void agentService.watchHub.poll(),
+      locationPoliciesEnforced: unifiedIdentity !== undefined,
     });
     const admin = await startAdminServer(config.adminApi.socketPath, adminService, { logger: logger.child({ component: 'admin' }) });
     cleanups.push(() => admin.close());

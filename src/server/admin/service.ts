@@ -48,6 +48,11 @@ export interface AdminServiceDeps {
   onNodeEvicted?: (spiffeId: string) => void;
   /** Called after a federated bundle is set or deleted. */
   onFederatedBundlesChanged?: () => void;
+  /**
+   * Whether this server evaluates location policies (Unified Identity on). When false, an entry saved
+   * with a locationPolicy is stored but answered with a warning: it is never signed until the flag is on.
+   */
+  locationPoliciesEnforced?: boolean;
 }
 
 /** A refusal the transport turns into a gRPC status with this message. */
@@ -99,10 +104,10 @@ function toApiBundle(b: Bundle): ApiBundle {
 }
 
 /** Per-item results; a failed item echoes what identifies it (id, SPIFFE ID, parent) so callers can say which. */
-function batchResults(results: BatchResult<RegistrationEntry>[], echo: Partial<ApiEntry>[]): AdminMethods['BatchCreateEntry'][1] {
+function batchResults(results: BatchResult<RegistrationEntry>[], echo: Partial<ApiEntry>[], warn?: (e: RegistrationEntry) => string | undefined): AdminMethods['BatchCreateEntry'][1] {
   return {
     results: results.map((r, i) => r.ok
-      ? { status: { code: GrpcStatus.OK, message: 'OK' }, entry: toApiEntry(r.value) }
+      ? { status: { code: GrpcStatus.OK, message: warn?.(r.value) ?? 'OK' }, entry: toApiEntry(r.value) }
       : { status: { code: STORE_TO_GRPC[r.code], message: r.message }, entry: { ...EMPTY_ENTRY, ...echo[i] } }),
   };
 }
@@ -142,6 +147,14 @@ export function createAdminService(deps: AdminServiceDeps): AdminService {
   const entriesChanged = (results: BatchResult<unknown>[]): void => {
     if (results.some((r) => r.ok)) deps.onEntriesChanged?.();
   };
+  // Saved, but never signed while the flag is off: say so to whoever saved it, and in the log.
+  const policyWarning = (e: RegistrationEntry): string | undefined => {
+    if (e.locationPolicy === undefined || deps.locationPoliciesEnforced !== false) return undefined;
+    const warning = `OK, with a warning: entry ${e.id} names location policy ${e.locationPolicy} but Unified Identity is off on this server `
+      + '(UNIFIED_IDENTITY_ENABLED): it will not be signed for any node until the flag is on';
+    deps.logger.warn({ entry: e.id, locationPolicy: e.locationPolicy }, warning);
+    return warning;
+  };
 
   const handlers: AdminHandlers = {
     async BatchCreateEntry(req) {
@@ -155,7 +168,7 @@ export function createAdminService(deps: AdminServiceDeps): AdminService {
       });
       const results = await store.createEntries(entries, { allOrNothing: req.allOrNothing ?? false });
       entriesChanged(results);
-      return batchResults(results, entries.map((e) => ({ id: e.id ?? '', spiffeId: e.spiffeId, parentId: e.parentId })));
+      return batchResults(results, entries.map((e) => ({ id: e.id ?? '', spiffeId: e.spiffeId, parentId: e.parentId })), policyWarning);
     },
 
     async BatchUpdateEntry(req) {
@@ -169,7 +182,7 @@ export function createAdminService(deps: AdminServiceDeps): AdminService {
       });
       const results = await store.updateEntries(updates, { allOrNothing: req.allOrNothing ?? false });
       entriesChanged(results);
-      return batchResults(results, updates.map((u) => ({ id: u.id })));
+      return batchResults(results, updates.map((u) => ({ id: u.id })), policyWarning);
     },
 
     async BatchDeleteEntry(req) {

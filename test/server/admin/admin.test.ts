@@ -251,3 +251,20 @@ describe('admin socket safety', () => {
     c.close();
   });
 });
+
+describe('admin API on a server with Unified Identity off', () => {
+  it('saves an entry naming a location policy, but warns that it will not be signed (flag off is not a bypass)', async () => {
+    const fx = await startAdminFixture({ locationPoliciesEnforced: false });
+    const client = new AdminClient(fx.socketPath);
+    try {
+      const res = await client.call('BatchCreateEntry', { entries: [entry('/eu', { locationPolicy: 'eu-only' }), entry('/plain')] });
+      expect(res.results.map((r) => r.status.code)).toEqual([status.OK, status.OK]);
+      expect(res.results[0]!.status.message).toMatch(/names location policy eu-only but Unified Identity is off on this server \(UNIFIED_IDENTITY_ENABLED\): it will not be signed/);
+      expect(res.results[1]!.status.message).toBe('OK');
+      expect(fx.logs.some((l) => l['level'] === 40 && String(l['msg']).includes('names location policy eu-only'))).toBe(true);
+    } finally {
+      client.close();
+      await fx.close();
+    }
+  });
+});

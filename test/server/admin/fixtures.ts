@@ -29,7 +29,7 @@ export interface AdminFixture {
   close(): Promise<void>;
 }
 
-export async function startAdminFixture(): Promise<AdminFixture> {
+export async function startAdminFixture(opts: { locationPoliciesEnforced?: boolean } = {}): Promise<AdminFixture> {
   const { dir, cleanup } = tempDir('terroir-admin-');
   const socketPath = path.join(dir, 'private', 'api.sock');
   const dbPath = path.join(dir, 'datastore.sqlite3');
@@ -52,6 +52,7 @@ export async function startAdminFixture(): Promise<AdminFixture> {
     store, trustDomain: TD, logger, bundleProvider: () => bundle,
     onEntriesChanged: () => { fx.entriesChanged++; },
     onNodeEvicted: (id) => { fx.evicted.push(id); },
+    ...(opts.locationPoliciesEnforced !== undefined ? { locationPoliciesEnforced: opts.locationPoliciesEnforced } : {}),
   });
   fx.server = await startAdminServer(socketPath, service, { logger });
   return fx;
