@@ -266,13 +266,23 @@ function witnessName(r: LocationReading): string {
 function assuranceOf(operator: Placed | undefined, country: string, reasons: string[]): LocationAssurance {
   if (operator === undefined) return 'self-reported';
   const r = operator.reading;
-  const map = borderMap();
-  // A country can be several territories in the border map (e.g. its overseas parts).
-  const only = new Uint8Array(map.territories.length);
-  map.territories.forEach((t, i) => { if (t.code === country) only[i] = 1; });
-  if (map.classifyCircle(r.lat, r.lon, r.horizontalErrorM, only).verdict === 'inside') return 'operator-witnessed';
+  if (borderMap().classifyCircle(r.lat, r.lon, r.horizontalErrorM, countryMask(country)).verdict === 'inside') return 'operator-witnessed';
   reasons.push('the operator\'s disk is inside the allowed area but crosses a national border: the country rests on the node\'s own sensors');
   return 'self-reported';
+}
+
+const countryMasks = new Map<string, Uint8Array>();
+
+/** The border-map territories of one country (it can be several, e.g. its overseas parts), cached. */
+function countryMask(country: string): Uint8Array {
+  let mask = countryMasks.get(country);
+  if (mask === undefined) {
+    const map = borderMap();
+    mask = new Uint8Array(map.territories.length);
+    map.territories.forEach((t, i) => { if (t.code === country) mask![i] = 1; });
+    countryMasks.set(country, mask);
+  }
+  return mask;
 }
 
 function place(policy: LocationPolicy, r: LocationReading): Placed {
