@@ -69,6 +69,30 @@ function hashFd(fd: number): Promise<string | null> {
   });
 }
 
+/** The executable a process ran when its connection was accepted. */
+export interface ExeIdentity {
+  /** /proc/<pid>/exe's target ("… (deleted)" when the file was unlinked). */
+  path: string;
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+}
+
+/** A caller as recorded when its connection was accepted (see UnixAttestor.snapshot). */
+export interface ProcessSnapshot {
+  /** The pid's start time (pid-reuse detection). */
+  startTime: string;
+  /** The executable, or null when /proc/<pid>/exe could not be read. */
+  exe: ExeIdentity | null;
+  /** sha256 of that executable (hashing starts at accept); null when not hashed. */
+  sha256: Promise<string | null> | null;
+}
+
+function sameFile(a: { dev: number; ino: number; size: number; mtimeMs: number }, b: fs.Stats): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs;
+}
+
 interface HashCacheEntry {
   key: string;
   hash: Promise<string | null>;
@@ -97,13 +121,65 @@ export class UnixAttestor {
   }
 
   /**
-   * Selectors for a caller. `startTime` is the pid's start time recorded when the connection was
-   * accepted: if the process has exited or the pid now belongs to another process, the caller is
-   * refused rather than attested as someone else.
+   * What the caller is when its connection is accepted: the pid's start time and the executable it
+   * runs (device, inode, size, mtime, path), whose sha256 is computed from that very file (opened
+   * now, hashed in the background). Calls on the connection are later attested against this
+   * snapshot, so a process that execs another binary after connecting (keeping or passing on the
+   * socket) is refused instead of being attested as the new binary.
    */
-  async attest(cred: PeerCredentials, startTime: string): Promise<Selector[]> {
-    const { pid, uid, gid } = cred;
+  snapshot(pid: number): ProcessSnapshot {
+    const startTime = processStartTime(pid, this.procRoot);
+    const link = `${this.procRoot}/${pid}/exe`;
+    let exe: ExeIdentity | null = null;
+    let sha256: Promise<string | null> | null = null;
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(link, 'r');
+    } catch {
+      // Kernel threads and processes of other users without ptrace access have no readable exe.
+      fd = undefined;
+    }
+    if (fd !== undefined) {
+      try {
+        const st = fs.fstatSync(fd);
+        const exePath = fs.readlinkSync(link);
+        // The path must name the file opened: an exec between open and readlink would split them.
+        if (!sameFile(st, fs.statSync(link))) {
+          throw new WorkloadAttestationError('process_changed', `process ${pid} exec'd while it was being identified`);
+        }
+        exe = { path: exePath, dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+      } catch (e) {
+        fs.closeSync(fd);
+        if (e instanceof WorkloadAttestationError) throw e;
+        // The process exited or its exe became unreadable meanwhile: the start time check decides.
+        exe = null;
+        fd = undefined;
+      }
+      if (fd !== undefined) sha256 = this.sha256 ? this.binaryHash(fd) : (fs.closeSync(fd), null);
+    }
+    // What was read belongs to the process that connected (the pid was not reused meanwhile).
     this.checkSameProcess(pid, startTime);
+    return { startTime, exe, sha256 };
+  }
+
+  /**
+   * Selectors for a caller, from the snapshot taken when its connection was accepted. The caller is
+   * refused when the process has exited, the pid now belongs to another process (start time), its
+   * uid/gid changed, or it runs another executable than in the snapshot (exec after connecting).
+   * A bare start time (no snapshot) takes the snapshot now: the path and hash are then today's.
+   */
+  async attest(cred: PeerCredentials, snapshot: ProcessSnapshot | string): Promise<Selector[]> {
+    const { pid, uid, gid } = cred;
+    let snap: ProcessSnapshot;
+    if (typeof snapshot === 'string') {
+      this.checkSameProcess(pid, snapshot);
+      snap = this.snapshot(pid);
+      this.checkSameProcess(pid, snapshot);
+    } else {
+      snap = snapshot;
+    }
+    this.checkSameProcess(pid, snap.startTime);
+    this.checkSameExecutable(pid, snap.exe);
 
     // SO_PEERCRED reports the effective ids at connect(); /proc/<pid>/status lists real, effective,
     // saved and filesystem ids. The effective ones are what the process acts as.
@@ -124,22 +200,14 @@ export class UnixAttestor {
     const group = this.nameOf('group', gid);
     if (group !== undefined) selectors.push({ type: 'unix', value: `group:${group}` });
 
-    let exePath: string | undefined;
-    try {
-      exePath = fs.readlinkSync(`${this.procRoot}/${pid}/exe`);
-    } catch {
-      // Kernel threads and processes of other users without ptrace access have no readable exe.
-      exePath = undefined;
-    }
-    if (exePath !== undefined) {
-      selectors.push({ type: 'unix', value: `path:${exePath}` });
-      if (this.sha256) {
-        const hash = await this.binaryHash(pid);
-        if (hash !== null) selectors.push({ type: 'unix', value: `sha256:${hash}` });
-      }
+    if (snap.exe !== null) {
+      selectors.push({ type: 'unix', value: `path:${snap.exe.path}` });
+      const hash = snap.sha256 === null ? null : await snap.sha256;
+      if (hash !== null) selectors.push({ type: 'unix', value: `sha256:${hash}` });
     }
 
-    this.checkSameProcess(pid, startTime);
+    this.checkSameProcess(pid, snap.startTime);
+    this.checkSameExecutable(pid, snap.exe);
     return selectors;
   }
 
@@ -147,6 +215,21 @@ export class UnixAttestor {
     const now = processStartTime(pid, this.procRoot);
     if (now !== startTime) {
       throw new WorkloadAttestationError('process_changed', `pid ${pid} now belongs to another process (start time changed)`);
+    }
+  }
+
+  /** The process still runs the executable of the snapshot (same device, inode, size and mtime). */
+  private checkSameExecutable(pid: number, exe: ExeIdentity | null): void {
+    let st: fs.Stats | null;
+    try {
+      st = fs.statSync(`${this.procRoot}/${pid}/exe`);
+    } catch {
+      st = null;
+    }
+    if (exe === null && st === null) return;
+    if (exe === null || st === null || !sameFile(exe, st)) {
+      throw new WorkloadAttestationError('process_changed',
+        `process ${pid} runs another executable than when it connected (exec after connecting); reconnect to be attested again`);
     }
   }
 
@@ -158,16 +241,9 @@ export class UnixAttestor {
     }
   }
 
-  // Hash through /proc/<pid>/exe, which opens the very file the process runs even if the path
-  // was replaced or deleted since.
-  private binaryHash(pid: number): Promise<string | null> {
-    const exe = `${this.procRoot}/${pid}/exe`;
-    let fd: number;
-    try {
-      fd = fs.openSync(exe, 'r');
-    } catch {
-      return Promise.resolve(null);
-    }
+  // Hash an fd opened on /proc/<pid>/exe, which is the very file the process runs even if the path
+  // was replaced or deleted since. Closes fd.
+  private binaryHash(fd: number): Promise<string | null> {
     let st: fs.Stats;
     try {
       st = fs.fstatSync(fd);

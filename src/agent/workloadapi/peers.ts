@@ -9,28 +9,36 @@
 import crypto from 'node:crypto';
 import type net from 'node:net';
 import { peerCredentialsOfSocket, type PeerCredentials } from '../../../native/peercred.js';
-import { processStartTime } from '../attestor/unix.js';
+import type { ProcessSnapshot } from '../attestor/unix.js';
 
 export interface Peer {
   cred: PeerCredentials;
-  /** The pid's start time when the connection was accepted (pid-reuse detection). */
-  startTime: string;
+  /**
+   * The process when the connection was accepted: its start time (pid-reuse detection) and its
+   * executable (exec-after-connect detection). Every call on the connection is attested against it.
+   */
+  snapshot: ProcessSnapshot;
 }
+
+/** Takes a caller's snapshot at accept time (the workload attestor's `snapshot`). */
+export type Snapshotter = (pid: number) => ProcessSnapshot;
 
 export class PeerRegistry {
   private readonly peers = new Map<string, Peer>();
   private readonly prefix = `wl-${crypto.randomBytes(6).toString('hex')}-`;
   private next = 0;
 
+  constructor(private readonly snapshotOf: Snapshotter) {}
+
   /**
    * Records the peer of a freshly accepted socket and tags the socket; returns false (and the
    * socket should be closed) when the peer cannot be identified.
    */
-  register(socket: net.Socket, procRoot?: string): boolean {
+  register(socket: net.Socket): boolean {
     let peer: Peer;
     try {
       const cred = peerCredentialsOfSocket(socket);
-      peer = { cred, startTime: processStartTime(cred.pid, procRoot) };
+      peer = { cred, snapshot: this.snapshotOf(cred.pid) };
     } catch {
       return false;
     }

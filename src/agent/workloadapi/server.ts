@@ -15,12 +15,15 @@ import {
 } from '../../api/workload-api.js';
 import { IdentityCache, trustDomainId, type CacheEntry, type Identity, type TrustBundle } from '../cache.js';
 import { SelectorSet, type Selector } from '../selectors.js';
-import { WorkloadAttestationError } from '../attestor/unix.js';
+import { WorkloadAttestationError, type ProcessSnapshot } from '../attestor/unix.js';
 import { PeerRegistry, type Peer } from './peers.js';
 
 /** Turns a caller into selectors (the unix attestor, or several attestors combined). */
 export interface WorkloadAttestor {
-  attest(cred: Peer['cred'], startTime: string): Promise<Selector[]>;
+  /** Records the caller when its connection is accepted (start time, executable); throws when it cannot. */
+  snapshot(pid: number): ProcessSnapshot;
+  /** Selectors for a call, refused when the process no longer matches its snapshot. */
+  attest(cred: Peer['cred'], snapshot: ProcessSnapshot): Promise<Selector[]>;
 }
 
 /** JWT-SVID issuance and validation, provided by the agent core. */
@@ -80,7 +83,7 @@ function statusError(code: grpc.status, details: string): grpc.ServiceError {
 
 export class WorkloadApiServer {
   private readonly groups = new Map<string, StreamGroup>();
-  private readonly peers = new PeerRegistry();
+  private readonly peers: PeerRegistry;
   private readonly grpcServer: grpc.Server;
   private readonly netServer: net.Server;
   private readonly unsubscribe: () => void;
@@ -89,6 +92,7 @@ export class WorkloadApiServer {
   private closed = false;
 
   private constructor(private readonly opts: WorkloadApiServerOptions) {
+    this.peers = new PeerRegistry((pid) => opts.attestor.snapshot(pid));
     this.grpcServer = new grpc.Server({
       'grpc.max_receive_message_length': MAX_REQUEST_BYTES,
       'grpc.max_concurrent_streams': 10_000,
@@ -179,7 +183,7 @@ export class WorkloadApiServer {
     const peer = this.peers.lookup(call.getPeer());
     if (!peer) throw statusError(grpc.status.UNAUTHENTICATED, 'caller could not be identified from its connection');
     try {
-      return new SelectorSet(await this.opts.attestor.attest(peer.cred, peer.startTime));
+      return new SelectorSet(await this.opts.attestor.attest(peer.cred, peer.snapshot));
     } catch (e) {
       const reason = e instanceof WorkloadAttestationError ? e.message : 'workload attestation failed';
       this.opts.logger.warn({ pid: peer.cred.pid, uid: peer.cred.uid, err: reason }, 'workload attestation failed');
