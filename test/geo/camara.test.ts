@@ -101,12 +101,12 @@ describe('CamaraLocationVerifier against the CAMARA operator double (real TLS)',
     expect(err).toMatchObject({ code, status: 422, apiCode });
   });
 
-  it('maps 404 for an unknown device and 422 UNSUPPORTED_IDENTIFIER to request errors', async () => {
+  it('maps 404 for an unknown device (phone number or IPv6 address) to a request error', async () => {
     const nf = await v.verify({ phoneNumber: '+4915199999999' }, { ...FRA, radiusM: 5000 }).catch((e: unknown) => e);
     expect(nf).toBeInstanceOf(CamaraRequestError);
     expect(nf).toMatchObject({ code: 'GEO_OPERATOR_IDENTIFIER_NOT_FOUND', status: 404, apiCode: 'IDENTIFIER_NOT_FOUND' });
     const un = await v.verify({ ipv6Address: '2001:db8::1' }, { ...FRA, radiusM: 5000 }).catch((e: unknown) => e);
-    expect(un).toMatchObject({ code: 'GEO_OPERATOR_IDENTIFIER_REJECTED', status: 422, apiCode: 'UNSUPPORTED_IDENTIFIER' });
+    expect(un).toMatchObject({ code: 'GEO_OPERATOR_IDENTIFIER_NOT_FOUND', status: 404, apiCode: 'IDENTIFIER_NOT_FOUND' });
   });
 
   it('refuses bad input locally, before any network call', async () => {
@@ -193,7 +193,7 @@ describe('CamaraLocationVerifier against the CAMARA operator double (real TLS)',
     expect(big).toMatchObject({ code: 'GEO_OPERATOR_PROTOCOL', message: expect.stringMatching(/\/verify exceeds 65536 bytes/) });
     // An error status with a body that is not CAMARA's ErrorInfo still maps by status.
     op.answerNext(422, 'nope', 'text/plain');
-    expect(await v.verify(dev, area).catch((e: unknown) => e)).toMatchObject({ code: 'GEO_OPERATOR_IDENTIFIER_REJECTED', status: 422, apiCode: undefined });
+    expect(await v.verify(dev, area).catch((e: unknown) => e)).toMatchObject({ code: 'GEO_OPERATOR_UNPROCESSABLE', status: 422, apiCode: undefined });
   });
 
   it('verifies the operator certificate: an unrelated CA or the system roots fail the handshake', async () => {
