@@ -56,7 +56,20 @@ export class WorkloadApiError extends Error {
 const MAX_REQUEST_BYTES = 64 * 1024;
 const MAX_AUDIENCES = 16;
 
-type StreamKind = 'FetchX509SVID' | 'FetchX509Bundles' | 'FetchJWTBundles';
+export type StreamKind = 'FetchX509SVID' | 'FetchX509Bundles' | 'FetchJWTBundles';
+
+/**
+ * The key of a stream group: the RPC and the caller's selectors as JSON of the sorted, distinct
+ * [type, value] pairs. JSON quotes and escapes every string, so no selector value (a binary path may
+ * hold newlines or colons) can make one set print like another; joining "type:value" texts with a
+ * separator could, and the second caller would then be served the first one's SVIDs.
+ */
+export function streamGroupKey(kind: StreamKind, selectors: SelectorSet): string {
+  const pairs = selectors.selectors.map((s): [string, string] => [s.type, s.value]);
+  pairs.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+  const distinct = pairs.filter((p, i) => i === 0 || p[0] !== pairs[i - 1]![0] || p[1] !== pairs[i - 1]![1]);
+  return JSON.stringify([kind, distinct]);
+}
 
 interface StreamState {
   call: grpc.ServerWritableStream<unknown, unknown>;
@@ -200,7 +213,7 @@ export class WorkloadApiServer {
       return;
     }
     if (call.cancelled || this.closed) return;
-    const key = `${kind}\n${selectors.key}`;
+    const key = streamGroupKey(kind, selectors);
     let group = this.groups.get(key);
     if (!group) {
       group = { key, kind, selectors, streams: new Set(), generation: -1, encoded: null };
