@@ -98,6 +98,8 @@ const REQUIRED_AGENT_FIELDS = [
 export class TestKeylimeVerifier {
   /** Every failed verdict, in order: a test can check what Keylime decided after the node was re-enrolled. */
   readonly failedVerdicts: { id: string; state: number; lastEventId: string }[] = [];
+  /** When each failed verdict was reached (ms since the epoch), in the order of `failedVerdicts`: for timing. */
+  readonly verdictLog: { id: string; state: number; at: number }[] = [];
   readonly counters = { requests: 0, tlsSessions: 0, droppedUntrustedClients: 0, evidenceChecks: 0, quotesPulled: 0, pullErrors: 0, notificationsSent: 0, notificationErrors: 0 };
   /** When each revocation notification was sent (ms since the epoch), with the failed node's id. */
   readonly notifications: { at: number; aboutId: string; toId: string; status: number | undefined }[] = [];
@@ -397,6 +399,7 @@ export class TestKeylimeVerifier {
         a.severityLevel = 6;
         a.failures = [{ type: 'agent.unreachable', context: (err as Error).message }];
         this.failedVerdicts.push({ id: a.id, state: 7, lastEventId: a.lastEventId });
+        this.verdictLog.push({ id: a.id, state: 7, at: Date.now() });
         // Keylime sends comm_error only for a node that had passed before.
         if (a.attestationCount > 0) this.notifyAll(a, 'comm_error');
         return;
@@ -416,6 +419,7 @@ export class TestKeylimeVerifier {
       a.lastEventId = failures[0]?.type ?? 'qoute_validation.quote_validation';
       a.severityLevel = 6;
       this.failedVerdicts.push({ id: a.id, state: 9, lastEventId: a.lastEventId });
+      this.verdictLog.push({ id: a.id, state: 9, at: Date.now() });
       this.notifyAll(a, 'revocation');
       return;
     }
