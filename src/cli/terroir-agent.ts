@@ -87,6 +87,63 @@ function firstX509(client: WorkloadApiClient, timeoutMs: number): Promise<X509Sv
   });
 }
 
+interface OutputFile {
+  name: string;
+  data: string;
+  mode: number;
+}
+
+/**
+ * Writes `-write` output: every path is checked first (a symbolic link or anything but a regular
+ * file there is refused, so nothing is written through a link someone planted), then each file is
+ * written to a fresh temp file in the same directory (O_EXCL|O_NOFOLLOW, created with its final
+ * mode: 0600 for keys), fsynced and renamed over the old one. The rename replaces a name, never the
+ * target of a link planted after the check, and an old file's looser mode is not kept (new inode).
+ */
+function writeOutputFiles(dir: string, files: OutputFile[]): void {
+  fs.mkdirSync(dir, { recursive: true });
+  for (const f of files) {
+    const file = path.join(dir, f.name);
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.lstatSync(file);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    if (st?.isSymbolicLink()) throw new Error(`refusing to write ${file}: it is a symbolic link (remove it first)`);
+    if (st && !st.isFile()) throw new Error(`refusing to write ${file}: it exists and is not a regular file`);
+  }
+  for (const f of files) {
+    const file = path.join(dir, f.name);
+    const tmp = path.join(dir, `.${f.name}.${crypto.randomBytes(6).toString('hex')}.tmp`);
+    const c = fs.constants;
+    const fd = fs.openSync(tmp, c.O_WRONLY | c.O_CREAT | c.O_EXCL | c.O_NOFOLLOW, f.mode);
+    try {
+      fs.fchmodSync(fd, f.mode); // the umask may have cleared bits of a 0644 file; never adds any to a key
+      fs.writeFileSync(fd, f.data);
+      fs.fsyncSync(fd);
+    } catch (e) {
+      fs.closeSync(fd);
+      fs.rmSync(tmp, { force: true });
+      throw e;
+    }
+    fs.closeSync(fd);
+    try {
+      fs.renameSync(tmp, file);
+    } catch (e) {
+      fs.rmSync(tmp, { force: true });
+      throw e;
+    }
+  }
+  // The renames are durable once the directory is synced.
+  const dfd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(dfd);
+  } finally {
+    fs.closeSync(dfd);
+  }
+}
+
 async function fetchX509(args: string[]): Promise<number> {
   const flags = parseCommand('api fetch x509', args, [SOCKET_FLAG, TIMEOUT_FLAG,
     { name: 'write', type: 'string', usage: 'write svid.N.pem, svid.N.key, bundle.N.pem (and federated bundles) to this directory' }]);
@@ -97,7 +154,7 @@ async function fetchX509(args: string[]): Promise<number> {
     const res = await firstX509(client, timeoutFrom(flags));
     const ms = performance.now() - t0;
     const dir = str(flags, 'write');
-    if (typeof dir === 'string') fs.mkdirSync(dir, { recursive: true });
+    const files: OutputFile[] = [];
     process.stdout.write(`Received ${res.svids.length} svid after ${ms.toFixed(3)}ms\n`);
     res.svids.forEach((s, i) => {
       const chain = splitDerCertificates(s.x509_svid);
@@ -111,17 +168,15 @@ async function fetchX509(args: string[]): Promise<number> {
         const c = new crypto.X509Certificate(ca);
         process.stdout.write(`CA #${j + 1} Valid After:\t${c.validFrom}\nCA #${j + 1} Valid Until:\t${c.validTo}\n`);
       });
-      if (typeof dir === 'string') {
-        fs.writeFileSync(path.join(dir, `svid.${i}.pem`), chain.map((c) => pem(c, 'CERTIFICATE')).join(''), { mode: 0o644 });
-        fs.writeFileSync(path.join(dir, `svid.${i}.key`), pem(s.x509_svid_key, 'PRIVATE KEY'), { mode: 0o600 });
-        fs.writeFileSync(path.join(dir, `bundle.${i}.pem`), cas.map((c) => pem(c, 'CERTIFICATE')).join(''), { mode: 0o644 });
-        let k = 0;
-        for (const b of Object.values(res.federated_bundles)) {
-          fs.writeFileSync(path.join(dir, `federated_bundle.${i}.${k++}.pem`),
-            splitDerCertificates(b).map((c) => pem(c, 'CERTIFICATE')).join(''), { mode: 0o644 });
-        }
+      files.push({ name: `svid.${i}.pem`, data: chain.map((c) => pem(c, 'CERTIFICATE')).join(''), mode: 0o644 });
+      files.push({ name: `svid.${i}.key`, data: pem(s.x509_svid_key, 'PRIVATE KEY'), mode: 0o600 });
+      files.push({ name: `bundle.${i}.pem`, data: cas.map((c) => pem(c, 'CERTIFICATE')).join(''), mode: 0o644 });
+      let k = 0;
+      for (const b of Object.values(res.federated_bundles)) {
+        files.push({ name: `federated_bundle.${i}.${k++}.pem`, data: splitDerCertificates(b).map((c) => pem(c, 'CERTIFICATE')).join(''), mode: 0o644 });
       }
     });
+    if (typeof dir === 'string') writeOutputFiles(dir, files);
     if (typeof dir === 'string') process.stdout.write(`\nWriting SVIDs, keys and bundles to ${dir}\n`);
     return 0;
   } finally {
