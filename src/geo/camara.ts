@@ -436,22 +436,36 @@ function clientAuth(cfg: CamaraConfig): ClientAuth {
     return { method: 'client_secret_basic', secret: cfg.clientSecret! };
   }
   const { key: raw, alg, kid } = cfg.privateKeyJwt!;
-  if (!CAMARA_SIGNING_ALGS.includes(alg)) bad(`privateKeyJwt.alg must be one of ${CAMARA_SIGNING_ALGS.join(', ')}`);
+  let key: KeyObject;
+  try {
+    key = camaraSigningKey(raw, alg);
+  } catch (err) {
+    return bad(`privateKeyJwt: ${(err as Error).message}`);
+  }
+  if (kid !== undefined && (typeof kid !== 'string' || kid === '' || kid.length > 256)) bad('privateKeyJwt.kid must be a non-empty string of at most 256 characters');
+  return { method: 'private_key_jwt', key, alg, kid };
+}
+
+/**
+ * The private key for private_key_jwt client assertions with `alg`, checked to fit it (ES256: EC
+ * P-256; RS256/PS256: RSA of at least 2048 bits). Throws an Error saying what is wrong.
+ */
+export function camaraSigningKey(raw: KeyObject | string | Buffer, alg: CamaraSigningAlg): KeyObject {
+  if (!CAMARA_SIGNING_ALGS.includes(alg)) throw new Error(`the signing algorithm must be one of ${CAMARA_SIGNING_ALGS.join(', ')}`);
   let key: KeyObject;
   try {
     key = raw instanceof KeyObject ? raw : createPrivateKey(raw);
   } catch (err) {
-    return bad(`privateKeyJwt.key is not a PEM private key (PKCS#8, SEC1 or PKCS#1): ${(err as Error).message}`);
+    throw new Error(`not a PEM private key (PKCS#8, SEC1 or PKCS#1): ${(err as Error).message}`, { cause: err });
   }
-  if (key.type !== 'private') bad(`privateKeyJwt.key must be a private key, not a ${key.type} key`);
+  if (key.type !== 'private') throw new Error(`needs a private key, not a ${key.type} key`);
   if (alg === 'ES256' && !(key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1')) {
-    bad(`ES256 needs an EC P-256 key (this one: ${key.asymmetricKeyType}${key.asymmetricKeyDetails?.namedCurve ? ` ${key.asymmetricKeyDetails.namedCurve}` : ''})`);
+    throw new Error(`ES256 needs an EC P-256 key (this one: ${key.asymmetricKeyType}${key.asymmetricKeyDetails?.namedCurve ? ` ${key.asymmetricKeyDetails.namedCurve}` : ''})`);
   }
   if (alg !== 'ES256' && !(key.asymmetricKeyType === 'rsa' && (key.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048)) {
-    bad(`${alg} needs an RSA key of at least 2048 bits (this one: ${key.asymmetricKeyType}${key.asymmetricKeyDetails?.modulusLength ? ` ${key.asymmetricKeyDetails.modulusLength} bits` : ''})`);
+    throw new Error(`${alg} needs an RSA key of at least 2048 bits (this one: ${key.asymmetricKeyType}${key.asymmetricKeyDetails?.modulusLength ? ` ${key.asymmetricKeyDetails.modulusLength} bits` : ''})`);
   }
-  if (kid !== undefined && (typeof kid !== 'string' || kid === '' || kid.length > 256)) bad('privateKeyJwt.kid must be a non-empty string of at most 256 characters');
-  return { method: 'private_key_jwt', key, alg, kid };
+  return key;
 }
 
 /** Seconds from a Retry-After header (delta-seconds or an HTTP-date, RFC 9110 section 10.2.3); undefined when absent or unreadable. */

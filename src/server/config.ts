@@ -6,6 +6,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { loadFeatureFlags, FeatureFlagError, type FeatureFlags, type FeatureFlagSources } from '../../feature-flags/index.js';
+import { camaraSigningKey } from '../geo/camara.js';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -212,6 +213,10 @@ const keylimeSchema = z.object({
   allowDevelopmentStandIn: z.boolean().default(false),
 }).strict();
 
+const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'the name of an environment variable (letters, digits and _)');
+/** A field that must stay absent: the secret belongs in a file or the environment, never in the config. */
+const inlineSecret = (what: string, file: string, env: string) => z.unknown().optional()
+  .refine((v) => v === undefined, `never put ${what} in the config: use ${file} (a file only the server can read) or ${env} (the name of an environment variable)`);
 const E164 = /^\+[1-9][0-9]{4,14}$/;
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 const ipv4 = z.string().regex(IPV4, 'a dotted IPv4 address');
@@ -225,6 +230,8 @@ const operatorDeviceSchema = z.union([
       publicPort: port.optional(),
     }).strict().refine((a) => a.privateAddress !== undefined || a.publicPort !== undefined, 'ipv4Address needs privateAddress or publicPort besides publicAddress (CAMARA)'),
   }).strict(),
+  // r3.2 keeps networkAccessIdentifier in the schema only for the future (Commonalities 0.6, Device NOTE2).
+  z.object({ networkAccessIdentifier: z.unknown() }).passthrough().refine(() => false, 'networkAccessIdentifier is not accepted: CAMARA r3.2 does not allow its use; map the node to a phoneNumber or an ipv4Address'),
 ], { error: 'a device is { phoneNumber: "+<E.164>" } or { ipv4Address: { publicAddress, privateAddress | publicPort } }' });
 
 /** Server-side mobile-operator check (CAMARA Device Location Verification) of each node's attested GNSS position. */
@@ -233,8 +240,26 @@ const operatorSchema = z.object({
   baseUrl: z.string().url().refine((u) => u.startsWith('https://'), 'the operator API URL must be https://'),
   tokenUrl: z.string().url().refine((u) => u.startsWith('https://'), 'the operator token URL must be https://'),
   clientId: z.string().min(1),
-  /** File holding the OAuth2 client secret (read at start; surrounding whitespace ignored). */
-  clientSecretFile: z.string().min(1),
+  /**
+   * How the server authenticates to the operator's token endpoint: `private_key_jwt` (RFC 7523; what
+   * CAMARA's security profile requires) or `client_secret_basic` (the default, for operators that offer it).
+   */
+  clientAuthMethod: z.enum(['client_secret_basic', 'private_key_jwt']).default('client_secret_basic'),
+  /** client_secret_basic: file holding the OAuth2 client secret (read at start; surrounding whitespace ignored)… */
+  clientSecretFile: z.string().min(1).optional(),
+  /** …or the name of the environment variable holding it. */
+  clientSecretEnv: envName.optional(),
+  /** private_key_jwt: PEM file of the private key whose public half the operator has registered… */
+  privateKeyFile: z.string().min(1).optional(),
+  /** …or the name of the environment variable holding that PEM. */
+  privateKeyEnv: envName.optional(),
+  /** private_key_jwt: the assertion's algorithm, as registered with the operator. */
+  signingAlg: z.enum(['ES256', 'RS256', 'PS256']).optional(),
+  /** private_key_jwt: the `kid` header, when the operator registered several keys. */
+  keyId: z.string().min(1).max(256).optional(),
+  /** Refused: secrets never go into the config file. */
+  clientSecret: inlineSecret('the client secret', 'clientSecretFile', 'clientSecretEnv'),
+  privateKey: inlineSecret('the private key', 'privateKeyFile', 'privateKeyEnv'),
   /** PEM CA certificate(s) to trust for the operator instead of the system roots. */
   caFile: z.string().min(1).optional(),
   /** Radius (m) of the circle around the node's GNSS position the operator is asked about. */
@@ -242,6 +267,13 @@ const operatorSchema = z.object({
   /** How old (s) the operator's own location fix may be; absent: the operator's choice. */
   maxAgeS: z.number().int().min(0).max(86_400).optional(),
   requestTimeoutMs: z.number().int().min(100).max(120_000).default(5000),
+  /** How far (s) the operator's clock may be off: a lastLocationTime further ahead, or older than maxAgeS by more, is refused. */
+  clockSkewS: z.number().int().min(0).max(300).default(5),
+  /**
+   * HTTP 429/503 with Retry-After: wait and retry once when the wait is at most this (ms), else refuse
+   * the attestation at once ("retry after N s") and ask nothing more until then.
+   */
+  maxRetryWaitMs: z.number().int().min(0).max(10_000).default(2000),
   /** Node EK hash (hex SHA-256, as in the tpm:ek_hash selector) → the SIM to ask about. */
   devices: z.record(z.string(), operatorDeviceSchema).superRefine((devices, ctx) => {
     const seen = new Set<string>();
@@ -254,7 +286,19 @@ const operatorSchema = z.object({
       seen.add(k.toLowerCase());
     }
   }).default({}),
-}).strict();
+}).strict().superRefine((o, ctx) => {
+  const issue = (field: string, message: string): void => {
+    ctx.addIssue({ code: 'custom', path: [field], message });
+  };
+  const [own, other] = o.clientAuthMethod === 'client_secret_basic'
+    ? [['clientSecretFile', 'clientSecretEnv'], ['privateKeyFile', 'privateKeyEnv', 'signingAlg', 'keyId']] as const
+    : [['privateKeyFile', 'privateKeyEnv'], ['clientSecretFile', 'clientSecretEnv']] as const;
+  const given = own.filter((f) => o[f] !== undefined);
+  if (given.length === 0) issue('clientAuthMethod', `${o.clientAuthMethod} needs ${own[0]} or ${own[1]}`);
+  if (given.length > 1) issue(own[1], `give one of ${own[0]} and ${own[1]}, not both`);
+  for (const f of other) if (o[f] !== undefined) issue(f, `${f} belongs to clientAuthMethod: ${o.clientAuthMethod === 'client_secret_basic' ? 'private_key_jwt' : 'client_secret_basic'}; remove it or change clientAuthMethod`);
+  if (o.clientAuthMethod === 'private_key_jwt' && o.signingAlg === undefined) issue('signingAlg', 'private_key_jwt needs signingAlg (ES256, RS256 or PS256), as registered with the operator');
+});
 
 /** Unified Identity (featureFlags.unifiedIdentity): quote, Keylime one-shot, location policy, claims. */
 const unifiedIdentitySchema = z.object({
@@ -408,7 +452,8 @@ export function parseServerConfig(input: unknown, baseDir: string, env: NodeJS.P
         : c.unifiedIdentity.locationPolicies,
       operator: c.unifiedIdentity.operator && {
         ...c.unifiedIdentity.operator,
-        clientSecretFile: abs(c.unifiedIdentity.operator.clientSecretFile),
+        clientSecretFile: c.unifiedIdentity.operator.clientSecretFile && abs(c.unifiedIdentity.operator.clientSecretFile),
+        privateKeyFile: c.unifiedIdentity.operator.privateKeyFile && abs(c.unifiedIdentity.operator.privateKeyFile),
         caFile: c.unifiedIdentity.operator.caFile && abs(c.unifiedIdentity.operator.caFile),
         devices: Object.fromEntries(Object.entries(c.unifiedIdentity.operator.devices).map(([k, v]) => [k.toLowerCase(), v])),
       },
@@ -428,6 +473,7 @@ export function parseServerConfig(input: unknown, baseDir: string, env: NodeJS.P
     },
   };
   checkConsistency(cfg);
+  checkOperatorCredentials(cfg, env);
   if (cfg.keylime?.allowDevelopmentStandIn === true && env['NODE_ENV'] === 'production') {
     throw new ConfigError('keylime.allowDevelopmentStandIn is true but NODE_ENV=production: a production server never accepts the development '
       + 'Keylime stand-in; remove the setting and point keylime.verifierUrl at a real Keylime verifier');
@@ -489,7 +535,7 @@ function checkConsistency(c: ServerConfig): void {
     }
     const op = ui.operator;
     if (op) {
-      for (const [name, file] of [['clientSecretFile', op.clientSecretFile], ['caFile', op.caFile]] as const) {
+      for (const [name, file] of [['clientSecretFile', op.clientSecretFile], ['privateKeyFile', op.privateKeyFile], ['caFile', op.caFile]] as const) {
         if (file === undefined) continue;
         try {
           fs.accessSync(file, fs.constants.R_OK);
@@ -503,6 +549,38 @@ function checkConsistency(c: ServerConfig): void {
     if (f.trustDomain === c.trustDomain) {
       throw new ConfigError(`federation.federatesWith: "${f.trustDomain}" is this server's own trust domain`);
     }
+  }
+}
+
+/**
+ * The operator credentials the config names exist: environment variables set and non-empty, a
+ * private key that parses and fits signingAlg. The server reads them again at start (operatorClient).
+ */
+function checkOperatorCredentials(c: ServerConfig, env: NodeJS.ProcessEnv): void {
+  const op = c.unifiedIdentity?.operator;
+  if (!op) return;
+  for (const [field, name] of [['clientSecretEnv', op.clientSecretEnv], ['privateKeyEnv', op.privateKeyEnv]] as const) {
+    if (name !== undefined && (env[name] ?? '').trim() === '') {
+      throw new ConfigError(`unifiedIdentity.operator.${field}: the environment variable ${name} is not set or empty; export the operator's ${field === 'clientSecretEnv' ? 'OAuth2 client secret' : 'client private key (PEM)'} in it`);
+    }
+  }
+  if (op.clientAuthMethod !== 'private_key_jwt' || op.signingAlg === undefined) return;
+  const [field, pem] = op.privateKeyFile !== undefined
+    ? ['privateKeyFile', readOrNull(op.privateKeyFile)] as const
+    : ['privateKeyEnv', env[op.privateKeyEnv ?? ''] ?? ''] as const;
+  if (pem === null) return; // unreadable: checkConsistency said so
+  try {
+    camaraSigningKey(pem, op.signingAlg);
+  } catch (err) {
+    throw new ConfigError(`unifiedIdentity.operator.${field}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+function readOrNull(file: string): Buffer | null {
+  try {
+    return fs.readFileSync(file);
+  } catch {
+    return null;
   }
 }
 

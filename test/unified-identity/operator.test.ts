@@ -2,11 +2,12 @@
 // test verifier, gpsd + gpsfake in Berlin) plus the CAMARA operator double over real TLS. The server
 // maps the node's EK hash to a SIM; the operator's answer about that SIM decides a policy that
 // requires it, and a missing answer or mapping refuses the attestation.
+import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { NodeAttestationError } from '../../src/agent/node-attestor.js';
 import { parseServerConfig, startServer, type RunningServer } from '../../src/server/index.js';
 import { unifiedIdentityFromCertificate } from '../../src/spiffe/unified-identity.js';
@@ -37,12 +38,13 @@ const audit: Record<string, unknown>[] = [];
 const servers: RunningServer[] = [];
 let mapped: RunningServer;
 
-async function serverWith(devices: Record<string, unknown>, urls: { baseUrl: string; tokenUrl: string } = op): Promise<RunningServer> {
+async function serverWith(devices: Record<string, unknown>, urls: { baseUrl: string; tokenUrl: string } = op, auth: Record<string, unknown> = { clientSecretFile: 'operator-secret' }, env: Record<string, string> = {}): Promise<RunningServer> {
   const dir = path.join(d.dir, `op-server-${servers.length}`);
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(path.join(dir, 'policies.yaml'), POLICIES);
   fs.writeFileSync(path.join(dir, 'operator-secret'), 's3cret\n', { mode: 0o600 });
   fs.writeFileSync(path.join(dir, 'operator-ca.pem'), pki.caCert);
+  fs.writeFileSync(path.join(dir, 'operator-key.pem'), clientKey.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
   const cfg = parseServerConfig({
     trustDomain: TD,
     dataDir: dir,
@@ -64,11 +66,11 @@ async function serverWith(devices: Record<string, unknown>, urls: { baseUrl: str
       tpmPolicy: { [String(POLICY_PCR)]: [ZERO] },
       operator: {
         baseUrl: urls.baseUrl, tokenUrl: urls.tokenUrl, clientId: 'terroir-server',
-        clientSecretFile: 'operator-secret', caFile: 'operator-ca.pem', radiusM: 2000, maxAgeS: 600, requestTimeoutMs: 2000,
+        ...auth, caFile: 'operator-ca.pem', radiusM: 2000, maxAgeS: 600, requestTimeoutMs: 2000,
         devices,
       },
     },
-  }, dir, { UNIFIED_IDENTITY_ENABLED: 'true' });
+  }, dir, { UNIFIED_IDENTITY_ENABLED: 'true', ...env });
   const sink = new Writable({ write(chunk: Buffer, _enc, cb) { for (const l of chunk.toString().split('\n')) if (l) audit.push(JSON.parse(l) as Record<string, unknown>); cb(); } });
   const server = await startServer(cfg, { logger: pino({ level: 'info' }, sink) });
   servers.push(server);
@@ -76,6 +78,8 @@ async function serverWith(devices: Record<string, unknown>, urls: { baseUrl: str
 }
 
 let pki: ReturnType<typeof makeTestPki>;
+/** The key terroir's server signs its private_key_jwt client assertions with. */
+const clientKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
 
 beforeAll(async () => {
   d = await startUnifiedDeployment();
@@ -172,5 +176,61 @@ describe('Unified Identity with the mobile operator (CAMARA double)', () => {
     const ok = parseServerConfig(withOp({ devices: { [nodeEk.toUpperCase()]: { ipv4Address: { publicAddress: '84.125.93.10', publicPort: 59765 } } } }), d.dir, {});
     expect(ok.unifiedIdentity!.operator!.radiusM).toBe(2000);
     expect(Object.keys(ok.unifiedIdentity!.operator!.devices)).toEqual([nodeEk]);
+  });
+  it('private_key_jwt: the server signs a client assertion the operator verifies, and gets its answer', async () => {
+    sim.location = { lat: BERLIN.lat + 0.001, lon: BERLIN.lon, accuracyM: 300, time: new Date() };
+    const jwtOp = await CamaraOperatorDouble.start({ tls: { key: pki.key, cert: pki.cert }, clientId: 'terroir-server', clientKey: { publicKey: clientKey.publicKey, alg: 'ES256' }, devices: [sim] });
+    try {
+      const s = await serverWith({ [nodeEk]: { phoneNumber: PHONE } }, jwtOp, { clientAuthMethod: 'private_key_jwt', privateKeyFile: 'operator-key.pem', signingAlg: 'ES256', keyId: 'terroir-1' });
+      const res = await d.attest(s, d.provider(d.berlin));
+      expect(unifiedIdentityFromCertificate(res.svidChain[0]!)).toMatchObject({ policy: 'eu-operator' });
+      expect(jwtOp.lastAssertion).toMatchObject({ header: { alg: 'ES256', kid: 'terroir-1' }, claims: { iss: 'terroir-server', sub: 'terroir-server', aud: jwtOp.tokenUrl } });
+      expect(jwtOp.tokensIssued).toBe(1);
+    } finally {
+      await jwtOp.stop();
+    }
+  });
+
+  it('the client secret from an environment variable the config names', async () => {
+    sim.location = { lat: BERLIN.lat + 0.001, lon: BERLIN.lon, accuracyM: 300, time: new Date() };
+    vi.stubEnv('TERROIR_TEST_OPERATOR_SECRET', 's3cret');
+    try {
+      const s = await serverWith({ [nodeEk]: { phoneNumber: PHONE } }, op, { clientSecretEnv: 'TERROIR_TEST_OPERATOR_SECRET' }, { TERROIR_TEST_OPERATOR_SECRET: 's3cret' });
+      const res = await d.attest(s, d.provider(d.berlin));
+      expect(unifiedIdentityFromCertificate(res.svidChain[0]!)).toMatchObject({ policy: 'eu-operator' });
+    } finally {
+      vi.unstubAllEnvs();
+    }
+  });
+
+  it('config: client authentication and device errors are clear', () => {
+    const dir = path.join(d.dir, 'op-server-0');
+    const base = {
+      trustDomain: TD, dataDir: d.dir, nodeAttestation: { tpm: { enabled: true, enrolledEkHashes: [nodeEk] } },
+      unifiedIdentity: { locationPolicies: { inline: POLICIES }, defaultPolicy: 'eu-operator' },
+    };
+    const withOp = (o: Record<string, unknown>): unknown => ({ ...base, unifiedIdentity: { ...base.unifiedIdentity, operator: { baseUrl: op.baseUrl, tokenUrl: op.tokenUrl, clientId: 'c', ...o } } });
+    const parse = (o: Record<string, unknown>, env: Record<string, string> = {}): unknown => parseServerConfig(withOp(o), dir, env);
+    // Secrets never inline.
+    expect(() => parse({ clientSecret: 's3cret' })).toThrow(/clientSecret: never put the client secret in the config: use clientSecretFile .* or clientSecretEnv/);
+    expect(() => parse({ clientAuthMethod: 'private_key_jwt', privateKey: '-----BEGIN PRIVATE KEY-----', signingAlg: 'ES256' })).toThrow(/privateKey: never put the private key in the config: use privateKeyFile .* or privateKeyEnv/);
+    // Exactly one source, fitting the method.
+    expect(() => parse({})).toThrow(/client_secret_basic needs clientSecretFile or clientSecretEnv/);
+    expect(() => parse({ clientSecretFile: 'operator-secret', clientSecretEnv: 'X' })).toThrow(/give one of clientSecretFile and clientSecretEnv, not both/);
+    expect(() => parse({ clientAuthMethod: 'private_key_jwt', privateKeyFile: 'operator-key.pem' })).toThrow(/private_key_jwt needs signingAlg \(ES256, RS256 or PS256\)/);
+    expect(() => parse({ clientAuthMethod: 'private_key_jwt', clientSecretFile: 'operator-secret', signingAlg: 'ES256' })).toThrow(/private_key_jwt needs privateKeyFile or privateKeyEnv/);
+    expect(() => parse({ clientSecretFile: 'operator-secret', privateKeyFile: 'operator-key.pem' })).toThrow(/privateKeyFile belongs to clientAuthMethod: private_key_jwt/);
+    // The environment variable must be set; the key must fit the algorithm.
+    expect(() => parse({ clientSecretEnv: 'TERROIR_NOPE' })).toThrow(/unifiedIdentity.operator.clientSecretEnv: the environment variable TERROIR_NOPE is not set or empty/);
+    expect(() => parse({ clientSecretEnv: 'lower-case bad' })).toThrow(/clientSecretEnv/);
+    expect(parse({ clientSecretEnv: 'TERROIR_X' }, { TERROIR_X: 'v' })).toBeTruthy();
+    expect(() => parse({ clientAuthMethod: 'private_key_jwt', privateKeyFile: 'operator-key.pem', signingAlg: 'RS256' })).toThrow(/unifiedIdentity.operator.privateKeyFile: RS256 needs an RSA key/);
+    expect(() => parse({ clientAuthMethod: 'private_key_jwt', privateKeyFile: 'operator-secret', signingAlg: 'ES256' })).toThrow(/unifiedIdentity.operator.privateKeyFile: .*not a PEM private key/);
+    expect(() => parse({ clientAuthMethod: 'private_key_jwt', privateKeyEnv: 'TERROIR_KEY', signingAlg: 'ES256' }, { TERROIR_KEY: 'junk' })).toThrow(/privateKeyEnv: .*not a PEM private key/);
+    const pem = clientKey.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    expect(parse({ clientAuthMethod: 'private_key_jwt', privateKeyEnv: 'TERROIR_KEY', signingAlg: 'ES256' }, { TERROIR_KEY: pem })).toBeTruthy();
+    // r3.2 does not allow networkAccessIdentifier.
+    expect(() => parse({ clientSecretFile: 'operator-secret', devices: { [nodeEk]: { networkAccessIdentifier: '123456789@domain.com' } } }))
+      .toThrow(/networkAccessIdentifier.*CAMARA r3.2 does not allow/);
   });
 });

@@ -433,13 +433,26 @@ function operatorClient(s: OperatorSettings): CamaraLocationVerifier {
       throw new ConfigError(`unifiedIdentity.operator.${field}: cannot read ${file}: ${(err as Error).message}`, { cause: err });
     }
   };
-  const secret = read(s.clientSecretFile, 'clientSecretFile').toString('utf8').trim();
-  if (secret === '') throw new ConfigError(`unifiedIdentity.operator.clientSecretFile: ${s.clientSecretFile} is empty; put the operator's OAuth2 client secret in it`);
+  // A credential from its file or from the environment variable the config names (never inline).
+  const credential = (fileField: 'clientSecretFile' | 'privateKeyFile', envField: 'clientSecretEnv' | 'privateKeyEnv', what: string): string => {
+    const file = s[fileField];
+    const name = s[envField];
+    const value = file !== undefined ? read(file, fileField).toString('utf8').trim() : (process.env[name ?? ''] ?? '').trim();
+    if (value === '') {
+      throw new ConfigError(file !== undefined
+        ? `unifiedIdentity.operator.${fileField}: ${file} is empty; put ${what} in it`
+        : `unifiedIdentity.operator.${envField}: the environment variable ${name} is not set or empty in the server's environment; export ${what} in it`);
+    }
+    return value;
+  };
   try {
     return new CamaraLocationVerifier({
-      baseUrl: s.baseUrl, tokenUrl: s.tokenUrl, clientId: s.clientId, clientSecret: secret,
+      baseUrl: s.baseUrl, tokenUrl: s.tokenUrl, clientId: s.clientId,
+      ...(s.clientAuthMethod === 'private_key_jwt'
+        ? { privateKeyJwt: { key: credential('privateKeyFile', 'privateKeyEnv', 'the client private key (PEM)'), alg: s.signingAlg!, ...(s.keyId !== undefined ? { kid: s.keyId } : {}) } }
+        : { clientSecret: credential('clientSecretFile', 'clientSecretEnv', "the operator's OAuth2 client secret") }),
       ...(s.caFile !== undefined ? { ca: read(s.caFile, 'caFile') } : {}),
-      timeoutMs: s.requestTimeoutMs,
+      timeoutMs: s.requestTimeoutMs, clockSkewS: s.clockSkewS, maxRetryWaitMs: s.maxRetryWaitMs,
     });
   } catch (err) {
     if (err instanceof CamaraError) throw new ConfigError(`unifiedIdentity.operator: ${err.message}`, { cause: err });
