@@ -217,10 +217,11 @@ export class Agent {
    * not turn each notification into one more attempt.
    */
   private dropAndReattest(): void {
+    this.sync.suspend();
     this.sync.dropAll();
     if (this.stopped || this.reattesting) return;
     const run = this.identity.attestWithRetry(() => this.ctx.bundles.ownRoots())
-      .then(() => this.sync.syncOnce())
+      .then(() => { this.sync.resume(); return this.sync.syncOnce(); })
       .catch((e: unknown) => { if (!this.stopped) this.log.error({ err: (e as Error).message }, 're-attestation after a drop failed'); })
       .finally(() => { if (this.reattesting === run) this.reattesting = undefined; });
     this.reattesting = run;

@@ -30,8 +30,23 @@ export class SvidSync {
   private syncing: Promise<void> | undefined;
   private again = false;
   private backoffMs = MIN_BACKOFF_MS;
+  /** Set between a drop and the re-attestation after it: nothing is signed with the old agent SVID. */
+  private suspended = false;
 
   constructor(private readonly ctx: AgentContext, private readonly identity: NodeIdentity) {}
+
+  /**
+   * Stops signing until resume(): after a drop (revocation, DROP_SVIDS) the agent SVID still
+   * authenticates, and the server may not know yet what the verifier told the node; only a new
+   * attestation may bring SVIDs back.
+   */
+  suspend(): void {
+    this.suspended = true;
+  }
+
+  resume(): void {
+    this.suspended = false;
+  }
 
   schedule(delayMs: number): void {
     if (this.ctx.halt.aborted) return;
@@ -88,7 +103,7 @@ export class SvidSync {
 
   private async pass(): Promise<void> {
     const ctx = this.ctx;
-    if (ctx.halt.aborted || !ctx.state) return;
+    if (ctx.halt.aborted || !ctx.state || this.suspended) return;
     ctx.stats.syncs++;
     const svid = ctx.state.chain[0];
     if (Date.now() >= ctx.state.notAfter) {
@@ -210,6 +225,7 @@ export class SvidSync {
   jwtProvider(): JwtProvider {
     return {
       fetchJwtSvid: async (entry: CacheEntry, audience: string[]) => {
+        if (this.suspended) throw Object.assign(new Error('this node\'s SVIDs were dropped; it is attesting again'), { code: grpc.status.UNAVAILABLE });
         const key = `${entry.id}\n${[...new Set(audience)].sort().join('\n')}`;
         const now = Date.now();
         const hit = this.jwtCache.get(key);

@@ -50,6 +50,8 @@ export interface MonitorEvents {
   pass: [nodeId: string, status: AgentStatus];
   /** The node is no longer trusted, or the reason changed. */
   fail: [nodeId: string, failure: MonitorFailure];
+  /** Every poll that found the node passing (not only changes), with what the verifier said. */
+  verified: [nodeId: string, status: AgentStatus];
 }
 
 export interface MonitorOptions {
@@ -155,6 +157,38 @@ export class ContinuousAttestationMonitor extends EventEmitter<MonitorEvents> {
     });
   }
 
+  /**
+   * Resolves once a poll shows the node passing with more verified quotes than `afterCount` (a quote
+   * Keylime verified after the caller's moment); rejects at the node's next `fail` or after
+   * timeoutMs. A verdict from before does not vouch for now: the node may just have been revoked,
+   * and Keylime pushes its revocation notification before it records the failure.
+   */
+  awaitFreshQuote(nodeId: string, afterCount: number, timeoutMs: number): Promise<AgentStatus> {
+    if (!this.nodes.has(nodeId)) return Promise.reject(new MonitorFailureError(nodeId, { kind: 'not_enrolled', message: 'the node is not watched' }));
+    return new Promise((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.off('verified', onVerified);
+        this.off('fail', onFail);
+      };
+      const onVerified = (id: string, status: AgentStatus): void => {
+        if (id === nodeId && status.attestationCount > afterCount) { done(); resolve(status); }
+      };
+      const onFail = (id: string, failure: MonitorFailure): void => { if (id === nodeId) { done(); reject(new MonitorFailureError(nodeId, failure)); } };
+      const timer = setTimeout(() => {
+        done();
+        reject(new MonitorFailureError(nodeId, { kind: 'pending_timeout', message: `no newly verified quote within ${timeoutMs} ms` }));
+      }, timeoutMs);
+      this.on('verified', onVerified);
+      this.on('fail', onFail);
+    });
+  }
+
+  /** What the verifier said at the last poll of the node, if any. */
+  lastStatus(nodeId: string): AgentStatus | undefined {
+    return this.nodes.get(nodeId)?.lastStatus;
+  }
+
   counters(): MonitorCounters {
     return { ...this.stats };
   }
@@ -254,6 +288,7 @@ export class ContinuousAttestationMonitor extends EventEmitter<MonitorEvents> {
       this.logger?.info({ nodeId, attestationCount: status.attestationCount }, 'node attestation passing');
       this.emit('pass', nodeId, status);
     }
+    this.emit('verified', nodeId, status);
   }
 
   private setFail(nodeId: string, failure: MonitorFailure): void {

@@ -88,8 +88,10 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
     await until('the new admission to queue behind the eviction', () => logs.some((l) => l['agent'] === d.agent.spiffeId
       && l['msg'] === 'Keylime: waiting for this node\'s previous admission or eviction to finish'));
     expect(old.deleted).toBe(false); // nothing touched the enrollment meanwhile
-    // Its next sync (1 s) is refused too, while the re-attestation still waits: a second reason to attest.
-    await until('the agent\'s refused sync', () => logs.some((l) => l['msg'] === 'the server no longer accepts the agent SVID: re-attesting'));
+    // Any other reason to attest meanwhile (a sync refused, if the push arrived after it began) joins the
+    // one in flight (checked below). Released well within the client's 1 s request timeout, so the held
+    // DELETE is answered, not retried.
+    await new Promise((r) => setTimeout(r, 300));
     hold.release();
     expect(await hold.removed).toBe(old); // the eviction removed what it meant to, not a newer enrollment
     await until('the verifier to drop the evicted node', () => old.deleted);
@@ -106,7 +108,7 @@ describe('Keylime continuous mode, server + agent + swtpm + verifier', () => {
       msg = await openStream().waitFor((m) => m.svids.some((s) => s.spiffe_id === workloadId), 3000).catch(() => undefined);
     }
     expect(msg?.svids.map((s) => s.spiffe_id)).toEqual([workloadId]);
-    // One eviction, one new attestation: the agent's other reasons to attest (its refused sync) joined it.
+    // One eviction, one new attestation.
     expect(d.agent.stats.attestations).toBe(before + 1);
     expect(d.verifier.agents.get(d.keylimeId)).toBe(fresh);
   });

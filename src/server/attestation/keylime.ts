@@ -248,8 +248,19 @@ export class KeylimeGate {
       .update(JSON.stringify([r.akPublic.toString('base64'), target.ip, target.port, ep.tlsCertificatePem, target.apiVersion, policy]))
       .digest('hex');
     const current = this.enrolled.get(r.agentId);
-    // Re-attestation with the same AK and endpoint (TPM nodes renew this way): nothing to change.
-    if (current?.fingerprint === fingerprint && this.monitor.isTrusted(keylimeId)) return;
+    // Re-attestation with the same AK and endpoint (TPM nodes renew this way): nothing to enroll, but
+    // the last verdict predates this attestation. An agent re-attests at once when Keylime pushed a
+    // revocation, and Keylime pushes before it records the failure: only a quote Keylime verifies
+    // from now on vouches for the node (at most one quote interval of waiting).
+    if (current?.fingerprint === fingerprint && this.monitor.isTrusted(keylimeId)) {
+      const count = this.monitor.lastStatus(keylimeId)?.attestationCount ?? 0;
+      try {
+        await this.monitor.awaitFreshQuote(keylimeId, count, this.o.settings.enrollTimeout * 1000);
+      } catch (err) {
+        throw this.admissionError(r.agentId, err);
+      }
+      return;
+    }
 
     this.admitting.add(r.agentId);
     this.forget(r.agentId);
