@@ -235,7 +235,12 @@ export function verifyEkCertificate(certDer: Buffer, manufacturerCasDer: Buffer[
   const now = opts.now ?? new Date();
   const leaf = parseCert(certDer, 'EK certificate');
   const anchors = manufacturerCasDer.map((d, i) => parseCached(d, `manufacturer CA #${i}`));
-  const intermediates = (opts.intermediatesDer ?? []).map((d, i) => parseCached(d, `intermediate #${i}`));
+  // Agent-supplied: their keys are bounded before any of them is used to check a signature.
+  const intermediates = (opts.intermediatesDer ?? []).map((d, i) => {
+    const c = parseCached(d, `intermediate #${i}`);
+    checkIssuerKey(c, `intermediate #${i}`);
+    return c;
+  });
   if (anchors.length === 0) throw new TpmEkCertificateError('untrusted', 'no manufacturer CA certificates configured: cannot validate any EK certificate');
 
   checkCriticalExtensions(leaf, 'EK certificate');
@@ -263,6 +268,35 @@ export function verifyEkCertificate(certDer: Buffer, manufacturerCasDer: Buffer[
     current = next;
   }
   throw new TpmEkCertificateError('untrusted', `EK certificate: no chain to a configured manufacturer CA (issuer "${current.x509.issuer.replace(/\n/g, ', ')}" not found or its signature does not verify)`);
+}
+
+/** EC curves an intermediate CA key may use (those TPM manufacturers use). */
+const ISSUER_CURVES = new Set(['prime256v1', 'secp384r1', 'secp521r1']);
+const MAX_ISSUER_RSA_BITS = 4096;
+
+/**
+ * Refuses an issuer key whose signature check an attacker could make expensive: RSA above 4096 bits
+ * (a 16384-bit key costs ~5 ms per check) or with an exponent other than 65537, unknown curves.
+ */
+function checkIssuerKey(c: ParsedCert, role: string): void {
+  let d: crypto.AsymmetricKeyDetails;
+  let type: string | undefined;
+  try {
+    const k = c.x509.publicKey;
+    type = k.asymmetricKeyType;
+    d = k.asymmetricKeyDetails ?? {};
+  } catch (err) {
+    throw new TpmEkCertificateError('malformed-certificate', `${role}: unusable public key: ${(err as Error).message}`, { cause: err });
+  }
+  if (type === 'rsa') {
+    if ((d.modulusLength ?? 0) > MAX_ISSUER_RSA_BITS) {
+      throw new TpmEkCertificateError('untrusted', `${role}: RSA key of ${d.modulusLength} bits; issuer keys above ${MAX_ISSUER_RSA_BITS} bits are refused`);
+    }
+    if (d.publicExponent !== 65537n) throw new TpmEkCertificateError('untrusted', `${role}: RSA public exponent ${String(d.publicExponent)}; only 65537 is accepted`);
+    return;
+  }
+  if (type === 'ec' && d.namedCurve !== undefined && ISSUER_CURVES.has(d.namedCurve)) return;
+  throw new TpmEkCertificateError('untrusted', `${role}: ${type ?? 'unknown'} key${d.namedCurve ? ` on ${d.namedCurve}` : ''} is not an accepted issuer key (RSA ≤ ${MAX_ISSUER_RSA_BITS} bits, P-256, P-384, P-521)`);
 }
 
 function checkIssuer(c: ParsedCert, now: Date, role: string): void {

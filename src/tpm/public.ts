@@ -256,6 +256,9 @@ export function checkAkAttributes(pub: TpmPublic, policy: AkPolicy = {}): void {
   }
   if (a.decrypt) problems.push('decrypt is set (an AK must be a signing-only key)');
   if (pub.parameters.symmetric !== null) problems.push('a symmetric algorithm is set (a signing key has none)');
+  // Credential activation binds the AK to the EK through the AK's name, a digest under nameAlg: with
+  // SHA-1 that binding would rest on a broken hash.
+  if (!hashes.includes(pub.nameAlg)) problems.push(`the name algorithm ${pub.nameAlg} is not one of ${hashes.join(', ')} (the AK's name binds it to the EK)`);
   const scheme = pub.parameters.scheme;
   const expected = pub.type === 'rsa' ? ['rsassa', 'rsapss'] : ['ecdsa'];
   if (scheme === null) {

@@ -102,6 +102,8 @@ export class TpmAttestor {
     if (input.ekCertificate.length > 0) {
       if (input.ekCertificate.length > MAX_CERT_BYTES) throw new AttestationError('invalid_argument', `ek_certificate is larger than ${MAX_CERT_BYTES} bytes`);
       if (input.ekIntermediates.length > MAX_INTERMEDIATES) throw new AttestationError('invalid_argument', `more than ${MAX_INTERMEDIATES} ek_intermediates`);
+      const oversized = input.ekIntermediates.findIndex((c) => c.length > MAX_CERT_BYTES);
+      if (oversized >= 0) throw new AttestationError('invalid_argument', `ek_intermediates[${oversized}] is larger than ${MAX_CERT_BYTES} bytes`);
       try {
         certInfo = verifyEkCertificate(input.ekCertificate, this.opts.manufacturerCasDer, { intermediatesDer: input.ekIntermediates, now: this.now() });
       } catch (err) {
