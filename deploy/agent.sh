@@ -20,7 +20,10 @@
 #
 # Unified Identity: with UNIFIED_IDENTITY_ENABLED on (read by the agent itself; this script asks the same
 # parser, feature-flags/) the agent reads a gpsd location sensor at every attestation:
-#   TERROIR_GPSD_HOST / TERROIR_GPSD_PORT   the gpsd (default gpsd / 2947: the compose service)
+#   TERROIR_GPSD_HOST / TERROIR_GPSD_PORT   the gpsd (default 127.0.0.1 / 2947: compose's gpsd shares the
+#                                  agent's network namespace). Loopback only (127.0.0.0/8, ::1, localhost):
+#   TERROIR_GPSD_ALLOW_REMOTE      true: a gpsd on another host is read too (anyone on the path could answer
+#                                  as the receiver; its readings say link: remote). Default false
 #   TERROIR_GPSD_TIMEOUT_MS        how long an attestation waits for a fix (default 10000)
 #
 # Keylime continuous mode: with the flag on and TERROIR_KEYLIME_MODE=continuous (the same variable and
@@ -57,16 +60,21 @@ unified_yaml=""
 keylime_yaml=""
 if [ "$flag" = on ]; then
   [ -z "${TERROIR_AGENT_JOIN_TOKEN:-}" ] || die "UNIFIED_IDENTITY_ENABLED is on but TERROIR_AGENT_JOIN_TOKEN is set: Unified Identity claims are bound to a TPM quote; unset the join token"
-  gpsd_host=${TERROIR_GPSD_HOST:-gpsd}
+  gpsd_host=${TERROIR_GPSD_HOST:-127.0.0.1}
   gpsd_port=${TERROIR_GPSD_PORT:-2947}
   gpsd_timeout=${TERROIR_GPSD_TIMEOUT_MS:-10000}
+  gpsd_remote=${TERROIR_GPSD_ALLOW_REMOTE:-false}
   [[ $gpsd_host =~ ^[A-Za-z0-9.:_-]+$ ]] || die "TERROIR_GPSD_HOST must be a host name or address, got '$gpsd_host'"
+  [ "$gpsd_remote" = true ] || [ "$gpsd_remote" = false ] || die "TERROIR_GPSD_ALLOW_REMOTE must be true or false, got '$gpsd_remote'"
+  if [ "$gpsd_remote" = false ] && ! [[ $gpsd_host =~ ^(127\.[0-9.]+|::1|localhost)$ ]]; then
+    die "TERROIR_GPSD_HOST '$gpsd_host' is not a loopback address: anyone on the network path could answer as this node's GNSS receiver. Run gpsd on this host (127.0.0.1), or set TERROIR_GPSD_ALLOW_REMOTE=true (its readings then say link: remote)"
+  fi
   [[ $gpsd_port =~ ^[0-9]+$ ]] && [ "$gpsd_port" -ge 1 ] && [ "$gpsd_port" -le 65535 ] || die "TERROIR_GPSD_PORT must be a port number, got '$gpsd_port'"
   [[ $gpsd_timeout =~ ^[0-9]+$ ]] || die "TERROIR_GPSD_TIMEOUT_MS must be a number of milliseconds, got '$gpsd_timeout'"
   unified_yaml="
   unifiedIdentity:
     sensors:
-      - { type: gpsd, id: gpsd, host: \"$gpsd_host\", port: $gpsd_port }
+      - { type: gpsd, id: gpsd, host: \"$gpsd_host\", port: $gpsd_port$([ "$gpsd_remote" = false ] || echo ', allowRemote: true') }
     sensorTimeoutMs: $gpsd_timeout"
 
   mode=${TERROIR_KEYLIME_MODE:-oneshot}

@@ -17,7 +17,9 @@
 #   GPS_LOG            instead: replay this recorded NMEA log as is, in a loop (its fixed times go stale:
 #                      for looking at gpsd, not for Unified Identity)
 #   GPSD_PORT          default 2947
-#   GPSD_LISTEN_ALL    1 (default): gpsd listens on all addresses (-G), for other containers; 0: loopback only
+#   GPSD_LISTEN_ALL    0 (default): gpsd listens on loopback only (compose: the agent shares its network
+#                      namespace); 1: on all addresses (-G), for agents on other hosts, which must then set
+#                      allowRemote (TERROIR_GPSD_ALLOW_REMOTE) and whose readings say link: remote
 #
 # `gpspipe -w localhost:2947` shows its fixes.
 set -euo pipefail
@@ -29,7 +31,7 @@ port=${GPSD_PORT:-2947}
 # -n: open the fake device at once, so a client sees fixes from its first WATCH.
 args=(-q -P "$port" -n)
 # -G (all addresses) through a gpsd wrapper: gpsfake's -o cannot pass it (see gps/listen-all/gpsd).
-if [ "${GPSD_LISTEN_ALL:-1}" = 1 ]; then
+if [ "${GPSD_LISTEN_ALL:-0}" = 1 ]; then
   export GPSD_HOME=$here/gps/listen-all
 else
   unset GPSD_HOME

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { SensorError } from './errors.js';
-import { GpsdSensor } from './gpsd.js';
+import { GpsdSensor, isLoopbackHost, notLoopback } from './gpsd.js';
 import { BAUD_RATES, NmeaSensor } from './nmea.js';
 import type { SensorPlugin } from './sensor.js';
 import { StaticSensor } from './static-sensor.js';
@@ -9,6 +9,10 @@ const id = z.string().min(1).max(128).optional();
 const timeoutMs = z.int().min(1).max(600_000).optional();
 const maxSpeedMps = z.number().positive().max(10_000).optional();
 const settleFixes = z.int().min(0).max(100).optional();
+/** Bound on a trusted fix's horizontal error (metres; default 1000): a wider fix is refused by the jump guard. */
+const maxErrorM = z.number().positive().max(100_000).optional();
+/** How far ahead of the agent's clock a fix may be stamped (ms; default 30 000). */
+const maxFutureSkewMs = z.int().min(0).max(600_000).optional();
 
 export const sensorConfigSchema = z.discriminatedUnion('type', [
   z.strictObject({
@@ -16,12 +20,22 @@ export const sensorConfigSchema = z.discriminatedUnion('type', [
     id,
     host: z.string().min(1).max(255).default('127.0.0.1'),
     port: z.int().min(1).max(65535).default(2947),
+    /** Read a gpsd on another host (its readings say link: remote). */
+    allowRemote: z.boolean().optional(),
+    /** Named only to explain why it is refused: gpsd's Unix socket does not speak the JSON protocol. */
+    socketPath: z.never({
+      error: 'gpsd serves its JSON protocol over TCP only: its Unix socket (gpsd -F, e.g. /run/gpsd.sock) is a control socket for adding and removing devices. Use host 127.0.0.1 and port 2947',
+    }).optional(),
     device: z.string().min(1).max(4096).optional(),
     minMode: z.union([z.literal(2), z.literal(3)]).optional(),
     maxSpeedMps,
     settleFixes,
+    maxErrorM,
+    maxFutureSkewMs,
     maxLineBytes: z.int().min(1024).max(1024 * 1024).optional(),
     timeoutMs,
+  }).superRefine((c, ctx) => {
+    if (c.allowRemote !== true && !isLoopbackHost(c.host)) ctx.addIssue({ code: 'custom', path: ['host'], message: notLoopback(c.host) });
   }),
   z.strictObject({
     type: z.literal('nmea'),
@@ -31,6 +45,8 @@ export const sensorConfigSchema = z.discriminatedUnion('type', [
     uereM: z.number().positive().max(1000).optional(),
     maxSpeedMps,
     settleFixes,
+    maxErrorM,
+    maxFutureSkewMs,
     timeoutMs,
   }),
   z.strictObject({

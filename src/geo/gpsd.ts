@@ -5,14 +5,26 @@ import { JumpGuard, offerGnssFix, ReadWaiters, type ReadOptions, type SensorPlug
 
 export interface GpsdSensorOptions {
   id?: string;
+  /** Default 127.0.0.1. Only a loopback address (127.0.0.0/8, ::1, localhost) unless allowRemote. */
   host?: string;
   port?: number;
+  /**
+   * Read a gpsd on another host. Anyone on the network path can then answer as the GNSS receiver, so
+   * it takes this explicit setting, and the readings carry `link: 'remote'`.
+   */
+  allowRemote?: boolean;
   /** Only accept TPV reports from this device path (gpsd may serve several receivers). */
   device?: string;
   /** 2 accepts 2D fixes, 3 demands 3D fixes. */
   minMode?: 2 | 3;
   maxSpeedMps?: number;
   settleFixes?: number;
+  /** A fix claiming a larger horizontal error (metres) is not trusted (default 1000). */
+  maxErrorM?: number;
+  /** A fix stamped further ahead of this host's clock (ms) is not trusted (default 30 s). */
+  maxFutureSkewMs?: number;
+  /** This host's clock, for tests (default Date.now). */
+  now?: () => number;
   /** Longest JSON line accepted from gpsd; longer means a broken or hostile peer. */
   maxLineBytes?: number;
   timeoutMs?: number;
@@ -26,12 +38,19 @@ const DEFAULT_MAX_LINE = 64 * 1024;
  * TPV reports into readings. A TPV counts as a fix when its mode is at least minMode and it has
  * lat, lon, time and a horizontal error estimate (eph, else the epx/epy ellipse's bounding radius).
  * The connection is kept open between reads and reopened after a failure.
+ *
+ * gpsd serves its JSON protocol over TCP only (its Unix socket, -F, takes device commands), so the
+ * sensor reads TCP: on loopback by default; a gpsd on another host only with `allowRemote`, and then
+ * every reading says `link: 'remote'`. The check is made on the configured host and again on the
+ * address actually connected to (a name such as localhost must resolve to loopback).
  */
 export class GpsdSensor implements SensorPlugin {
   readonly kind = 'gnss' as const;
   readonly id: string;
   private readonly host: string;
   private readonly port: number;
+  private readonly allowRemote: boolean;
+  private remote = false;
   private readonly device: string | undefined;
   private readonly minMode: 2 | 3;
   private readonly maxLineBytes: number;
@@ -48,10 +67,18 @@ export class GpsdSensor implements SensorPlugin {
     this.host = opts.host ?? '127.0.0.1';
     this.port = opts.port ?? 2947;
     this.id = opts.id ?? `gpsd:${this.host}:${this.port}`;
+    this.allowRemote = opts.allowRemote ?? false;
+    if (!this.allowRemote && !isLoopbackHost(this.host)) {
+      throw new SensorError('GEO_SENSOR_CONFIG', this.id, notLoopback(this.host));
+    }
     this.device = opts.device;
     this.minMode = opts.minMode ?? 2;
     this.maxLineBytes = opts.maxLineBytes ?? DEFAULT_MAX_LINE;
-    this.guard = new JumpGuard(opts.maxSpeedMps ?? 100, opts.settleFixes ?? 3);
+    try {
+      this.guard = new JumpGuard(opts.maxSpeedMps ?? 100, opts.settleFixes ?? 3, { maxErrorM: opts.maxErrorM, maxFutureSkewMs: opts.maxFutureSkewMs, now: opts.now });
+    } catch (err) {
+      throw new SensorError('GEO_SENSOR_CONFIG', this.id, (err as Error).message);
+    }
     this.waiters = new ReadWaiters(this.id, opts.timeoutMs ?? 10_000, () => this.describeWait());
   }
 
@@ -95,7 +122,15 @@ export class GpsdSensor implements SensorPlugin {
     this.buf = '';
     s.setEncoding('utf8');
     s.setNoDelay(true);
-    s.on('connect', () => s.write('?WATCH={"enable":true,"json":true};\n'));
+    s.on('connect', () => {
+      const peer = s.remoteAddress ?? '';
+      const remote = !isLoopbackHost(peer);
+      if (remote && !this.allowRemote) {
+        return this.fail(s, new SensorError('GEO_SENSOR_CONFIG', this.id, `${this.host} resolved to ${peer}, which is not a loopback address; set allowRemote: true to read a gpsd on another host`));
+      }
+      this.remote = remote;
+      s.write('?WATCH={"enable":true,"json":true};\n');
+    });
     s.on('data', (chunk: string) => this.onData(s, chunk));
     s.on('error', (err) => this.fail(s, new SensorError('GEO_SENSOR_IO', this.id, `gpsd at ${this.host}:${this.port}: ${err.message}`, { cause: err })));
     s.on('close', () => this.fail(s, new SensorError('GEO_SENSOR_CLOSED', this.id, `gpsd at ${this.host}:${this.port} closed the connection`)));
@@ -163,12 +198,34 @@ export class GpsdSensor implements SensorPlugin {
       this.lastSkip = 'TPV report without a horizontal error estimate (eph or epx/epy)';
       return;
     }
-    const jump = offerGnssFix(this.id, this.guard, this.waiters, {
+    const { jump, refused } = offerGnssFix(this.id, this.guard, this.waiters, {
       time, lat, lon, horizontalErrorM: errM,
+      ...(this.remote ? { link: 'remote' as const } : {}),
       evidence: { source: 'gpsd', device: m.device, mode, time: m.time, lat, lon, eph: m.eph, epx: m.epx, epy: m.epy },
     });
+    if (refused !== undefined) this.lastSkip = refused;
     if (jump !== undefined) this.pendingJump = jump;
   }
+}
+
+/** 127.0.0.0/8, ::1 (also IPv4-mapped loopback) or the name localhost. Any other name is not: it may resolve anywhere. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.trim().toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  if (h === 'localhost' || h === 'localhost.') return true;
+  if (net.isIPv4(h)) return h.split('.')[0] === '127';
+  if (net.isIPv6(h)) {
+    // Normalised: 0:0:0:0:0:0:0:1 → ::1, 0:0:0:0:0:ffff:7f00:1 → ::ffff:127.0.0.1.
+    const n = new net.SocketAddress({ address: h, family: 'ipv6' }).address;
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(n)?.[1];
+    return n === '::1' || (mapped !== undefined && mapped.split('.')[0] === '127');
+  }
+  return false;
+}
+
+/** The configuration error for a gpsd host off loopback without allowRemote. */
+export function notLoopback(host: string): string {
+  return `gpsd host "${host}" is not a loopback address: anyone on the network path to it could answer as this node's GNSS receiver. ` +
+    'Run gpsd on this host (host 127.0.0.1, the default) or, to read a gpsd on another host anyway, set allowRemote: true (its readings then say link: remote)';
 }
 
 function horizontalError(m: Record<string, unknown>): number | undefined {

@@ -22,6 +22,12 @@ export interface NmeaSensorOptions {
   uereM?: number;
   maxSpeedMps?: number;
   settleFixes?: number;
+  /** A fix whose error (HDOP × uereM) is larger (metres) is not trusted (default 1000). */
+  maxErrorM?: number;
+  /** A fix stamped further ahead of this host's clock (ms) is not trusted (default 30 s). */
+  maxFutureSkewMs?: number;
+  /** This host's clock, for tests (default Date.now). */
+  now?: () => number;
   timeoutMs?: number;
 }
 
@@ -68,7 +74,11 @@ export class NmeaSensor implements SensorPlugin {
       throw new SensorError('GEO_SENSOR_CONFIG', this.id, `baudRate must be one of ${BAUD_RATES.join(', ')}, got ${opts.baudRate}`);
     }
     this.uereM = opts.uereM ?? 5;
-    this.guard = new JumpGuard(opts.maxSpeedMps ?? 100, opts.settleFixes ?? 3);
+    try {
+      this.guard = new JumpGuard(opts.maxSpeedMps ?? 100, opts.settleFixes ?? 3, { maxErrorM: opts.maxErrorM, maxFutureSkewMs: opts.maxFutureSkewMs, now: opts.now });
+    } catch (err) {
+      throw new SensorError('GEO_SENSOR_CONFIG', this.id, (err as Error).message);
+    }
     this.waiters = new ReadWaiters(this.id, opts.timeoutMs ?? 10_000, () => this.describeWait());
   }
 
@@ -205,10 +215,11 @@ export class NmeaSensor implements SensorPlugin {
     if (!(time instanceof Date) || Number.isNaN(time.getTime())) return this.reject('RMC has no valid date/time');
     this.lastNoFix = '';
     const errM = hdop * this.uereM;
-    const jump = offerGnssFix(this.id, this.guard, this.waiters, {
+    const { jump, refused } = offerGnssFix(this.id, this.guard, this.waiters, {
       time, lat, lon, horizontalErrorM: errM,
       evidence: { source: 'nmea', sentences: [gga.raw, rmc.raw], fixType: gga.packet.fixType, satellites: gga.packet.satellitesInView, hdop },
     });
+    if (refused !== undefined) this.lastNoFix = refused;
     if (jump !== undefined) this.pendingJump = jump;
   }
 }

@@ -24,6 +24,8 @@ interface Service {
   volumes?: string[];
   user?: string;
   pid?: string;
+  network_mode?: string;
+  ports?: unknown[];
   healthcheck?: { test: string[] };
   networks?: string[] | Record<string, unknown>;
   init?: boolean;
@@ -52,6 +54,12 @@ function networksOf(s: Service): string[] {
   return Array.isArray(s.networks) ? s.networks : Object.keys(s.networks ?? {});
 }
 
+/** The networks a service is on: its own, or those of the service whose namespace it joins (network_mode: service:X). */
+function reachableOn(c: Compose, s: Service): string[] {
+  const joined = /^service:(.+)$/.exec(s.network_mode ?? '')?.[1];
+  return joined === undefined ? networksOf(s) : networksOf(svc(c, joined));
+}
+
 let compose: Compose;
 beforeAll(async () => {
   compose = await composeConfig(path.join(ROOT, 'deploy', '.env.example'));
@@ -73,7 +81,7 @@ function dockerfileEntrypoints(): Record<string, string> {
 describe('docker-compose.yml', () => {
   it('passes docker-compose config with deploy/.env.example and has every service of the deployment', () => {
     expect(Object.keys(compose.services).sort()).toEqual([
-      'certs-init', 'gpsd', 'keylime-registrar', 'keylime-verifier', 'register', 'swtpm', 'terroir-agent', 'terroir-server', 'workload-client', 'workload-consumer',
+      'certs-init', 'gpsd', 'keylime-registrar', 'keylime-verifier', 'node', 'register', 'swtpm', 'terroir-agent', 'terroir-server', 'workload-client', 'workload-consumer',
     ]);
     expect(svc(compose, 'keylime-verifier').image).toBe('quay.io/keylime/keylime_verifier:v7.14.3');
     expect(svc(compose, 'keylime-registrar').image).toBe('quay.io/keylime/keylime_registrar:v7.14.3');
@@ -105,7 +113,7 @@ describe('docker-compose.yml', () => {
       expect(fs.existsSync(script), `${name}: ${script}`).toBe(true);
       scripts.add(path.basename(script));
     }
-    expect([...scripts].sort()).toEqual(['agent.sh', 'certs-init.sh', 'gpsd.sh', 'register.sh', 'server.sh', 'swtpm.sh', 'workload.sh']);
+    expect([...scripts].sort()).toEqual(['agent.sh', 'certs-init.sh', 'gpsd.sh', 'node-net.sh', 'register.sh', 'server.sh', 'swtpm.sh', 'workload.sh']);
   });
 
   it('configures Keylime for mTLS with files deploy/certs-init.sh makes', async () => {
@@ -178,12 +186,26 @@ describe('docker-compose.yml', () => {
       expect(Object.keys(service.environment ?? {}), name).not.toContain('TERROIR_KEYLIME_ALLOW_DEV_STANDIN');
       expect(Object.keys(service.environment ?? {}), name).not.toContain('CONSUMER_ALLOW_DEV_STANDIN');
     }
-    // The agent reads the gpsd service on the sensors network they share.
+    // The agent reads gpsd on loopback: both join the node's network namespace, gpsd listens on loopback
+    // only, and no other service is on it (issue 13: any peer reaching gpsd could answer as the receiver).
     const agent = svc(compose, 'terroir-agent');
-    expect(agent.environment?.TERROIR_GPSD_HOST).toBe('gpsd');
-    expect(agent.environment?.TERROIR_GPSD_PORT).toBe(svc(compose, 'gpsd').environment?.GPSD_PORT);
-    expect(networksOf(agent)).toContain('sensors');
-    expect(networksOf(svc(compose, 'gpsd'))).toEqual(['sensors']);
+    const gpsd = svc(compose, 'gpsd');
+    expect(agent.environment?.TERROIR_GPSD_HOST).toBe('127.0.0.1');
+    expect(agent.environment?.TERROIR_GPSD_ALLOW_REMOTE).toBeUndefined();
+    expect(agent.environment?.TERROIR_GPSD_PORT).toBe(gpsd.environment?.GPSD_PORT);
+    expect(agent.network_mode).toBe('service:node');
+    expect(gpsd.network_mode).toBe('service:node');
+    expect(gpsd.environment?.GPSD_LISTEN_ALL).toBe('0');
+    expect(gpsd.networks).toBeUndefined();
+    expect(gpsd.ports).toBeUndefined();
+    expect(Object.entries(compose.services).filter(([, s]) => s.network_mode === 'service:node').map(([n]) => n).sort()).toEqual(['gpsd', 'terroir-agent']);
+    expect(Object.entries(compose.services).filter(([, s]) => s.network_mode === 'service:gpsd' || s.network_mode === 'service:terroir-agent')).toEqual([]);
+    // The namespace's holder only waits, and keeps the agent's name on the default network.
+    const node = svc(compose, 'node');
+    expect(node.entrypoint).toEqual(['/app/deploy/node-net.sh']);
+    expect(node.ports).toBeUndefined();
+    expect(networksOf(node).sort()).toEqual(['default', 'tpm']);
+    expect((node.networks as Record<string, { aliases?: string[] }>).default?.aliases).toEqual(['terroir-agent']);
     expect(agent.depends_on?.gpsd?.condition).toBe('service_healthy');
     expect(svc(compose, 'gpsd').environment).toMatchObject({ GPS_LAT: '48.8566', GPS_LON: '2.3522' });
     // The consumer gets the flag and its requirement from the env file.
@@ -204,7 +226,7 @@ describe('docker-compose.yml', () => {
     // The verifier dials the address the agent attested from: the one network agent and server share,
     // which the verifier must be on too.
     expect(server?.environment?.TERROIR_KEYLIME_QUOTE_ADDRESS).toBe('source');
-    const shared = networksOf(agent as Service).filter((n) => networksOf(server as Service).includes(n));
+    const shared = reachableOn(c, agent as Service).filter((n) => networksOf(server as Service).includes(n));
     expect(shared).toHaveLength(1);
     expect(networksOf(verifier as Service)).toContain(shared[0]);
     expect(agent?.environment?.TERROIR_KEYLIME_QUOTE_BIND).toBe('0.0.0.0');

@@ -79,12 +79,16 @@ describe('deploy/ scripts refuse bad settings', () => {
     expect(fs.existsSync(data)).toBe(false);
   }, 30_000);
 
-  it('agent.sh with Unified Identity on: a join token, a bad gpsd port', () => {
+  it('agent.sh with Unified Identity on: a join token, a bad gpsd port, a gpsd off loopback without TERROIR_GPSD_ALLOW_REMOTE', () => {
     const bundle = path.join(tmp.dir, 'bundle.pem');
     fs.writeFileSync(bundle, '-----BEGIN CERTIFICATE-----\n');
     const base = { TERROIR_BOOTSTRAP_BUNDLE: bundle, TERROIR_AGENT_DATA_DIR: path.join(tmp.dir, 'agent-ui'), UNIFIED_IDENTITY_ENABLED: 'true' };
     expect(script('agent.sh', [], { ...base, TERROIR_AGENT_JOIN_TOKEN: 'abc' }).stderr).toContain('UNIFIED_IDENTITY_ENABLED is on but TERROIR_AGENT_JOIN_TOKEN is set');
     expect(script('agent.sh', [], { ...base, TERROIR_GPSD_PORT: '99999' }).stderr).toContain("TERROIR_GPSD_PORT must be a port number, got '99999'");
+    // Anyone on the network path to a remote gpsd could answer as the node's receiver (issue 13).
+    expect(script('agent.sh', [], { ...base, TERROIR_GPSD_HOST: 'gpsd' }).stderr).toContain("TERROIR_GPSD_HOST 'gpsd' is not a loopback address");
+    expect(script('agent.sh', [], { ...base, TERROIR_GPSD_HOST: '192.0.2.10' }).stderr).toMatch(/not a loopback address.*TERROIR_GPSD_ALLOW_REMOTE=true/);
+    expect(script('agent.sh', [], { ...base, TERROIR_GPSD_ALLOW_REMOTE: 'yes' }).stderr).toContain("TERROIR_GPSD_ALLOW_REMOTE must be true or false, got 'yes'");
     expect(fs.existsSync(path.join(tmp.dir, 'agent-ui'))).toBe(false);
   });
 

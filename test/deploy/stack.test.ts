@@ -84,7 +84,7 @@ describe('the deployment scripts, natively, Unified Identity off', () => {
     expect(r.stderr.toString()).toMatch(/no X\.509-SVID from the agent within 3 s: .*(PermissionDenied|PERMISSION_DENIED|withdrew|no identity)/i);
   }, 40_000);
 
-  it('gpsd.sh serves fixes stamped with the current time, and again after writing a fresh log; listening on all addresses as in compose', async () => {
+  it('gpsd.sh serves fixes stamped with the current time, and again after writing a fresh log; listening on all addresses with GPSD_LISTEN_ALL=1 (for agents on other hosts)', async () => {
     const gpsdPort = s.ports.gpsd;
     const child = s.start('gpsd', 'bash', [path.join(DEPLOY, 'gpsd.sh')], s.env({
       GPSD_PORT: String(gpsdPort), GPSD_LISTEN_ALL: '1', GPS_STEP_S: '0.2', GPS_LOG_SECONDS: '2', GPS_LAT: '-33.8688', GPS_LON: '151.2093',

@@ -10,6 +10,8 @@ export interface Gpsfake {
   port: number;
   process: ChildProcess;
   output: () => string;
+  /** gpsfake's gpsd control socket (gpsd -F: device add/remove commands, not the JSON protocol). */
+  controlSocket: () => string | undefined;
   stop: () => Promise<void>;
 }
 
@@ -38,7 +40,11 @@ export async function startGpsfake(logPath: string, cycleS = 0.1): Promise<Gpsfa
     try {
       await waitForPort(port, '127.0.0.1', 10_000);
       await waitForDevice(port, child, 8_000);
-      return { port, process: child, output, stop };
+      const controlSocket = (): string | undefined => {
+        const sock = fs.readdirSync(tmp).find((f) => /^gpsfake-\d+\.sock$/.test(f));
+        return sock === undefined ? undefined : path.join(tmp, sock);
+      };
+      return { port, process: child, output, controlSocket, stop };
     } catch (err) {
       await stop();
       failures.push(`port ${port}: ${(err as Error).message} ${output().trim()}`);

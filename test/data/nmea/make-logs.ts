@@ -31,6 +31,7 @@ function log(epochs: Epoch[], startSecond = 0): string {
 const BERLIN = { lat: 52.52, lon: 13.405 };
 const PARIS = { lat: 48.8566, lon: 2.3522 };
 const BUSINGEN = { lat: 47.697, lon: 8.69 };
+const NEW_YORK = { lat: 40.7128, lon: -74.006 };
 
 const repeat = (n: number, e: Epoch): Epoch[] => Array.from({ length: n }, () => ({ ...e }));
 
@@ -38,6 +39,9 @@ fs.writeFileSync(path.join(here, 'fix.nmea'), log(repeat(30, { ...BERLIN, mode: 
 fs.writeFileSync(path.join(here, 'nofix.nmea'), log(repeat(20, { mode: 1 })));
 fs.writeFileSync(path.join(here, '2d-fix.nmea'), log(repeat(30, { ...BUSINGEN, mode: 2, hdop: 2.5, sats: 3 })));
 fs.writeFileSync(path.join(here, 'jump.nmea'), log([...repeat(12, { ...BERLIN, mode: 3 }), ...repeat(8, { ...PARIS, mode: 3 })]));
+// New York, then one Paris fix whose HDOP (315789.5) makes gpsd report eph ≈ 6,000,000 m, then Paris:
+// an error circle wider than the Earth must not carry the jump past the guard.
+fs.writeFileSync(path.join(here, 'eph-jump.nmea'), log([...repeat(12, { ...NEW_YORK, mode: 3 }), { ...PARIS, mode: 3, hdop: 315789.5 }, ...repeat(8, { ...PARIS, mode: 3 })]));
 // Corrupted copies of Paris fixes (checksums broken) followed by valid Berlin fixes: the
 // corrupted ones must be dropped, so the first reading is Berlin.
 const corrupt = log(repeat(2, { ...PARIS, mode: 3 }))
