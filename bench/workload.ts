@@ -50,7 +50,7 @@ function source(s: X509Svid): X509SourceLike {
 
 const serverSvid = svid('/server');
 const clientSvid = svid('/client');
-const authorizer = authorizeAll(authorizeMemberOf(td), authorizeUnifiedIdentity({ regions: ['EU'], countries: ['DE', 'FR'] }));
+const authorizer = authorizeAll(authorizeMemberOf(td), authorizeUnifiedIdentity({ trustDomain: td, regions: ['EU'], countries: ['DE', 'FR'] }));
 
 async function listen(server: tls.Server): Promise<number> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

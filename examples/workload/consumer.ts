@@ -23,7 +23,7 @@ log.info({ id: source.getX509Svid().id.toString() }, 'got our SVID');
 
 const server = createHttpsServer({
   source,
-  authorizer: authorizeAll(authorizeMemberOf(trustDomain), authorizeUnifiedIdentity({ regions: ['EU'] })),
+  authorizer: authorizeAll(authorizeMemberOf(trustDomain), authorizeUnifiedIdentity({ trustDomain: trustDomain, regions: ['EU'] })),
   logger: log,
 }, (_req, res, peer) => {
   const claims = unifiedIdentityOf(peer);

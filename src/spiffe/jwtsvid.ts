@@ -137,11 +137,15 @@ export function validateJwtSvidSync(token: string, bundles: JwtBundleSource, aud
   if (typeof token !== 'string') throw new JwtSvidError('malformed-token', 'token must be a string');
   if (token.length > MAX_JWT_BYTES) throw new JwtSvidError('token-too-large', `token is longer than ${MAX_JWT_BYTES} bytes`);
   const parts = token.split('.');
-  if (parts.length !== 3 || !parts.every((p) => B64URL.test(p))) {
-    throw new JwtSvidError('malformed-token', 'token is not a compact JWS (three base64url parts separated by dots)');
+  if (parts.length !== 3) {
+    throw new JwtSvidError('malformed-token', `token has ${parts.length} part(s); a JWT-SVID is a compact JWS: header.payload.signature, base64url, separated by dots`);
   }
   const [h, p, s] = parts as [string, string, string];
+  if (!B64URL.test(h) || !B64URL.test(p)) throw new JwtSvidError('malformed-token', 'token header and payload must be non-empty base64url');
   const header = decodeJsonPart(h, 'header');
+  // Said before the signature's shape: an unsigned token ("alg": "none", empty signature) is refused for what it is.
+  if (header['alg'] === 'none') throw new JwtSvidError('unsupported-algorithm', 'JWT alg "none" is not allowed: an unsigned token proves nothing (RS/ES/PS 256/384/512 only)');
+  if (!B64URL.test(s)) throw new JwtSvidError('malformed-token', 'token signature must be non-empty base64url');
   for (const name of Object.keys(header)) {
     if (!ALLOWED_HEADERS.has(name)) throw new JwtSvidError('unexpected-header', `JWT header "${name}" is not allowed (only alg, kid, typ)`);
   }

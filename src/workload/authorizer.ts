@@ -55,12 +55,7 @@ export function authorizeOneOf(ids: ReadonlyArray<SpiffeId | string>): Authorize
 
 /** Any SPIFFE ID of this trust domain. */
 export function authorizeMemberOf(td: TrustDomain | string): Authorizer {
-  let want: TrustDomain;
-  try {
-    want = td instanceof TrustDomain ? td : TrustDomain.parse(td);
-  } catch (e) {
-    throw new WorkloadError('invalid-argument', `authorizeMemberOf: ${(e as Error).message}`, { cause: e });
-  }
+  const want = toTrustDomain(td, 'authorizeMemberOf');
   return (peer) => {
     if (!peer.id.trustDomain.equals(want)) {
       throw new AuthorizationError(`peer ${peer.id.toString()} is not a member of trust domain ${want.name}`);
@@ -78,6 +73,13 @@ export function authorizeAll(...authorizers: Authorizer[]): Authorizer {
 
 /** What a Unified Identity authorizer requires; each given list is "one of", all given lists must hold. */
 export interface UnifiedIdentityRequirement {
+  /**
+   * The trust domain whose claims are believed. A federated partner's server can mint an SVID
+   * asserting any region, so claims count only from this trust domain. Required unless
+   * `anyTrustDomain: true` says, explicitly, that every trust domain in the bundle set is believed.
+   */
+  trustDomain?: TrustDomain | string;
+  anyTrustDomain?: true;
   countries?: string[];
   regions?: string[];
   policies?: string[];
@@ -101,6 +103,11 @@ export interface UnifiedIdentityRequirement {
  * field: refused.
  */
 export function authorizeUnifiedIdentity(req: UnifiedIdentityRequirement): Authorizer {
+  if ((req?.trustDomain === undefined) === (req?.anyTrustDomain !== true)) {
+    throw new WorkloadError('invalid-argument', 'authorizeUnifiedIdentity needs exactly one of trustDomain (whose claims are believed, e.g. your own) '
+      + 'or anyTrustDomain: true (believe every federated trust domain\'s claims)');
+  }
+  const td = req.trustDomain === undefined ? undefined : toTrustDomain(req.trustDomain, 'authorizeUnifiedIdentity');
   const countries = listOf(req?.countries, 'countries');
   const regions = listOf(req?.regions, 'regions');
   const policies = listOf(req?.policies, 'policies');
@@ -115,6 +122,9 @@ export function authorizeUnifiedIdentity(req: UnifiedIdentityRequirement): Autho
     throw new WorkloadError('invalid-argument', 'countries must be ISO 3166-1 alpha-2 codes in upper case, e.g. "DE"');
   }
   return (peer) => {
+    if (td !== undefined && !peer.id.trustDomain.equals(td)) {
+      throw new AuthorizationError(`peer ${peer.id.toString()}'s Unified Identity claims come from trust domain ${peer.id.trustDomain.name}; only ${td.name}'s are believed`);
+    }
     const claims = unifiedIdentityOf(peer);
     if (claims === undefined) throw new AuthorizationError(`peer ${peer.id.toString()} carries no Unified Identity claims`);
     if (claims['verifier'] === DEVELOPMENT_STAND_IN_VERIFIER && req.allowDevelopmentStandIn !== true) {
@@ -170,6 +180,15 @@ function listOf(v: string[] | undefined, name: string): Set<string> | undefined 
     throw new WorkloadError('invalid-argument', `${name} must be a non-empty list of non-empty strings`);
   }
   return new Set(v);
+}
+
+function toTrustDomain(td: TrustDomain | string, who: string): TrustDomain {
+  if (td instanceof TrustDomain) return td;
+  try {
+    return TrustDomain.parse(td);
+  } catch (e) {
+    throw new WorkloadError('invalid-argument', `${who}: ${(e as Error).message}`, { cause: e });
+  }
 }
 
 function toId(id: SpiffeId | string): SpiffeId {

@@ -97,7 +97,9 @@ describe('validateJwtSvid refuses', () => {
   it('alg none, HS256 and other algorithms outside the allow-list', async () => {
     const claims = goodClaims();
     const none = `${b64({ alg: 'none', kid: 'kid-1' })}.${b64(claims)}.`;
-    await expect(failCode(validateJwtSvid(none, bundles, 'svc'))).resolves.toBe('malformed-token');
+    // Said for what it is (issue 14, finding 10), not "not three parts".
+    await expect(failCode(validateJwtSvid(none, bundles, 'svc'))).resolves.toBe('unsupported-algorithm');
+    await expect(validateJwtSvid(none, bundles, 'svc')).rejects.toThrow('JWT alg "none" is not allowed: an unsigned token proves nothing');
     const noneSigned = `${b64({ alg: 'none', kid: 'kid-1' })}.${b64(claims)}.AAAA`;
     await expect(failCode(validateJwtSvid(noneSigned, bundles, 'svc'))).resolves.toBe('unsupported-algorithm');
     // HS256 keyed with the public key bytes: the classic algorithm-confusion attack.

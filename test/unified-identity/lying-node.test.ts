@@ -78,10 +78,10 @@ describe('a node whose own GNSS says Paris', () => {
     const claims = unifiedIdentityFromCertificate(leaf)!;
     expect(claims).toMatchObject({ country: 'FR', region: 'EU', assurance: 'self-reported', witnesses: ['node:gnss'], sensorKinds: ['gnss'] });
     const peer = { id: SpiffeId.parse(res.spiffeId), x509Chain: [leaf] };
-    expect(() => authorizeUnifiedIdentity({ regions: ['EU'], allowDevelopmentStandIn: true })(peer)).not.toThrow();
-    expect(() => authorizeUnifiedIdentity({ regions: ['EU'], minAssurance: 'operator-witnessed', allowDevelopmentStandIn: true })(peer))
+    expect(() => authorizeUnifiedIdentity({ trustDomain: TD, regions: ['EU'], allowDevelopmentStandIn: true })(peer)).not.toThrow();
+    expect(() => authorizeUnifiedIdentity({ trustDomain: TD, regions: ['EU'], minAssurance: 'operator-witnessed', allowDevelopmentStandIn: true })(peer))
       .toThrow(/location is self-reported; operator-witnessed or better is required/);
-    expect(() => authorizeUnifiedIdentity({ regions: ['EU'], requireWitnesses: ['operator'], allowDevelopmentStandIn: true })(peer))
+    expect(() => authorizeUnifiedIdentity({ trustDomain: TD, regions: ['EU'], requireWitnesses: ['operator'], allowDevelopmentStandIn: true })(peer))
       .toThrow(/not witnessed by operator/);
   });
 });

@@ -135,14 +135,14 @@ describe('Unified Identity, flag on', () => {
       expect(claims).toEqual(await nodeClaims(on, agent.spiffeId!));
       euSvid = { id: spiffeId, cert: leafDer, key: svid.x509_svid_key };
       // The verifier here is the development stand-in, and the claims say so: refused unless allowed.
-      expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })({ id: SpiffeId.parse(spiffeId), x509Chain: [leafDer] }))
+      expect(() => authorizeUnifiedIdentity({ trustDomain: TD, regions: ['EU'] })({ id: SpiffeId.parse(spiffeId), x509Chain: [leafDer] }))
         .toThrow(/checked only by terroir's development Keylime stand-in/);
-      authorizeUnifiedIdentity({ regions: ['EU'], allowDevelopmentStandIn: true })({ id: SpiffeId.parse(spiffeId), x509Chain: [leafDer] });
+      authorizeUnifiedIdentity({ trustDomain: TD, regions: ['EU'], allowDevelopmentStandIn: true })({ id: SpiffeId.parse(spiffeId), x509Chain: [leafDer] });
 
       const token = await fetchJwt(client, 'eu-service');
       const payload = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as Record<string, unknown>;
       expect(payload['unified_identity']).toEqual(claims);
-      authorizeUnifiedIdentity({ countries: ['DE'], policies: ['eu-only'], allowDevelopmentStandIn: true })({ id: SpiffeId.parse(spiffeId), jwtClaims: payload });
+      authorizeUnifiedIdentity({ trustDomain: TD, countries: ['DE'], policies: ['eu-only'], allowDevelopmentStandIn: true })({ id: SpiffeId.parse(spiffeId), jwtClaims: payload });
     } finally {
       client.close();
     }
@@ -168,7 +168,7 @@ describe('Unified Identity, flag on', () => {
     const plain = source('plain-app', plainCert, keys.privateKey);
 
     const accepted: string[] = [];
-    const server = createTlsServer({ source: eu, authorizer: authorizeUnifiedIdentity({ regions: ['EU'], allowDevelopmentStandIn: true }) }, (sock, peer) => {
+    const server = createTlsServer({ source: eu, authorizer: authorizeUnifiedIdentity({ trustDomain: TD, regions: ['EU'], allowDevelopmentStandIn: true }) }, (sock, peer) => {
       accepted.push(peer.id.toString());
       sock.end('hello from an EU-only service');
     });
@@ -301,7 +301,7 @@ describe('Unified Identity, flag on', () => {
       const res = await d.attest(strict, d.provider(d.berlin));
       const leaf = leafOf(res.svidChain);
       expect(unifiedIdentityFromCertificate(leaf)).toMatchObject({ verifier: 'keylime', region: 'EU' });
-      authorizeUnifiedIdentity({ regions: ['EU'] })({ id: SpiffeId.parse(res.spiffeId), x509Chain: [leaf] });
+      authorizeUnifiedIdentity({ trustDomain: TD, regions: ['EU'] })({ id: SpiffeId.parse(res.spiffeId), x509Chain: [leaf] });
     } finally {
       d.verifier.announceStandIn = true;
     }
@@ -340,7 +340,7 @@ describe('Unified Identity, flag off', () => {
     expect(unifiedIdentityFromCertificate(leaf)).toBeUndefined();
     expect(res.unifiedIdentityClaims?.length ?? 0).toBe(0);
     expect(await nodeClaims(off, res.spiffeId)).toBeUndefined();
-    expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })({ id: SpiffeId.parse(res.spiffeId), x509Chain: [leaf] })).toThrow(/carries no Unified Identity claims/);
+    expect(() => authorizeUnifiedIdentity({ trustDomain: TD, regions: ['EU'] })({ id: SpiffeId.parse(res.spiffeId), x509Chain: [leaf] })).toThrow(/carries no Unified Identity claims/);
   });
 
   it('the OID check above does see the extension on a flag-on SVID', async () => {

@@ -29,7 +29,7 @@ describe('authorizers', () => {
 
   it('Unified Identity: every given list must hold, for X.509 and JWT peers alike', () => {
     const claims = { country: 'FR', region: 'EU', policy: 'eu-only' };
-    const a = authorizeUnifiedIdentity({ countries: ['DE', 'FR'], regions: ['EU'], policies: ['eu-only'] });
+    const a = authorizeUnifiedIdentity({ trustDomain: 'example.org', countries: ['DE', 'FR'], regions: ['EU'], policies: ['eu-only'] });
     expect(() => a(x509('/a', claims))).not.toThrow();
     expect(() => a(jwt('/a', { unified_identity: claims }))).not.toThrow();
     expect(() => a(x509('/a', { ...claims, policy: 'global' }))).toThrow(/policy "global"/);
@@ -41,18 +41,18 @@ describe('authorizers', () => {
 
   it('Unified Identity: claims checked only by the development Keylime stand-in are refused unless allowed', () => {
     const standIn = { country: 'FR', region: 'EU', policy: 'eu', verifier: 'keylime-development-stand-in' };
-    expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })(x509('/a', standIn))).toThrow(/checked only by terroir's development Keylime stand-in/);
-    expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })(jwt('/a', { unified_identity: standIn }))).toThrow(/development Keylime stand-in/);
-    expect(() => authorizeUnifiedIdentity({ regions: ['EU'], allowDevelopmentStandIn: true })(x509('/a', standIn))).not.toThrow();
+    expect(() => authorizeUnifiedIdentity({ trustDomain: 'example.org', regions: ['EU'] })(x509('/a', standIn))).toThrow(/checked only by terroir's development Keylime stand-in/);
+    expect(() => authorizeUnifiedIdentity({ trustDomain: 'example.org', regions: ['EU'] })(jwt('/a', { unified_identity: standIn }))).toThrow(/development Keylime stand-in/);
+    expect(() => authorizeUnifiedIdentity({ trustDomain: 'example.org', regions: ['EU'], allowDevelopmentStandIn: true })(x509('/a', standIn))).not.toThrow();
     // Allowing the stand-in relaxes nothing else.
-    expect(() => authorizeUnifiedIdentity({ regions: ['EU'], countries: ['DE'], allowDevelopmentStandIn: true })(x509('/a', standIn))).toThrow(/country "FR"/);
-    expect(() => authorizeUnifiedIdentity({ regions: ['EU'] })(x509('/a', { ...standIn, verifier: 'keylime' }))).not.toThrow();
+    expect(() => authorizeUnifiedIdentity({ trustDomain: 'example.org', regions: ['EU'], countries: ['DE'], allowDevelopmentStandIn: true })(x509('/a', standIn))).toThrow(/country "FR"/);
+    expect(() => authorizeUnifiedIdentity({ trustDomain: 'example.org', regions: ['EU'] })(x509('/a', { ...standIn, verifier: 'keylime' }))).not.toThrow();
   });
 
   it('refuses meaningless configurations', () => {
     expect(() => authorizeUnifiedIdentity({})).toThrow(WorkloadError);
-    expect(() => authorizeUnifiedIdentity({ countries: ['de'] })).toThrow(/upper case/);
-    expect(() => authorizeUnifiedIdentity({ regions: [] })).toThrow(/non-empty/);
+    expect(() => authorizeUnifiedIdentity({ trustDomain: 'example.org', countries: ['de'] })).toThrow(/upper case/);
+    expect(() => authorizeUnifiedIdentity({ trustDomain: 'example.org', regions: [] })).toThrow(/non-empty/);
     expect(() => authorizeOneOf([])).toThrow(WorkloadError);
     expect(() => authorizeId('http://example.org/x')).toThrow(WorkloadError);
     expect(() => authorizeMemberOf('Not A Domain')).toThrow(WorkloadError);

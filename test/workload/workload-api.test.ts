@@ -122,7 +122,7 @@ describe('workload library on a real Workload API', () => {
     serverLog = lines();
     server = createHttpsServer({
       source: serverSource,
-      authorizer: authorizeAll(authorizeMemberOf('example.org'), authorizeUnifiedIdentity({ countries: ['DE', 'FR'], regions: ['EU'] })),
+      authorizer: authorizeAll(authorizeMemberOf('example.org'), authorizeUnifiedIdentity({ trustDomain: 'example.org', countries: ['DE', 'FR'], regions: ['EU'] })),
       logger: serverLog.logger,
     }, (_req, res, peer) => {
       seen.push({ id: peer.id.toString(), leaf: peer.x509Chain![0]! });
@@ -212,13 +212,13 @@ describe('workload library on a real Workload API', () => {
   it('the client refuses a server its authorizer does not allow, before sending anything', async () => {
     const n = seen.length;
     await expect(httpsGet(port, clientAgent(clientSource, authorizeId('spiffe://example.org/someone-else')))).rejects.toThrow(AuthorizationError);
-    await expect(httpsGet(port, clientAgent(clientSource, authorizeUnifiedIdentity({ regions: ['EU'] })))).rejects.toThrow(/no Unified Identity claims/);
+    await expect(httpsGet(port, clientAgent(clientSource, authorizeUnifiedIdentity({ trustDomain: 'example.org', regions: ['EU'] })))).rejects.toThrow(/no Unified Identity claims/);
     expect(seen.length).toBe(n);
   });
 
   it('a plain node:tls server with a malformed claims extension on the peer: clear refusal', async () => {
     const log = lines();
-    const tlsServer = createTlsServer({ source: serverSource, authorizer: authorizeUnifiedIdentity({ regions: ['EU'] }), logger: log.logger }, (sock) => sock.end('hi'));
+    const tlsServer = createTlsServer({ source: serverSource, authorizer: authorizeUnifiedIdentity({ trustDomain: 'example.org', regions: ['EU'] }), logger: log.logger }, (sock) => sock.end('hi'));
     await new Promise<void>((r) => tlsServer.listen(0, '127.0.0.1', r));
     const bad = ex.svid('/bad', { extensions: [{ oid: '2.25.250341728606082657925786220697128205103', critical: false, value: Buffer.from([0x04, 0x02, 0x7b, 0x7d]) }] });
     const src = StaticX509Source.fromFiles(writeSvidFiles(tmp.dir, 'bad', bad, [ex]));
@@ -240,12 +240,12 @@ describe('workload library on a real Workload API', () => {
     try {
       const svid = await client.fetchJwtSvid({ audience: ['consumer'], subject: SpiffeId.parse('spiffe://example.org/client') });
       expect(svid.claims['unified_identity']).toEqual(EU_DE);
-      const peer = await consumer.authorizeJwtSvid(svid.token, 'consumer', authorizeUnifiedIdentity({ countries: ['DE'], policies: ['eu-only'] }));
+      const peer = await consumer.authorizeJwtSvid(svid.token, 'consumer', authorizeUnifiedIdentity({ trustDomain: 'example.org', countries: ['DE'], policies: ['eu-only'] }));
       expect(peer.id.toString()).toBe('spiffe://example.org/client');
-      await expect(consumer.authorizeJwtSvid(svid.token, 'consumer', authorizeUnifiedIdentity({ countries: ['FR'] }))).rejects.toThrow(/country "DE"/);
+      await expect(consumer.authorizeJwtSvid(svid.token, 'consumer', authorizeUnifiedIdentity({ trustDomain: 'example.org', countries: ['FR'] }))).rejects.toThrow(/country "DE"/);
       await expect(consumer.authorizeJwtSvid(svid.token, 'other-audience', authorizeAny())).rejects.toThrow(/audience/);
       const plain = await client.fetchJwtSvid({ audience: ['consumer'], subject: SpiffeId.parse('spiffe://example.org/consumer') });
-      await expect(consumer.authorizeJwtSvid(plain.token, 'consumer', authorizeUnifiedIdentity({ regions: ['EU'] }))).rejects.toThrow(/no Unified Identity claims/);
+      await expect(consumer.authorizeJwtSvid(plain.token, 'consumer', authorizeUnifiedIdentity({ trustDomain: 'example.org', regions: ['EU'] }))).rejects.toThrow(/no Unified Identity claims/);
       await expect(client.fetchJwtSvid({ audience: ['consumer'], subject: SpiffeId.parse('spiffe://example.org/not-ours') }))
         .rejects.toMatchObject({ code: 'fetch-failed', message: expect.stringMatching(/PERMISSION_DENIED/) });
       await expect(client.fetchJwtSvid({ audience: [] })).rejects.toMatchObject({ code: 'invalid-argument' });
