@@ -158,6 +158,7 @@ export class Agent {
       jwt: this.sync.jwtProvider(),
       logger: this.log.child({ component: 'workload-api' }),
       allowUnauthenticatedVerifiers: config.allowUnauthenticatedVerifiers,
+      allowedForeignJwtClaims: config.allowedForeignJwtClaims,
     });
     this.openWatch();
     this.sync.schedule(config.syncIntervalMs);

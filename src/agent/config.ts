@@ -60,6 +60,8 @@ const schema = z.object({
   syncIntervalMs: z.number().int().min(100).max(3_600_000).default(5_000),
   /** Serve FetchX509Bundles/FetchJWTBundles to callers with no identity. */
   allowUnauthenticatedVerifiers: z.boolean().default(false),
+  /** Non-standard claims of foreign JWT-SVIDs that ValidateJWTSVID passes on (others are removed). */
+  allowedForeignJwtClaims: z.array(z.string().min(1).max(256)).max(64).default([]),
   nodeAttestor: z.object({ joinToken: joinToken.optional(), tpm: tpm.optional() }).strict()
     .refine((n) => (n.joinToken ? 1 : 0) + (n.tpm ? 1 : 0) === 1, 'configure exactly one of nodeAttestor.joinToken or nodeAttestor.tpm'),
   /** Keylime continuous attestation: serve a quote endpoint for the verifier (needs nodeAttestor.tpm). */

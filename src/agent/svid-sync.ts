@@ -6,7 +6,7 @@ import {
   AGENT_API_MAX_BATCH,
   type BatchNewX509SvidResponse, type FetchBundlesResponse, type NewJwtSvidResponse, type RegistrationEntry, type SyncEntriesResponse,
 } from '../api/agent-api.js';
-import { validateJwtSvid } from '../spiffe/index.js';
+import { JwtSvidError, validateJwtSvid, type JwtBundleSource } from '../spiffe/index.js';
 import type { CacheEntry, CachedSvid } from './cache.js';
 import { MAX_BACKOFF_MS, MIN_BACKOFF_MS, type AgentContext } from './context.js';
 import { createCsr, generateKeyPair, pkcs8Der } from './csr.js';
@@ -236,10 +236,14 @@ export class SvidSync {
         this.jwtCache.set(key, { token: res.token, expiresAt, refreshAt: now + (expiresAt - now) / 2 });
         return res.token;
       },
-      validateJwtSvid: async (token: string, audience: string) => {
-        const v = await validateJwtSvid(token, this.ctx.bundles.all, audience);
-        return { spiffeId: v.id.toString(), claims: v.claims };
-      },
+      validateJwtSvid: async (token: string, audience: string, trustDomains: ReadonlySet<string>) => {
+        // Only the bundles the caller is entitled to (its trust domain and those it federates with).
+        const all = this.ctx.bundles.all;
+        const scoped: JwtBundleSource = {
+          getJwtBundleForTrustDomain: (td) => {
+            if (trustDomains.has(td.name)) return all.getJwtBundleForTrustDomain(td);
+            throw new JwtSvidError('no-bundle', `trust domain "${td.name}" is not trusted by this caller (none of its entries federates with it)`);
+          },
     };
   }
 }

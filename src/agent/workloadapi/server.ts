@@ -30,8 +30,11 @@ export interface WorkloadAttestor {
 export interface JwtProvider {
   /** A JWT-SVID for an entry and audience (cached by the agent, signed by the server). */
   fetchJwtSvid(entry: CacheEntry, audience: string[]): Promise<string>;
-  /** Validates a JWT-SVID against the cached bundles; throws with a reason when invalid. */
-  validateJwtSvid(token: string, audience: string): Promise<{ spiffeId: string; claims: Record<string, unknown> }>;
+  /**
+   * Validates a JWT-SVID with the bundles of `trustDomains` only (the caller's own trust domain and
+   * those its entries federate with); throws with a reason when invalid.
+   */
+  validateJwtSvid(token: string, audience: string, trustDomains: ReadonlySet<string>): Promise<{ spiffeId: string; claims: Record<string, unknown> }>;
 }
 
 export interface WorkloadApiServerOptions {
@@ -43,7 +46,15 @@ export interface WorkloadApiServerOptions {
   logger: Logger;
   /** Serve bundles to callers with no identity (SPIRE's allow_unauthenticated_verifiers); default false. */
   allowUnauthenticatedVerifiers?: boolean;
+  /**
+   * Non-standard claims of a foreign trust domain's JWT-SVID that ValidateJWTSVID passes on (SPIRE's
+   * allowed_foreign_jwt_claims); all others are removed. Default: none.
+   */
+  allowedForeignJwtClaims?: readonly string[];
 }
+
+/** Registered JWT claims always returned by ValidateJWTSVID (SPIRE's list). */
+const STANDARD_JWT_CLAIMS = new Set(['aud', 'exp', 'iat', 'iss', 'jti', 'nbf', 'sub']);
 
 export class WorkloadApiError extends Error {
   constructor(readonly code: 'unsafe_socket_directory' | 'not_a_socket', message: string) {
@@ -349,18 +360,38 @@ export class WorkloadApiServer {
     return { svids };
   }
 
+  /**
+   * ValidateJWTSVID as SPIRE does it: with the bundles of the agent's trust domain and of the trust
+   * domains the caller's entries federate with — not every bundle the agent holds for other
+   * workloads — and a foreign token's non-standard claims removed unless allowed by configuration.
+   * A caller with no identity can still validate tokens of the agent's own trust domain.
+   */
   private async validateJwtSvid(call: grpc.ServerUnaryCall<ValidateJwtSvidRequest, unknown>): Promise<object> {
-    await this.caller(call);
+    const selectors = await this.caller(call);
     const { audience, svid } = call.request;
     if (!audience) throw statusError(grpc.status.INVALID_ARGUMENT, 'audience must be specified');
     if (!svid) throw statusError(grpc.status.INVALID_ARGUMENT, 'svid must be specified');
+    const own = this.opts.cache.trustDomain;
+    const trusted = new Set([own]);
+    for (const i of this.opts.cache.identitiesFor(selectors)) for (const td of i.entry.federatesWith) trusted.add(td);
     let result: { spiffeId: string; claims: Record<string, unknown> };
     try {
-      result = await this.opts.jwt.validateJwtSvid(svid, audience);
+      result = await this.opts.jwt.validateJwtSvid(svid, audience, trusted);
     } catch (e) {
       throw statusError(grpc.status.INVALID_ARGUMENT, `JWT-SVID rejected: ${(e as Error).message}`);
     }
-    return { spiffe_id: result.spiffeId, claims: toProtoStruct(result.claims) };
+    // Whatever the provider did: a token of a trust domain the caller does not trust is refused.
+    const td = /^spiffe:\/\/([^/]+)/.exec(result.spiffeId)?.[1];
+    if (td === undefined || !trusted.has(td)) {
+      throw statusError(grpc.status.INVALID_ARGUMENT,
+        `JWT-SVID rejected: trust domain "${td ?? '?'}" is not trusted by this caller (none of its entries federates with it)`);
+    }
+    let claims = result.claims;
+    if (td !== own) {
+      const allowed = this.opts.allowedForeignJwtClaims ?? [];
+      claims = Object.fromEntries(Object.entries(claims).filter(([k]) => STANDARD_JWT_CLAIMS.has(k) || allowed.includes(k)));
+    }
+    return { spiffe_id: result.spiffeId, claims: toProtoStruct(claims) };
   }
 }
 
