@@ -133,7 +133,7 @@ describe('attack: exec after connecting (unix attestor exec race)', () => {
     const pid = child.pid!;
     const attestor = new UnixAttestor();
     let snap: ReturnType<UnixAttestor['snapshot']> | undefined;
-    for (let i = 0; i < 200 && snap === undefined; i++) {
+    for (let i = 0; i < 1000 && snap === undefined; i++) {
       try {
         if (fs.readlinkSync(`/proc/${pid}/exe`) === fs.realpathSync(PYTHON)) snap = attestor.snapshot(pid);
       } catch {
@@ -147,7 +147,7 @@ describe('attack: exec after connecting (unix attestor exec race)', () => {
     expect((await attestor.attest(cred, snap!)).map((s) => s.value)).toContain(`path:${fs.realpathSync(PYTHON)}`);
     child.stdin!.write('go\n');
     const sleep = fs.realpathSync('/bin/sleep');
-    for (let i = 0; i < 200; i++) {
+    for (let i = 0; i < 1000; i++) {
       try {
         if (fs.readlinkSync(`/proc/${pid}/exe`) === sleep) break;
       } catch {
@@ -155,6 +155,7 @@ describe('attack: exec after connecting (unix attestor exec race)', () => {
       }
       await new Promise((r) => setTimeout(r, 5));
     }
+    expect(fs.readlinkSync(`/proc/${pid}/exe`)).toBe(sleep);
     expect(processStartTime(pid)).toBe(start);
     await expect(attestor.attest(cred, snap!)).rejects.toMatchObject({ code: 'process_changed' });
   });
