@@ -244,6 +244,10 @@ export class SvidSync {
             if (trustDomains.has(td.name)) return all.getJwtBundleForTrustDomain(td);
             throw new JwtSvidError('no-bundle', `trust domain "${td.name}" is not trusted by this caller (none of its entries federates with it)`);
           },
+        };
+        const v = await validateJwtSvid(token, scoped, audience);
+        return { spiffeId: v.id.toString(), claims: v.claims };
+      },
     };
   }
 }
