@@ -1,5 +1,14 @@
 // Per-source token buckets: each source may spend `burst` tokens at once and regains `perSecond`
-// tokens each second. Used to slow down attestation floods from one address.
+// tokens each second. Used to slow down attestation floods from one address, and to give each
+// authenticated agent a budget of calls and of CSR verifications / signings.
+
+/** Authenticated agent API calls per agent (agentApi.rpcRateLimit): far above what an agent makes. */
+export const AGENT_RPC_RATE_DEFAULT = { perSecond: 100, burst: 500 } as const;
+/**
+ * CSR verifications and SVID signings per agent (agentApi.signingRateLimit). An agent signs a few
+ * dozen SVIDs per sync and up to its whole entry set at start; 1000 at once, then 100 a second.
+ */
+export const AGENT_SIGNING_RATE_DEFAULT = { perSecond: 100, burst: 1000 } as const;
 
 export interface RateLimitOptions {
   perSecond: number;
@@ -20,7 +29,7 @@ export class RateLimiter {
   private readonly now: () => number;
   private readonly maxSources: number;
 
-  constructor(private readonly opts: RateLimitOptions) {
+  constructor(readonly opts: RateLimitOptions) {
     if (!(opts.perSecond > 0) || !(opts.burst >= 1)) throw new RangeError('rate limit needs perSecond > 0 and burst >= 1');
     this.now = opts.now ?? Date.now;
     this.maxSources = opts.maxSources ?? 100_000;

@@ -163,6 +163,8 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       keylime,
       unifiedIdentity,
       rateLimiter: new RateLimiter(config.agentApi.attestationRateLimit),
+      rpcRateLimiter: new RateLimiter(config.agentApi.rpcRateLimit),
+      signingRateLimiter: new RateLimiter(config.agentApi.signingRateLimit),
       auditor,
       logger,
       x509SvidTtl: config.ca.x509SvidTtl,
@@ -183,6 +185,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
         ipAddresses: config.agentApi.ipAddresses,
         svidTtlSeconds: config.ca.x509SvidTtl,
         logger: logger.child({ component: 'agentapi' }),
+        connections: config.agentApi.connections,
         now,
       });
     } catch (err) {

@@ -8,12 +8,16 @@
 // OpenSSL node:crypto runs on, found in the node process itself); OpenSSL still checks the point is
 // on the curve and that the signature is strict DER. Where that library cannot be reached, and for
 // RSA and Ed25519 keys, the node:crypto path is used.
+//
+// What a CSR may cost is bounded before any of that: the key is read from the SPKI bytes and must be
+// EC P-256/P-384, Ed25519, or RSA of 2048 to 4096 bits with e = 65537 (CSR_KEY_POLICY). An RSA key
+// with a 3072-bit exponent costs ~10 ms per verification; it is refused without one.
 import crypto, { type KeyObject } from 'node:crypto';
 import koffi, { type LibraryHandle } from 'koffi';
 import { children, content, DerError, oidToString, readWhole, slice, TAG, type Tlv } from './der.js';
 import { X509SvidError } from './errors.js';
 import { OID } from './oids.js';
-import { verifyX509Signature } from './signature.js';
+import { summarizeSpki, verifyX509Signature } from './signature.js';
 
 export const MAX_CSR_BYTES = 64 * 1024;
 
@@ -28,8 +32,13 @@ interface Curve {
 const CURVES: Record<string, Curve> = {
   '1.2.840.10045.3.1.7': { nid: 415, size: 32 }, // P-256
   '1.3.132.0.34': { nid: 715, size: 48 }, // P-384
-  '1.3.132.0.35': { nid: 716, size: 66 }, // P-521
 };
+
+/** The keys a CSR may carry, in words (error messages and docs). */
+export const CSR_KEY_POLICY = 'EC P-256 or P-384, Ed25519, or RSA of 2048 to 4096 bits with public exponent 65537';
+const RSA_MIN_BITS = 2048;
+const RSA_MAX_BITS = 4096;
+const CSR_CURVES = new Set(['P-256', 'P-384']);
 const ECDSA_HASHES: Record<string, string> = {
   [OID.ecdsaWithSha256]: 'sha256',
   [OID.ecdsaWithSha384]: 'sha384',
@@ -71,6 +80,8 @@ export function publicKeyFromCsr(csrDer: Buffer): KeyObject {
 /** As publicKeyFromCsr, but returns the key's SPKI bytes without decoding the key (the fast path for minting). */
 export function verifyCsr(csrDer: Buffer): CsrPublicKey {
   const c = parseCsr(csrDer);
+  // From the SPKI bytes alone, before any key decoding or signature arithmetic.
+  checkCsrKey(c.spki);
   const fast = fastPath(c);
   if (fast === undefined) return verifyWithKeyObject(c);
   if (!fast.native.verify(fast.key, c.signature)) throw badSignature();
@@ -242,7 +253,39 @@ function loadNativeEcdsa(): NativeEcdsa | null {
   };
 }
 
-/** Key types accepted for SVIDs: EC P-256/P-384/P-521, RSA >= 2048 bits, Ed25519. */
+/**
+ * Refuses, from its DER alone, an SPKI that is not a key a CSR may carry (CSR_KEY_POLICY):
+ * 'unsupported-key', or 'malformed-csr' when the SPKI cannot be read. Costs microseconds whatever the key.
+ */
+export function checkCsrKey(spki: Buffer): void {
+  let s;
+  try {
+    s = summarizeSpki(spki);
+  } catch (e) {
+    throw badSpki(e);
+  }
+  if (s.type === 'ed25519') return;
+  if (s.type === 'ec') {
+    if (CSR_CURVES.has(s.curve)) return;
+    throw unsupportedKey(`EC curve ${s.curve}`);
+  }
+  if (s.type === 'rsa') {
+    if (s.modulusBits < RSA_MIN_BITS || s.modulusBits > RSA_MAX_BITS) throw unsupportedKey(`RSA-${s.modulusBits} (RSA keys must be ${RSA_MIN_BITS} to ${RSA_MAX_BITS} bits)`);
+    if (!s.exponentIs65537) throw unsupportedKey(`RSA-${s.modulusBits} with a ${s.exponentBits}-bit public exponent (the RSA public exponent must be 65537)`);
+    return;
+  }
+  throw unsupportedKey(`algorithm ${s.algorithm}`);
+}
+
+function unsupportedKey(what: string): X509SvidError {
+  return new X509SvidError('unsupported-key', `unsupported CSR key ${what}; use ${CSR_KEY_POLICY}`);
+}
+
+/**
+ * Key types accepted in SVIDs (verifyX509Svid, and minting from a KeyObject): EC P-256/P-384/P-521,
+ * RSA >= 2048 bits, Ed25519. Wider than what a CSR may carry (checkCsrKey), so SVIDs from other
+ * SPIFFE implementations still validate.
+ */
 export function checkSvidKey(key: KeyObject): void {
   const t = key.asymmetricKeyType;
   const d = key.asymmetricKeyDetails;

@@ -9,7 +9,7 @@ import type { DataStore } from '../datastore/types.js';
 import type { CaManager } from '../ca/manager.js';
 import type { SvidIssuer } from '../ca/issuer.js';
 import type { Auditor } from '../audit.js';
-import type { RateLimiter } from '../ratelimit.js';
+import { RateLimiter } from '../ratelimit.js';
 import type { TpmAttestor } from '../attestation/tpm.js';
 import type { KeylimeGate } from '../attestation/keylime.js';
 import type { UnifiedIdentityPipeline } from '../attestation/unified.js';
@@ -31,6 +31,10 @@ export interface AgentServiceOptions {
   /** Unified Identity (flag on): the attestation pipeline and the claims-based signing rules. */
   unifiedIdentity?: UnifiedIdentityPipeline;
   rateLimiter: RateLimiter;
+  /** Per agent: authenticated calls (default AGENT_RPC_RATE_DEFAULT). */
+  rpcRateLimiter?: RateLimiter;
+  /** Per agent: CSR verifications and SVID signings, X.509 and JWT (default AGENT_SIGNING_RATE_DEFAULT). */
+  signingRateLimiter?: RateLimiter;
   auditor: Auditor;
   logger: Logger;
   x509SvidTtl: number;
@@ -50,6 +54,22 @@ export interface AgentApiContext {
   entries: AuthorizedEntriesCache;
   watchHub: WatchHub;
   claimExpiry: ClaimExpiry;
+  /** Per-agent budgets, keyed by agent SPIFFE ID. */
+  budgets: { rpc: RateLimiter; signing: RateLimiter };
+}
+
+const BUDGET_NAMES = { rpc: ['call', 'agentApi.rpcRateLimit', 'calls'], signing: ['signing', 'agentApi.signingRateLimit', 'CSR verifications and signings'] } as const;
+
+/** RESOURCE_EXHAUSTED for an agent that has spent its `kind` budget, saying when to come back. */
+export function budgetExhausted(ctx: AgentApiContext, kind: 'rpc' | 'signing', agentId: string): RpcError {
+  const b = ctx.budgets[kind];
+  const [name, knob, what] = BUDGET_NAMES[kind];
+  return rpcError(grpc.status.RESOURCE_EXHAUSTED, `agent ${agentId} has spent its ${name} budget (${b.opts.burst} ${what} at once, then ${b.opts.perSecond}/s; ${knob}): retry in ${Math.max(1, b.retryAfterSeconds(agentId))} s`);
+}
+
+/** Takes one unit of the agent's `kind` budget, or throws RESOURCE_EXHAUSTED with a retry-after. */
+export function spend(ctx: AgentApiContext, kind: 'rpc' | 'signing', agentId: string): void {
+  if (!ctx.budgets[kind].tryTake(agentId)) throw budgetExhausted(ctx, kind, agentId);
 }
 
 /** Unified Identity: when a node's claims expire, tell its agent to drop its SVIDs and attest again. */
@@ -86,11 +106,14 @@ export function fail(ctx: AgentApiContext, callback: grpc.sendUnaryData<unknown>
   callback({ code: e.code, details: e.message } as grpc.ServiceError, null);
 }
 
-/** Wraps a unary handler that needs an authenticated agent. */
+/** Wraps a unary handler that needs an authenticated agent; each call spends one unit of the agent's call budget. */
 export function authed<Req, Res>(ctx: AgentApiContext, name: string, fn: (agent: AuthenticatedAgent, req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     ctx.auth.authenticate(call)
-      .then((agent) => fn(agent, call.request))
+      .then((agent) => {
+        spend(ctx, 'rpc', agent.id.toString());
+        return fn(agent, call.request);
+      })
       .then((res) => callback(null, res), (err: unknown) => fail(ctx, callback as grpc.sendUnaryData<unknown>, err, name));
   };
 }

@@ -2,7 +2,7 @@
 // TPM nodes never renew here: they attest again (AttestAgent) to prove TPM possession each time.
 import * as grpc from '@grpc/grpc-js';
 import type * as api from '../../api/agent-api.js';
-import { authed, gate, type AgentApiContext } from './context.js';
+import { authed, gate, spend, type AgentApiContext } from './context.js';
 import { parseCsr, x509ToWire } from './sign.js';
 import { rpcError } from './status.js';
 
@@ -15,6 +15,7 @@ export function renewAgent(ctx: AgentApiContext): grpc.handleUnaryCall<api.Renew
       o.auditor.record({ action: 'renew_agent', caller: agentId, result: 'denied', reason: 'tpm node must re-attest' });
       throw rpcError(grpc.status.FAILED_PRECONDITION, 'TPM nodes renew by attesting again through AttestAgent (proof of TPM possession each time)');
     }
+    spend(ctx, 'signing', agentId);
     const key = parseCsr(req.csr, 'csr');
     const svid = o.issuer.mintX509(agent.id, key, o.x509SvidTtl);
     await o.store.updateNode(agentId, { newSerialNumber: svid.serialHex, expiresAt: svid.notAfter });

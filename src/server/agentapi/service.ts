@@ -4,6 +4,7 @@
 // module (attest, renew, sync, sign, watch-rpc) over a shared context (context.ts); this file builds
 // the context and assembles the handlers.
 import type * as grpc from '@grpc/grpc-js';
+import { AGENT_RPC_RATE_DEFAULT, AGENT_SIGNING_RATE_DEFAULT, RateLimiter } from '../ratelimit.js';
 import { AgentAuthenticator } from './auth.js';
 import { ClaimExpiry, type AgentApiContext, type AgentServiceOptions } from './context.js';
 import { AuthorizedEntriesCache } from './entries.js';
@@ -32,7 +33,11 @@ export function createAgentService(o: AgentServiceOptions): AgentService {
   const unsubscribe = o.ca.onBundleChange((b) => watchHub.bundleChanged(b.sequence));
   watchHub.start();
   const claimExpiry = new ClaimExpiry(o, watchHub);
-  const ctx: AgentApiContext = { o, now, log, auth, entries, watchHub, claimExpiry };
+  const budgets = {
+    rpc: o.rpcRateLimiter ?? new RateLimiter({ ...AGENT_RPC_RATE_DEFAULT }),
+    signing: o.signingRateLimiter ?? new RateLimiter({ ...AGENT_SIGNING_RATE_DEFAULT }),
+  };
+  const ctx: AgentApiContext = { o, now, log, auth, entries, watchHub, claimExpiry, budgets };
 
   return {
     handlers: {

@@ -1,6 +1,11 @@
 // Workload SVID signing for an authenticated agent: BatchNewX509Svid and NewJwtSvid, each for an
 // entry the agent is authorized for, behind the signing gate (Keylime, Unified Identity). Also the
 // CSR helpers the other families share (attestation and renewal take a CSR too).
+//
+// Cost bounds: each CSR's key is checked from its SPKI before its signature (verifyCsr); each CSR
+// verified and each SVID signed spends one unit of the agent's signing budget; and a batch gives the
+// event loop back every SLICE_MS, so one agent's 500 CSRs never stall the server for others.
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import * as grpc from '@grpc/grpc-js';
 import type * as api from '../../api/agent-api.js';
 import { AGENT_API_MAX_BATCH } from '../../api/agent-api.js';
@@ -12,9 +17,12 @@ import type { RegistrationEntry } from '../datastore/types.js';
 import type { IssuedX509 } from '../ca/issuer.js';
 import { claimsOfNode } from '../attestation/unified.js';
 import type { AuthenticatedAgent } from './auth.js';
-import { authed, gate, type AgentApiContext } from './context.js';
+import { authed, budgetExhausted, gate, spend, type AgentApiContext } from './context.js';
 import { csrRequestedNames } from './csr-names.js';
 import { rpcError, toRpcError, RpcError } from './status.js';
+
+/** Longest stretch of batch work (CSR verification and signing) between two turns of the event loop. */
+const SLICE_MS = 5;
 
 const MAX_AUDIENCES = 16;
 const MAX_AUDIENCE_LENGTH = 512;
@@ -89,6 +97,8 @@ export function batchNewX509Svid(ctx: AgentApiContext): grpc.handleUnaryCall<api
     gate(ctx, agent, 'sign_x509_svid');
     if (params.length === 0) throw rpcError(grpc.status.INVALID_ARGUMENT, 'params is empty: send at least one {entry_id, csr}');
     if (params.length > AGENT_API_MAX_BATCH) throw rpcError(grpc.status.INVALID_ARGUMENT, `at most ${AGENT_API_MAX_BATCH} CSRs per call, got ${params.length}`);
+    // An agent with no signing budget left is refused whole, before any CSR is read.
+    if (ctx.budgets.signing.retryAfterSeconds(agentId) > 0) throw budgetExhausted(ctx, 'signing', agentId);
     const set = await entries.get(agentId, agent.node.selectors);
     const results: api.BatchNewX509SvidResult[] = [];
     let ok = 0;
@@ -98,12 +108,20 @@ export function batchNewX509Svid(ctx: AgentApiContext): grpc.handleUnaryCall<api
     // Every SVID of this batch carries the claims of the node it is issued through.
     const claims = nodeClaims(ctx, agent);
     const extensions: ExtraExtension[] | undefined = claims ? [unifiedIdentityExtension(claims)] : undefined;
+    let sliceStart = performance.now();
     for (const p of params) {
+      if (performance.now() - sliceStart >= SLICE_MS) {
+        await yieldToLoop();
+        sliceStart = performance.now();
+      }
       try {
         const entry = set.byId.get(p.entryId);
         // Unknown and unauthorized look the same, so the API is no oracle for other agents' entries.
         if (!entry) throw rpcError(grpc.status.PERMISSION_DENIED, `entry "${p.entryId}" is not authorized for ${agentId}`);
         if (!p.csr || p.csr.length === 0) throw rpcError(grpc.status.INVALID_ARGUMENT, 'csr is missing: send a DER PKCS#10 CSR');
+        // One unit per CSR verified and signed; the rest of the batch is refused item by item, so
+        // the agent keeps what was signed and asks again for the others after the retry-after.
+        spend(ctx, 'signing', agentId);
         let key: CsrPublicKey;
         try {
           // The key's SPKI goes into the SVID as the CSR carries it, without a KeyObject round trip.
@@ -149,6 +167,7 @@ export function newJwtSvid(ctx: AgentApiContext): grpc.handleUnaryCall<api.NewJw
     if (aud.length === 0 || aud.length > MAX_AUDIENCES || aud.some((a) => a === '' || a.length > MAX_AUDIENCE_LENGTH)) {
       throw rpcError(grpc.status.INVALID_ARGUMENT, `audience must hold 1..${MAX_AUDIENCES} non-empty strings of at most ${MAX_AUDIENCE_LENGTH} characters`);
     }
+    spend(ctx, 'signing', agentId);
     const set = await entries.get(agentId, agent.node.selectors);
     const entry = set.byId.get(req.entryId);
     if (!entry) {

@@ -2,7 +2,7 @@
 // bundle changes and "drop your SVIDs". This is the RPC handler; WatchHub (watch.ts) does the pushing.
 import * as grpc from '@grpc/grpc-js';
 import type * as api from '../../api/agent-api.js';
-import { standing, type AgentApiContext } from './context.js';
+import { spend, standing, type AgentApiContext } from './context.js';
 import { toRpcError } from './status.js';
 
 export function watchAgent(ctx: AgentApiContext): grpc.handleServerStreamingCall<api.WatchAgentRequest, api.AgentEvent> {
@@ -19,6 +19,7 @@ export function watchAgent(ctx: AgentApiContext): grpc.handleServerStreamingCall
     call.on('cancelled', () => { closed = true; remove?.(); });
     auth.authenticate(call).then(async (agent) => {
       const agentId = agent.id.toString();
+      spend(ctx, 'rpc', agentId);
       // A node that lost its standing while its agent had no watch open (reconnecting, re-keying)
       // missed the push: tell it now, so withdrawn SVIDs never outlive a reconnect.
       const refusal = standing(ctx, agent)?.error;
