@@ -81,6 +81,30 @@ const rateSchema = z.object({
   burst: z.number().int().positive().default(10),
 }).strict();
 
+/** A per-agent token bucket of the agent API (defaults in src/server/ratelimit.ts). */
+const agentRate = (perSecond: number, burst: number) => z.object({
+  perSecond: z.number().positive().default(perSecond),
+  burst: z.number().int().positive().default(burst),
+}).strict().prefault({});
+
+const agentApiMs = (min: number, max: number, def: number) => z.number().int().min(min).max(max).default(def);
+const agentApiConnectionsSchema = z.object({
+  /** A TCP connection must finish its TLS handshake within this (else closed). */
+  handshakeTimeoutMs: agentApiMs(100, 120_000, 10_000),
+  /** A connection with no call in flight for this long is closed (GOAWAY); agents reconnect on demand. */
+  idleTimeoutMs: agentApiMs(100, 86_400_000, 300_000),
+  /** Every connection is closed (GOAWAY, +/-10% jitter) after this long; calls in flight get maxAgeGraceMs more. */
+  maxAgeMs: agentApiMs(1000, 604_800_000, 3_600_000),
+  maxAgeGraceMs: agentApiMs(0, 86_400_000, 300_000),
+  /** Open connections from one source address; more are closed at once. */
+  maxPerSource: z.number().int().min(1).default(256),
+  /** Open connections in total; more are closed at once. */
+  maxTotal: z.number().int().min(1).default(16_384),
+  /** The server pings a connection silent for this long, and closes it if no answer within keepaliveTimeoutMs. */
+  keepaliveTimeMs: agentApiMs(1000, 86_400_000, 120_000),
+  keepaliveTimeoutMs: agentApiMs(100, 600_000, 20_000),
+}).strict();
+
 const agentApiSchema = z.object({
   bindAddress: z.string().min(1).default('0.0.0.0'),
   port: port.default(8081),
@@ -90,6 +114,12 @@ const agentApiSchema = z.object({
   attestationRateLimit: rateSchema.prefault({}),
   /** How often WatchAgent streams look for entry changes. */
   watchIntervalMs: z.number().int().min(50).max(60_000).default(500),
+  /** Per agent: authenticated calls (tokens per second, burst). */
+  rpcRateLimit: agentRate(100, 500),
+  /** Per agent: CSR verifications and SVID signings, X.509 and JWT (tokens per second, burst). */
+  signingRateLimit: agentRate(100, 1000),
+  /** Connection hygiene: handshake and idle timeouts, maximum age, caps, keepalive. */
+  connections: agentApiConnectionsSchema.prefault({}),
 }).strict();
 
 const tpmSchema = z.object({
