@@ -132,4 +132,27 @@ describe('ContinuousAttestationMonitor', () => {
     await expect(h.monitor.awaitTrusted('n1', 20)).rejects.toMatchObject({ failure: { kind: 'pending_timeout' } });
     await expect(h.monitor.awaitTrusted('unknown', 20)).rejects.toMatchObject({ failure: { kind: 'not_enrolled' } });
   });
+
+  it('awaitFreshQuote: a passing verdict from before does not count; only a newly verified quote does, and a failure ends the wait', async () => {
+    const h = harness();
+    const sec = (): number => Math.floor(h.now() / 1000);
+    h.set(status({ attestationCount: 4, lastSuccessfulAttestation: sec() }));
+    await h.monitor.pollOnce();
+    expect(h.monitor.isTrusted('n1')).toBe(true);
+    const wait = h.monitor.awaitFreshQuote('n1', h.monitor.lastStatus('n1')!.attestationCount, 5000);
+    let settled = false;
+    void wait.then(() => { settled = true; }, () => { settled = true; });
+    await h.monitor.pollOnce(); // same count: still the old verdict
+    await Promise.resolve();
+    expect(settled).toBe(false);
+    h.set(status({ attestationCount: 5, lastSuccessfulAttestation: sec() }));
+    await h.monitor.pollOnce();
+    await expect(wait).resolves.toMatchObject({ attestationCount: 5 });
+    // Revoked meanwhile (Keylime pushed, then recorded state 9): the wait ends with the failure.
+    const revoked = h.monitor.awaitFreshQuote('n1', 5, 5000);
+    h.set(status({ operationalState: 9, attestationCount: 5, lastEventId: 'pcr_validation.invalid_pcr_15' }));
+    await h.monitor.pollOnce();
+    await expect(revoked).rejects.toBeInstanceOf(MonitorFailureError);
+    await expect(h.monitor.awaitFreshQuote('unknown', 0, 10)).rejects.toMatchObject({ failure: { kind: 'not_enrolled' } });
+  });
 });
