@@ -3,6 +3,7 @@
 // docs/server.md and examples/server.yaml.
 import fs from 'node:fs';
 import path from 'node:path';
+import net from 'node:net';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { loadFeatureFlags, FeatureFlagError, type FeatureFlags, type FeatureFlagSources } from '../../feature-flags/index.js';
@@ -260,9 +261,12 @@ const operatorDeviceSchema = z.union([
       publicPort: port.optional(),
     }).strict().refine((a) => a.privateAddress !== undefined || a.publicPort !== undefined, 'ipv4Address needs privateAddress or publicPort besides publicAddress (CAMARA)'),
   }).strict(),
+  z.object({
+    ipv6Address: z.string().refine((a) => net.isIPv6(a), 'a single IPv6 address (no /prefix or %zone), e.g. 2001:db8::1'),
+  }).strict(),
   // r3.2 keeps networkAccessIdentifier in the schema only for the future (Commonalities 0.6, Device NOTE2).
   z.object({ networkAccessIdentifier: z.unknown() }).passthrough().refine(() => false, 'networkAccessIdentifier is not accepted: CAMARA r3.2 does not allow its use; map the node to a phoneNumber or an ipv4Address'),
-], { error: 'a device is { phoneNumber: "+<E.164>" } or { ipv4Address: { publicAddress, privateAddress | publicPort } }' });
+], { error: 'a device is { phoneNumber: "+<E.164>" }, { ipv4Address: { publicAddress, privateAddress | publicPort } } or { ipv6Address: "<address>" }' });
 
 /** Server-side mobile-operator check (CAMARA Device Location Verification) of each node's attested GNSS position. */
 const operatorSchema = z.object({

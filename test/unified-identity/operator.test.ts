@@ -176,6 +176,9 @@ describe('Unified Identity with the mobile operator (CAMARA double)', () => {
     const ok = parseServerConfig(withOp({ devices: { [nodeEk.toUpperCase()]: { ipv4Address: { publicAddress: '84.125.93.10', publicPort: 59765 } } } }), d.dir, {});
     expect(ok.unifiedIdentity!.operator!.radiusM).toBe(2000);
     expect(Object.keys(ok.unifiedIdentity!.operator!.devices)).toEqual([nodeEk]);
+    // IPv6 devices: one address, no prefix or zone.
+    expect(parseServerConfig(withOp({ devices: { [nodeEk]: { ipv6Address: '2001:db8:85a3::8a2e:370:7344' } } }), d.dir, {}).unifiedIdentity!.operator!.devices[nodeEk]).toEqual({ ipv6Address: '2001:db8:85a3::8a2e:370:7344' });
+    expect(() => parseServerConfig(withOp({ devices: { [nodeEk]: { ipv6Address: '2001:db8::/64' } } }), d.dir, {})).toThrow(/unifiedIdentity.operator.devices/);
   });
   it('private_key_jwt: the server signs a client assertion the operator verifies, and gets its answer', async () => {
     sim.location = { lat: BERLIN.lat + 0.001, lon: BERLIN.lon, accuracyM: 300, time: new Date() };

@@ -366,7 +366,7 @@ export class UnifiedIdentityPipeline {
       return { audit: { skipped: 'no attested GNSS reading' } };
     }
     const s = this.operator.settings;
-    const deviceKind = 'phoneNumber' in device ? 'phoneNumber' : 'ipv4Address';
+    const deviceKind = 'phoneNumber' in device ? 'phoneNumber' : 'ipv6Address' in device ? 'ipv6Address' : 'ipv4Address';
     try {
       const area = { lat: gnss.lat, lon: gnss.lon, radiusM: s.radiusM };
       const answer = await this.operator.client.verify(device as CamaraDevice, area, s.maxAgeS !== undefined ? { maxAgeS: s.maxAgeS } : {});
