@@ -68,14 +68,16 @@ function requirement() {
   if (Object.keys(req).length === 0) return undefined;
   // Claims checked by terroir's Keylime test double instead of Keylime: only when told (native demo and tests).
   if (process.env.CONSUMER_ALLOW_DEV_STANDIN === 'true') req.allowDevelopmentStandIn = true;
+  // Only the trust domain of the one caller this consumer accepts vouches for its claims.
+  req.trustDomain = new URL(expectedId).host;
   return req;
 }
 
 /** The coarse claims a consumer reports back: never more than the SVID says, and SVIDs carry no coordinates. */
 function claimsSummary(claims) {
   if (claims === undefined) return null;
-  const { country, region, policy, satisfiedPolicies, sensorKinds, attestedAt } = claims;
-  return { country, region, policy, satisfiedPolicies, sensorKinds, attestedAt };
+  const { country, region, policy, satisfiedPolicies, sensorKinds, assurance, witnesses, attestedAt } = claims;
+  return { country, region, policy, satisfiedPolicies, sensorKinds, assurance, witnesses, attestedAt };
 }
 
 async function serve() {
