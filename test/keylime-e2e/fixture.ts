@@ -8,6 +8,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import pino, { type Logger } from 'pino';
+import { afterAll, beforeAll } from 'vitest';
 import { Agent } from '../../src/agent/agent.js';
 import { parseAgentConfig, type AgentConfig } from '../../src/agent/config.js';
 import { openTpmCredentialSource, type TpmSession } from '../../src/agent/tpm-session.js';
@@ -193,4 +194,45 @@ export async function startDeployment(opts: DeploymentOptions = {}): Promise<Dep
 /** A digest to extend the policy PCR with (anything but what the policy allows). */
 export function badMeasurement(label: string): Buffer {
   return crypto.createHash('sha256').update(label).digest();
+}
+
+/** A deployment shared by the tests of one file, with its server's and agent's logs captured. */
+export interface FileDeployment {
+  /** The running deployment (set once the file's beforeAll ran). */
+  readonly d: Deployment;
+  /** Every log line of the server and the agent, parsed. */
+  readonly logs: Record<string, unknown>[];
+  /** A FetchX509SVID stream from the spec client; closed when the file's tests end. */
+  openStream(): X509Stream;
+}
+
+/** Starts a deployment before the file's tests and stops it (streams, client, processes) after them. */
+export function deploymentPerFile(opts: Omit<DeploymentOptions, 'logger'> = {}): FileDeployment {
+  const logs: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'info' }, { write: (line: string) => { logs.push(JSON.parse(line) as Record<string, unknown>); } });
+  const streams: X509Stream[] = [];
+  let d: Deployment | undefined;
+  let client: SpecClient | undefined;
+  beforeAll(async () => {
+    d = await startDeployment({ ...opts, logger });
+    client = specClient(d.socket);
+  }, 60_000);
+  afterAll(async () => {
+    for (const s of streams) s.close();
+    client?.close();
+    await d?.stop();
+  });
+  return {
+    get d(): Deployment {
+      if (d === undefined) throw new Error('the deployment is not started yet (use it inside a test)');
+      return d;
+    },
+    logs,
+    openStream() {
+      if (client === undefined) throw new Error('the deployment is not started yet (use it inside a test)');
+      const s = new X509Stream(client);
+      streams.push(s);
+      return s;
+    },
+  };
 }
