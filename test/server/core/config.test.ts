@@ -17,6 +17,16 @@ describe('server config', () => {
     expect(path.isAbsolute(cfg.dataStore.type === 'sqlite' ? cfg.dataStore.path : '/')).toBe(true);
   });
 
+  it('agentApi budgets and connection limits: the example states the defaults; out-of-range values are refused', () => {
+    const example = loadServerConfig(path.resolve('examples/server.yaml'), {});
+    const defaults = parseServerConfig({ trustDomain: 'example.org', dataDir: '/tmp/x' }, '/tmp', {});
+    for (const k of ['rpcRateLimit', 'signingRateLimit', 'connections'] as const) expect(example.agentApi[k]).toEqual(defaults.agentApi[k]);
+    expect(defaults.agentApi.signingRateLimit).toEqual({ perSecond: 100, burst: 1000 });
+    expect(defaults.agentApi.connections).toMatchObject({ handshakeTimeoutMs: 10_000, maxPerSource: 256 });
+    expect(() => parseServerConfig({ trustDomain: 'example.org', dataDir: '/tmp/x', agentApi: { connections: { handshakeTimeoutMs: 0 } } }, '/tmp', {})).toThrow(ConfigError);
+    expect(() => parseServerConfig({ trustDomain: 'example.org', dataDir: '/tmp/x', agentApi: { signingRateLimit: { perSecond: 0 } } }, '/tmp', {})).toThrow(ConfigError);
+  });
+
   it('applies defaults and resolves relative paths against the config file', () => {
     const { dir, cleanup } = tempDir();
     cleanups.push(cleanup);
