@@ -148,6 +148,12 @@ export class UnifiedIdentityPipeline {
       } catch (err) {
         throw new ConfigError(`unifiedIdentity.tpmPolicy: ${(err as Error).message}`, { cause: err });
       }
+      // PCR 23 (and 16) can be reset by software at locality 0: root on the node can put back the
+      // golden value after a change, so pinning it proves little. Allowed (tests use it), said loudly.
+      const resettable = Object.keys(policy).filter((k) => k === '23' || k === '16');
+      if (resettable.length > 0) {
+        this.log.warn({ pcrs: resettable }, 'the Keylime PCR policy pins a PCR that software can reset at locality 0 (16, 23): root on a node can restore its golden value; pin measured-boot PCRs (0-7) or IMA PCR 10 for integrity');
+      }
       try {
         this.client = new KeylimeVerifierClient({
           url: o.keylime.verifierUrl, caFile: o.keylime.caFile, certFile: o.keylime.certFile, keyFile: o.keylime.keyFile,
