@@ -356,10 +356,13 @@ describe('Unified Identity, re-attestation interval', () => {
     const short = await d.startServer({ flag: true, keylime: true, reattestInterval: 2 });
     agent = await startAgent(d, short, true, 'agent-short');
     const first = agent.lastClaims!['attestedAt'] as string;
-    expect(agent.stats.attestations).toBe(1);
+    // Claims of 2 s also cut the agent SVID to 2 s, so on a slow machine the agent may already have
+    // renewed (re-attested) by now: count from here.
+    const n0 = agent.stats.attestations;
+    expect(n0).toBeGreaterThanOrEqual(1);
     const deadline = Date.now() + 10_000;
-    while (agent.stats.attestations < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(agent.stats.attestations).toBeGreaterThanOrEqual(2);
+    while (agent.stats.attestations <= n0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(agent.stats.attestations).toBeGreaterThan(n0);
     expect(Date.parse(agent.lastClaims!['attestedAt'] as string)).toBeGreaterThan(Date.parse(first));
     const node = await short.store.getNode(agent.spiffeId!);
     expect(Date.parse(node!.claims!['attestedAt'] as string)).toBeGreaterThan(Date.parse(first));
