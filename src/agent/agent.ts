@@ -14,6 +14,7 @@ import type { RevocationNotification } from '../keylime/quote-endpoint.js';
 import { TrustDomain } from '../spiffe/index.js';
 import { describeFeatureFlags, loadFeatureFlags } from '../../feature-flags/index.js';
 import { UnixAttestor } from './attestor/unix.js';
+import { K8sAttestor, UnixAndK8sAttestor } from './attestor/k8s.js';
 import { IdentityCache } from './cache.js';
 import type { AgentConfig } from './config.js';
 import { AgentStartError, MAX_BACKOFF_MS, MIN_BACKOFF_MS, type AgentContext, type AgentOptions, type AgentStats } from './context.js';
@@ -154,7 +155,9 @@ export class Agent {
     this.workloadApi = await WorkloadApiServer.start({
       socketPath: config.socketPath,
       cache: this.cache,
-      attestor: new UnixAttestor(config.workloadAttestors.unix),
+      attestor: config.workloadAttestors.k8s
+        ? new UnixAndK8sAttestor(new UnixAttestor(config.workloadAttestors.unix), new K8sAttestor(config.workloadAttestors.k8s))
+        : new UnixAttestor(config.workloadAttestors.unix),
       jwt: this.sync.jwtProvider(),
       logger: this.log.child({ component: 'workload-api' }),
       allowUnauthenticatedVerifiers: config.allowUnauthenticatedVerifiers,

@@ -42,6 +42,26 @@ const quoteEndpoint = z.object({
   clientCaFile: z.string().min(1),
 }).strict();
 
+/** The Kubernetes workload attestor (SPIRE's k8s WorkloadAttestor); the kubelet is always TLS-verified. */
+const k8sAttestor = z.object({
+  /** The kubelet's secure port, e.g. https://10.0.0.5:10250; default https://<nodeName>:10250. */
+  kubeletUrl: z.string().url('an https URL of the kubelet, e.g. https://node-1:10250')
+    .refine((u) => u.startsWith('https://'), 'the kubelet must be reached over https (its read-only http port is not used)').optional(),
+  /** The node this agent runs on (e.g. from the downward API, spec.nodeName). */
+  nodeName: z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, 'a Kubernetes node name (DNS subdomain)').optional(),
+  /** PEM CA the kubelet's serving certificate is verified against (there is no "skip verify"). */
+  caFile: z.string().min(1, 'caFile: the CA of the kubelet serving certificate is required'),
+  /** The agent's service account token (re-read for every kubelet request, so rotation is followed). */
+  tokenFile: z.string().min(1).default('/var/run/secrets/kubernetes.io/serviceaccount/token'),
+  /** How long a fetched pod list is used (ms). */
+  cacheTtlMs: z.number().int().min(0).max(600_000).default(5000),
+  /** A container missing from the cached list triggers at most one kubelet request per this interval (ms). */
+  minRefreshIntervalMs: z.number().int().min(50).max(60_000).default(500),
+  /** Larger kubelet answers are refused (bytes). */
+  maxResponseBytes: z.number().int().min(1024).max(512 * 1024 * 1024).default(32 * 1024 * 1024),
+}).strict().refine((k) => k.kubeletUrl !== undefined || k.nodeName !== undefined,
+  'set workloadAttestors.k8s.nodeName (the kubelet is then https://<nodeName>:10250) or kubeletUrl');
+
 const schema = z.object({
   trustDomain,
   /** Host name or IP of the terroir server's agent API. */
@@ -82,6 +102,8 @@ const schema = z.object({
       sha256: z.boolean().default(true),
       maxBinaryBytes: z.number().int().positive().default(1024 * 1024 * 1024),
     }).strict().default({ sha256: true, maxBinaryBytes: 1024 * 1024 * 1024 }),
+    /** Kubernetes: pod and container of a caller, from its cgroup and the kubelet's pod list (attestor/k8s.ts). */
+    k8s: k8sAttestor.optional(),
   }).strict().default({ unix: { sha256: true, maxBinaryBytes: 1024 * 1024 * 1024 } }),
 }).strict();
 
@@ -137,6 +159,11 @@ export function parseAgentConfig(raw: unknown, env: NodeJS.ProcessEnv = process.
   if (!path.isAbsolute(cfg.socketPath)) throw new AgentConfigError(`socketPath must be absolute, got "${cfg.socketPath}"`);
   cfg.dataDir = path.resolve(baseDir, cfg.dataDir);
   if (cfg.trustBundlePath) cfg.trustBundlePath = path.resolve(baseDir, cfg.trustBundlePath);
+  const k8s = cfg.workloadAttestors.k8s;
+  if (k8s) {
+    k8s.caFile = path.resolve(baseDir, k8s.caFile);
+    k8s.tokenFile = path.resolve(baseDir, k8s.tokenFile);
+  }
   const qe = cfg.keylime?.quoteEndpoint;
   if (qe) {
     if (!cfg.nodeAttestor.tpm) throw new AgentConfigError('keylime.quoteEndpoint needs nodeAttestor.tpm: Keylime attests the node\'s TPM');
