@@ -41,6 +41,8 @@ export class Agent {
   private readonly sync: SvidSync;
   private readonly health: HealthStatusWriter;
   private workloadApi: WorkloadApiServer | undefined;
+  /** The Kubernetes workload attestor (workloadAttestors.k8s), closed with the agent. */
+  private k8sAttestor: K8sAttestor | undefined;
   private quoteEndpoint: AgentQuoteEndpoint | undefined;
   private unifiedIdentity: AgentUnifiedIdentity | undefined;
   private client: AgentClient | undefined;
@@ -131,6 +133,14 @@ export class Agent {
       if (!config.unifiedIdentity || !this.opts.tpm) throw new AgentStartError('Unified Identity is enabled: configure nodeAttestor.tpm and unifiedIdentity.sensors');
       this.unifiedIdentity = openUnifiedIdentity(config.unifiedIdentity, this.opts.tpm);
     }
+    // Before node attestation: an unreadable kubelet CA stops the agent without spending a join token.
+    if (config.workloadAttestors.k8s) {
+      try {
+        this.k8sAttestor = new K8sAttestor(config.workloadAttestors.k8s);
+      } catch (e) {
+        throw new AgentStartError((e as Error).message, { cause: e });
+      }
+    }
     store.init();
     this.quoteEndpoint = await startAgentQuoteEndpoint(config, this.opts.tpm, this.log, (n) => this.onRevocation(n));
     const stored = store.load();
@@ -155,8 +165,8 @@ export class Agent {
     this.workloadApi = await WorkloadApiServer.start({
       socketPath: config.socketPath,
       cache: this.cache,
-      attestor: config.workloadAttestors.k8s
-        ? new UnixAndK8sAttestor(new UnixAttestor(config.workloadAttestors.unix), new K8sAttestor(config.workloadAttestors.k8s))
+      attestor: this.k8sAttestor
+        ? new UnixAndK8sAttestor(new UnixAttestor(config.workloadAttestors.unix), this.k8sAttestor)
         : new UnixAttestor(config.workloadAttestors.unix),
       jwt: this.sync.jwtProvider(),
       logger: this.log.child({ component: 'workload-api' }),
@@ -177,6 +187,7 @@ export class Agent {
     await this.identity.inFlight?.catch(() => undefined);
     this.client?.close();
     await this.workloadApi?.close();
+    this.k8sAttestor?.close();
     await this.quoteEndpoint?.server.close();
     this.quoteEndpoint = undefined;
     await this.unifiedIdentity?.close();

@@ -8,6 +8,8 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { K8sAttestor, K8sAttestationError, UnixAndK8sAttestor, parseCgroup, type K8sAttestorOptions } from '../../src/agent/attestor/k8s.js';
 import { UnixAttestor } from '../../src/agent/attestor/unix.js';
+import { Agent } from '../../src/agent/agent.js';
+import { AgentStartError } from '../../src/agent/context.js';
 import { parseAgentConfig, AgentConfigError } from '../../src/agent/config.js';
 import { KubeletDouble, mintKubeletPki, type KubeletPki } from '../doubles/kubelet.js';
 import { stopChild } from '../support/proc.js';
@@ -334,6 +336,19 @@ describe('workloadAttestors.k8s config', () => {
     expect(bad({ kubeletUrl: 'http://n1:10255', caFile: 'ca.pem' })).toMatch(/kubeletUrl: the kubelet must be reached over https/);
     expect(bad({ nodeName: 'n1', caFile: 'ca.pem', skipKubeletVerification: true })).toMatch(/skipKubeletVerification/);
     expect(bad({ nodeName: 'Node_1', caFile: 'ca.pem' })).toMatch(/nodeName: a Kubernetes node name/);
+  });
+  it('an unreadable kubelet CA stops the agent before node attestation (no join token spent)', async () => {
+    const tmp = tempDir('terroir-k8s-agent-');
+    try {
+      const cfg = parseAgentConfig({ ...base, serverAddress: '127.0.0.1', serverPort: 1, dataDir: path.join(tmp.dir, 'data'),
+        socketPath: path.join(tmp.dir, 'sock', 'api.sock'), workloadAttestors: { k8s: { nodeName: 'n1', caFile: 'missing-ca.pem' } } }, {}, tmp.dir);
+      const err = await Agent.start(cfg, { logger: (await import('pino')).default({ level: 'silent' }) }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(AgentStartError);
+      expect((err as Error).message).toMatch(/cannot read the kubelet CA file .*missing-ca\.pem/);
+      expect(fs.existsSync(path.join(tmp.dir, 'data'))).toBe(false);
+    } finally {
+      tmp.cleanup();
+    }
   });
 });
 
