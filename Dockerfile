@@ -1,17 +1,25 @@
 # syntax=docker/dockerfile:1
 # terroir images, one multi-stage file, one target per compose service:
 #
-#   docker build --target server   -t terroir-server .    terroir-server          (non-root: uid 10001)
-#   docker build --target agent    -t terroir-agent .     terroir-agent           (root: see below)
-#   docker build --target swtpm    -t terroir-swtpm .     software TPM + EK chain (non-root: uid 10002)
-#   docker build --target gpsd     -t terroir-gpsd .      gpsd fed by gpsfake     (non-root: uid 10003)
-#   docker build --target workload -t terroir-workload .  the demo workloads      (user set per service)
-#   docker build --target certs    -t terroir-certs .     deploy/certs-init.sh    (root: sets key ownership)
+#   docker build --target server   -t terroir-server .    terroir-server          USER 10001:10001
+#   docker build --target agent    -t terroir-agent .     terroir-agent           USER 10005:tss (the TPM device's group)
+#   docker build --target swtpm    -t terroir-swtpm .     software TPM + EK chain USER 10002:10002
+#   docker build --target gpsd     -t terroir-gpsd .      gpsd + terroir's NMEA   USER 10003:10003
+#   docker build --target workload -t terroir-workload .  the demo workloads      USER 65534:65534 (compose: 10101, 10102)
+#   docker build --target certs    -t terroir-certs .     deploy/certs-init.sh    USER 10004:10004
+#
+# No target runs as root, and none carries a compiler, npm or GTK: the build stages do the compiling,
+# the Node targets get the node binary alone on debian-slim, swtpm and certs get no Node at all, and
+# gpsd is fed by terroir's own NMEA source (deploy/gps/live-nmea.mjs) instead of gpsfake (whose
+# gpsd-clients package pulls in GTK3, matplotlib and numpy). Goal: every image <= 200 MB; not measured
+# here (no Docker engine on the development machines): `docker image ls 'terroir-*'` on a Docker host.
+# Compose runs every one of them read-only, with all capabilities dropped (docker-compose.yml).
 #
 # Every entrypoint is a script under deploy/ that the native tests (test/deploy/) run too.
 ARG NODE_IMAGE=node:20-bookworm-slim
+ARG DEBIAN_IMAGE=debian:bookworm-slim
 
-# ---- build: compile TypeScript, keep production dependencies only --------------------------------
+# ---- build: compile TypeScript -------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 # better-sqlite3 and koffi install prebuilt binaries; the toolchain is their fallback for other platforms.
@@ -25,14 +33,20 @@ COPY src ./src
 COPY native ./native
 COPY feature-flags ./feature-flags
 COPY proto ./proto
-RUN npm run build && npm prune --omit=dev --no-audit --no-fund
+RUN npm run build
 
-# ---- runtime: what every Node service shares --------------------------------------------------------
-FROM ${NODE_IMAGE} AS runtime
+# ---- deps: production dependencies only ----------------------------------------------------------------
+FROM build AS deps
+RUN rm -rf node_modules && npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+
+# ---- runtime: what every Node service shares: debian-slim plus the node binary (no npm, yarn, corepack) --
+FROM ${NODE_IMAGE} AS node
+FROM ${DEBIAN_IMAGE} AS runtime
 ENV NODE_ENV=production
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
 WORKDIR /app
-COPY --from=build /app/package.json ./
-COPY --from=build /app/node_modules ./node_modules
+COPY --from=deps /app/package.json ./
+COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY proto ./proto
 COPY deploy ./deploy
@@ -44,60 +58,78 @@ FROM runtime AS server
 RUN groupadd --system --gid 10001 terroir \
  && useradd --system --uid 10001 --gid terroir --home-dir /var/lib/terroir --shell /usr/sbin/nologin terroir \
  && mkdir -p /var/lib/terroir/server /var/lib/terroir/bootstrap \
- && chown -R terroir:terroir /var/lib/terroir
-USER terroir
+ && chown -R 10001:10001 /var/lib/terroir
+USER 10001:10001
 EXPOSE 8081
 ENTRYPOINT ["/app/deploy/server.sh"]
 
 # ---- terroir-agent -------------------------------------------------------------------------------------
-# Runs as root, because the unix workload attestor must read /proc/<pid>/exe and /proc/<pid>/status
-# of workloads running as OTHER users (the kernel allows that to the same uid or to CAP_SYS_PTRACE),
-# and a real TPM (/dev/tpmrm0) is root:tss 0660. With only swtpm and workloads of one uid it could run
-# unprivileged; the systemd unit (deploy/systemd) shows the least-privilege setup on a host.
+# uid 10005 with group tss: a real TPM (/dev/tpmrm0) is root:tss 0660. The device's group inside a
+# container is the host's numeric gid: with a real TPM add `devices: [/dev/tpmrm0]` and
+# `group_add: ["<the host's tss gid>"]`. Group 10005 (compose's group_add) reads the quote endpoint's key.
+# Not root, so the unix attestor reads /proc/<pid>/exe only of workloads of its own uid (selectors by
+# uid/gid work for all; the systemd unit, deploy/systemd, grants CAP_SYS_PTRACE for path/sha256).
 FROM runtime AS agent
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-rc0 libtss2-tctildr0 libtss2-tcti-swtpm0 libtss2-tcti-device0 \
-      tpm2-tools \
  && rm -rf /var/lib/apt/lists/* \
- && mkdir -p /var/lib/terroir/agent /run/terroir
+ && (getent group tss >/dev/null || groupadd --system tss) \
+ && groupadd --system --gid 10005 terroir-agent \
+ && useradd --system --uid 10005 --gid tss --groups terroir-agent --home-dir /var/lib/terroir/agent --shell /usr/sbin/nologin terroir-agent \
+ && mkdir -p /var/lib/terroir/agent /run/terroir \
+ && chown 10005:10005 /var/lib/terroir/agent /run/terroir
+USER 10005:tss
 ENTRYPOINT ["/app/deploy/agent.sh"]
 
-# ---- software TPM ----------------------------------------------------------------------------------------
-FROM runtime AS swtpm
+# ---- software TPM (no Node) ------------------------------------------------------------------------------
+FROM ${DEBIAN_IMAGE} AS swtpm
 RUN apt-get update \
  && apt-get install -y --no-install-recommends swtpm swtpm-tools procps \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10002 swtpmd \
  && useradd --system --uid 10002 --gid swtpmd --home-dir /var/lib/terroir/swtpm --shell /usr/sbin/nologin swtpmd \
  && mkdir -p /var/lib/terroir/swtpm/state /var/lib/terroir/swtpm/ca \
- && chown -R swtpmd:swtpmd /var/lib/terroir/swtpm
-USER swtpmd
+ && chown -R 10002:10002 /var/lib/terroir/swtpm
+WORKDIR /app
+COPY deploy/swtpm.sh ./deploy/swtpm.sh
+COPY swtpm ./swtpm
+RUN chmod 0755 deploy/swtpm.sh swtpm/*.sh
+USER 10002:10002
 EXPOSE 2321 2322
 ENTRYPOINT ["/app/deploy/swtpm.sh"]
 
-# ---- gpsd fed by gpsfake -------------------------------------------------------------------------------
-# On the Node runtime: deploy/gps/live-nmea.mjs writes the NMEA log, stamped with the current time.
+# ---- gpsd fed by terroir's NMEA source ------------------------------------------------------------------
+# gpsd alone (no gpsd-clients, python3-gps or gpsfake); deploy/gps/live-nmea.mjs, on the Node runtime,
+# serves it live fixes over loopback TCP, and deploy/gps/healthcheck.mjs is the health check.
 FROM runtime AS gpsd
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gpsd gpsd-clients python3-gps \
+ && apt-get install -y --no-install-recommends gpsd \
  && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10003 gpsfake \
- && useradd --system --uid 10003 --gid gpsfake --no-create-home --shell /usr/sbin/nologin gpsfake
-USER gpsfake
+ && groupadd --system --gid 10003 gpsfeed \
+ && useradd --system --uid 10003 --gid gpsfeed --no-create-home --shell /usr/sbin/nologin gpsfeed
+USER 10003:10003
 EXPOSE 2947
 ENTRYPOINT ["/app/deploy/gpsd.sh"]
 
 # ---- demo workloads --------------------------------------------------------------------------------------
 # deploy/workload/mtls-demo.mjs on terroir's workload library (dist/src/workload) and feature flags.
+# nobody by default; compose gives each workload the uid its registration entry selects.
 FROM runtime AS workload
+USER 65534:65534
 ENTRYPOINT ["/app/deploy/workload.sh"]
 
-# ---- certificate init ------------------------------------------------------------------------------------
-FROM ${NODE_IMAGE} AS certs
+# ---- certificate init (no Node) ----------------------------------------------------------------------------
+# /pki and /pki/agent are the compose volumes' mount points: a fresh named volume takes their owner.
+FROM ${DEBIAN_IMAGE} AS certs
 RUN apt-get update \
  && apt-get install -y --no-install-recommends openssl \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10004 certs \
+ && useradd --system --uid 10004 --gid certs --no-create-home --shell /usr/sbin/nologin certs \
+ && mkdir -p /pki/agent \
+ && chown 10004:10004 /pki /pki/agent
 COPY deploy/certs-init.sh /usr/local/bin/certs-init.sh
 RUN chmod 0755 /usr/local/bin/certs-init.sh
+USER 10004:10004
 ENTRYPOINT ["/usr/local/bin/certs-init.sh"]

@@ -25,6 +25,8 @@
 #   TERROIR_GPSD_ALLOW_REMOTE      true: a gpsd on another host is read too (anyone on the path could answer
 #                                  as the receiver; its readings say link: remote). Default false
 #   TERROIR_GPSD_TIMEOUT_MS        how long an attestation waits for a fix (default 10000)
+#   TERROIR_GPSD_WAIT              seconds to wait at start for gpsd to accept connections (default 60; compose
+#                                  starts gpsd beside the agent, in the `unified` profile, with no depends_on)
 #
 # Keylime continuous mode: with the flag on and TERROIR_KEYLIME_MODE=continuous (the same variable and
 # values as deploy/server.sh; compose passes one value to both) the agent serves the Keylime quote
@@ -71,6 +73,8 @@ if [ "$flag" = on ]; then
   fi
   [[ $gpsd_port =~ ^[0-9]+$ ]] && [ "$gpsd_port" -ge 1 ] && [ "$gpsd_port" -le 65535 ] || die "TERROIR_GPSD_PORT must be a port number, got '$gpsd_port'"
   [[ $gpsd_timeout =~ ^[0-9]+$ ]] || die "TERROIR_GPSD_TIMEOUT_MS must be a number of milliseconds, got '$gpsd_timeout'"
+  gpsd_wait=${TERROIR_GPSD_WAIT:-60}
+  [[ $gpsd_wait =~ ^[0-9]+$ ]] || die "TERROIR_GPSD_WAIT must be a number of seconds, got '$gpsd_wait'"
   unified_yaml="
   unifiedIdentity:
     sensors:
@@ -110,6 +114,11 @@ if [ "$flag" = on ]; then
       keyFile: \"$TERROIR_KEYLIME_QUOTE_KEY\"
       clientCaFile: \"$TERROIR_KEYLIME_QUOTE_CLIENT_CA\""
   fi
+  # Last, once every setting is known good: gpsd must answer (compose starts it beside the agent, in the
+  # unified profile, so nothing in the plain stack waits on it).
+  gpsd_up() { (exec 3<>"/dev/tcp/$gpsd_host/$gpsd_port") 2>/dev/null; }
+  for ((i = 0; i < gpsd_wait * 10; i++)); do gpsd_up && break; sleep 0.1; done
+  gpsd_up || die "no gpsd accepts connections at $gpsd_host:$gpsd_port after ${gpsd_wait}s: with Unified Identity on the agent reads its location from gpsd at every attestation (compose: start the unified profile, which runs gpsd: see docs/deployment.md)"
 fi
 
 mkdir -p "$data" "$sockdir"

@@ -26,8 +26,12 @@
 #   KEYLIME_VERIFIER_HOST   DNS name in the verifier certificate   (default keylime-verifier)
 #   KEYLIME_REGISTRAR_HOST  DNS name in the registrar certificate  (default keylime-registrar)
 #   TERROIR_AGENT_HOST      DNS name in the agent's quote endpoint certificate (default terroir-agent)
-#   TERROIR_UID, TERROIR_GID  owner of terroir-client.key, which terroir-server reads (default: unchanged);
-#                           the other keys stay owned by the caller (root in the compose file)
+#   TERROIR_UID, TERROIR_GID  who reads terroir-client.key, i.e. terroir-server. Run as root with TERROIR_UID:
+#                           the key is handed to TERROIR_UID:TERROIR_GID (0600). Without TERROIR_UID (compose:
+#                           an unprivileged user that is a member of TERROIR_GID): the key stays the caller's
+#                           and becomes group TERROIR_GID, mode 0640 (chgrp needs no privilege)
+#   TERROIR_AGENT_GID       likewise for the agent's quote-endpoint.key (compose: the agent's group 10005);
+#                           the other keys stay the caller's, 0600
 #   CERT_DAYS               validity of leaf certificates (default 365); CAs get 10 years
 set -euo pipefail
 umask 077
@@ -139,9 +143,18 @@ else
   chmod 0644 "$ag/verifier-client-ca.crt"
 fi
 
+# share_key KEY GID: KEY readable by group GID too (the caller owns it and is a member of GID).
+share_key() {
+  [[ $2 =~ ^[0-9]+$ ]] || die "group ids (TERROIR_GID, TERROIR_AGENT_GID) must be numbers, got '$2'"
+  chgrp "$2" "$1" || die "cannot give $1 to group $2: run as a member of that group (compose: group_add) or as root"
+  chmod 0640 "$1"
+}
 if [ -n "${TERROIR_UID:-}" ]; then
   chown "$TERROIR_UID:${TERROIR_GID:-$TERROIR_UID}" "$kl/terroir-client.key"
+elif [ -n "${TERROIR_GID:-}" ]; then
+  share_key "$kl/terroir-client.key" "$TERROIR_GID"
 fi
+[ -z "${TERROIR_AGENT_GID:-}" ] || share_key "$qe.key" "$TERROIR_AGENT_GID"
 
 echo "KEYLIME_CA=$kl/ca.crt"
 echo "KEYLIME_TERROIR_CLIENT=$kl/terroir-client.crt"

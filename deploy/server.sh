@@ -38,6 +38,8 @@
 #   TERROIR_KEYLIME_ALLOW_DEV_STANDIN  true|false (default false): accept terroir's Keylime test double
 #                              (test/doubles/keylime-standin.ts) as the verifier. Development only; never
 #                              in compose, which runs the real Keylime images.
+#   TERROIR_KEYLIME_WAIT       seconds to wait at start for the verifier to accept connections (default 120;
+#                              compose starts Keylime in the `unified` profile, with no depends_on on it)
 #   TERROIR_LOCATION_POLICIES  location policy file (default deploy/location-policies.yaml next to this script)
 #   TERROIR_DEFAULT_POLICY     the policy every node must satisfy (default eu)
 #   TERROIR_UNIFIED_PCRS       comma-separated sha256 PCRs the agents quote (default 0,7,15)
@@ -103,6 +105,8 @@ if [ "$flag" = on ]; then
   tpm_policy=${TERROIR_KEYLIME_TPM_POLICY:-"{\"15\": [\"$zero\"]}"}
   # JSON is YAML: the server validates the values; here only that it is one object on one line.
   [[ $tpm_policy =~ ^\{[^$'\n']*\}$ ]] || die "TERROIR_KEYLIME_TPM_POLICY must be a JSON object on one line, {\"PCR\": [\"hex digest\", ...]}, got '$tpm_policy'"
+  keylime_wait=${TERROIR_KEYLIME_WAIT:-120}
+  [[ $keylime_wait =~ ^[0-9]+$ ]] || die "TERROIR_KEYLIME_WAIT must be a number of seconds, got '$keylime_wait'"
   keylime_extra=""
   if [ "$mode" = continuous ]; then
     quote_address=${TERROIR_KEYLIME_QUOTE_ADDRESS:-source}
@@ -130,6 +134,19 @@ unifiedIdentity:
   defaultPolicy: \"$default_policy\"
   pcrs: [$pcrs]
   tpmPolicy: $tpm_policy"
+fi
+
+if [ "$flag" = on ]; then
+  # Last, once every setting is known good: the verifier must accept connections (compose starts it in the
+  # unified profile; nothing in the plain stack waits on Keylime). host:port of https://host[:port]/...
+  hostport=${TERROIR_KEYLIME_URL#https://}
+  hostport=${hostport%%/*}
+  if [[ $hostport =~ ^([A-Za-z0-9._-]+)(:([0-9]+))?$ ]]; then
+    kl_host=${BASH_REMATCH[1]} kl_port=${BASH_REMATCH[3]:-443}
+    keylime_up() { (exec 3<>"/dev/tcp/$kl_host/$kl_port") 2>/dev/null; }
+    for ((i = 0; i < keylime_wait * 10; i++)); do keylime_up && break; sleep 0.1; done
+    keylime_up || die "the Keylime verifier at $kl_host:$kl_port accepts no connection after ${keylime_wait}s: with Unified Identity on it checks every attestation (compose: start the unified profile, which runs Keylime: see docs/deployment.md)"
+  fi
 fi
 
 mkdir -p "$data"

@@ -1,7 +1,8 @@
 // docker-compose.yml must stay valid (`docker-compose config`, the Debian package, no engine needed)
 // and consistent with what the native tests run: every terroir service's entrypoint is a deploy/
 // script, the Keylime services name files that deploy/certs-init.sh makes, and the flag comes from
-// the env file.
+// the env file. Two stacks, as the README starts them: the plain one (deploy/.env.example, no profile:
+// no Keylime, no gpsd, nothing waiting on them) and the `unified` profile (deploy/unified.env).
 import { execFile, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -29,17 +30,41 @@ interface Service {
   healthcheck?: { test: string[] };
   networks?: string[] | Record<string, unknown>;
   init?: boolean;
+  group_add?: string[];
   depends_on?: Record<string, { condition: string }>;
+  profiles?: string[];
 }
 interface Compose { services: Record<string, Service>; volumes: Record<string, unknown> }
 
-/** `docker-compose config` with an env file; fails naming the Debian package when the tool is absent. */
-async function composeConfig(envFile: string): Promise<Compose> {
+/** The README's two commands, minus `up -d --build`: what the tests render with `config`. */
+export const PLAIN_ARGS = ['--env-file', 'deploy/.env.example'];
+export const UNIFIED_ARGS = ['--env-file', 'deploy/unified.env', '--profile', 'unified'];
+
+/** The profiles a command activates: its --profile options, else COMPOSE_PROFILES from its env file (as compose does). */
+function activeProfiles(args: string[]): string[] {
+  const cli = args.flatMap((a, i) => (args[i - 1] === '--profile' ? [a] : []));
+  if (cli.length > 0) return cli;
+  const envFile = args[args.indexOf('--env-file') + 1] ?? '';
+  const line = fs.readFileSync(path.resolve(ROOT, envFile), 'utf8').split('\n').find((l) => l.startsWith('COMPOSE_PROFILES='));
+  return (line?.slice('COMPOSE_PROFILES='.length) ?? '').split(',').map((p) => p.trim()).filter(Boolean);
+}
+
+/**
+ * `docker-compose ARGS config`, keeping the services the active profiles enable (a service without
+ * `profiles` always; docker-compose 1.29's `config` prints them all, `up` starts only these). Fails naming
+ * the Debian package when the tool is absent.
+ */
+async function composeConfig(args: string[]): Promise<Compose> {
   if (spawnSync('sh', ['-c', 'command -v docker-compose']).status !== 0) {
     throw new Error('docker-compose is not installed: apt-get install --no-install-recommends docker-compose (Debian package docker-compose)');
   }
-  const { stdout } = await run('docker-compose', ['-f', path.join(ROOT, 'docker-compose.yml'), '--project-directory', ROOT, '--env-file', envFile, 'config'], { cwd: ROOT });
-  return YAML.parse(stdout) as Compose;
+  const envFile = args[args.indexOf('--env-file') + 1] ?? '';
+  const rest = args.filter((_, i) => i !== args.indexOf('--env-file') && i !== args.indexOf('--env-file') + 1);
+  const { stdout } = await run('docker-compose', ['-f', path.join(ROOT, 'docker-compose.yml'), '--project-directory', ROOT, '--env-file', path.resolve(ROOT, envFile), ...rest, 'config'], { cwd: ROOT });
+  const all = YAML.parse(stdout) as Compose;
+  const active = activeProfiles(args);
+  const services = Object.fromEntries(Object.entries(all.services).filter(([, s]) => s.profiles === undefined || s.profiles.some((p) => active.includes(p))));
+  return { ...all, services };
 }
 
 /** A service that must exist (a missing one fails the test with its name). */
@@ -61,8 +86,10 @@ function reachableOn(c: Compose, s: Service): string[] {
 }
 
 let compose: Compose;
+let unified: Compose;
 beforeAll(async () => {
-  compose = await composeConfig(path.join(ROOT, 'deploy', '.env.example'));
+  compose = await composeConfig(PLAIN_ARGS);
+  unified = await composeConfig(UNIFIED_ARGS);
 }, 30_000);
 
 /** ENTRYPOINT of each Dockerfile target, e.g. { server: '/app/deploy/server.sh' }. */
@@ -79,20 +106,58 @@ function dockerfileEntrypoints(): Record<string, string> {
 }
 
 describe('docker-compose.yml', () => {
-  it('passes docker-compose config with deploy/.env.example and has every service of the deployment', () => {
+  it('the README starts the plain stack and the unified profile with exactly the commands tested here', () => {
+    const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    expect(readme).toContain(`docker-compose ${PLAIN_ARGS.join(' ')} up -d --build`);
+    expect(readme).toContain(`docker-compose ${UNIFIED_ARGS.join(' ')} up -d --build`);
+    const docs = fs.readFileSync(path.join(ROOT, 'docs', 'deployment.md'), 'utf8');
+    expect(docs).toContain(`docker-compose ${UNIFIED_ARGS.join(' ')} up -d --build`);
+  });
+
+  it('the plain stack (deploy/.env.example, no profile) has no Keylime and no gpsd, and nothing depends on them', () => {
     expect(Object.keys(compose.services).sort()).toEqual([
+      'certs-init', 'node', 'register', 'swtpm', 'terroir-agent', 'terroir-server', 'workload-client', 'workload-consumer',
+    ]);
+    for (const [name, s] of Object.entries(compose.services)) {
+      // Every dependency and every joined namespace is a service this stack starts (compose refuses the rest).
+      for (const dep of Object.keys(s.depends_on ?? {})) expect(Object.keys(compose.services), `${name} depends on ${dep}`).toContain(dep);
+      expect(Object.keys(s.depends_on ?? {}).filter((d) => /^(keylime|gpsd)/.test(d)), name).toEqual([]);
+      const joined = /^service:(.+)$/.exec(s.network_mode ?? s.pid ?? '')?.[1];
+      if (joined !== undefined) expect(Object.keys(compose.services), name).toContain(joined);
+      expect(s.image ?? '', name).not.toMatch(/keylime|gpsd/);
+      expect(s.environment?.UNIFIED_IDENTITY_ENABLED ?? 'false', name).toBe('false');
+    }
+    expect(activeProfiles(PLAIN_ARGS)).toEqual([]);
+    expect(svc(compose, 'terroir-server').volumes).toContainEqual(expect.stringMatching(/^server-data:\/var\/lib\/terroir\/server/));
+  });
+
+  it('the unified profile (deploy/unified.env, --profile unified) adds Keylime and gpsd and turns the flag on everywhere', () => {
+    expect(Object.keys(unified.services).sort()).toEqual([
       'certs-init', 'gpsd', 'keylime-registrar', 'keylime-verifier', 'node', 'register', 'swtpm', 'terroir-agent', 'terroir-server', 'workload-client', 'workload-consumer',
     ]);
-    expect(svc(compose, 'keylime-verifier').image).toBe('quay.io/keylime/keylime_verifier:v7.14.3');
-    expect(svc(compose, 'keylime-registrar').image).toBe('quay.io/keylime/keylime_registrar:v7.14.3');
-    expect(svc(compose, 'terroir-server').volumes).toContainEqual(expect.stringMatching(/^server-data:\/var\/lib\/terroir\/server/));
+    expect(svc(unified, 'keylime-verifier').image).toBe('quay.io/keylime/keylime_verifier:v7.14.3');
+    expect(svc(unified, 'keylime-registrar').image).toBe('quay.io/keylime/keylime_registrar:v7.14.3');
+    for (const s of ['terroir-server', 'terroir-agent', 'workload-consumer']) expect(svc(unified, s).environment?.UNIFIED_IDENTITY_ENABLED, s).toBe('true');
+    for (const [name, s] of Object.entries(unified.services)) {
+      for (const dep of Object.keys(s.depends_on ?? {})) expect(Object.keys(unified.services), `${name} depends on ${dep}`).toContain(dep);
+    }
+    // Only Keylime and gpsd are in the profile; the same terroir services run in both stacks.
+    expect(Object.entries(unified.services).filter(([, s]) => s.profiles !== undefined).map(([n]) => n).sort()).toEqual(['gpsd', 'keylime-registrar', 'keylime-verifier']);
+    // The env file carries the profile too (a command that forgets --profile still starts what the flag needs).
+    expect(activeProfiles(['--env-file', 'deploy/unified.env'])).toEqual(['unified']);
+    // unified.env is .env.example with the flag on and the profile: nothing else differs.
+    const settings = (f: string): string[] => fs.readFileSync(path.join(ROOT, 'deploy', f), 'utf8').split('\n').filter((l) => /^[A-Z_]+=/.test(l));
+    const plain = settings('.env.example');
+    const on = settings('unified.env');
+    expect(on.filter((l) => !plain.includes(l)).sort()).toEqual(['COMPOSE_PROFILES=unified', 'UNIFIED_IDENTITY_ENABLED=true']);
+    expect(plain.filter((l) => !on.includes(l)).sort()).toEqual(['COMPOSE_PROFILES=', 'UNIFIED_IDENTITY_ENABLED=false']);
   });
 
   it('takes UNIFIED_IDENTITY_ENABLED (and the trust domain) from the env file, for server and agent', async () => {
     for (const s of ['terroir-server', 'terroir-agent']) expect(svc(compose, s).environment?.UNIFIED_IDENTITY_ENABLED).toBe('false');
     const env = path.join(tmp.dir, 'on.env');
     fs.writeFileSync(env, 'UNIFIED_IDENTITY_ENABLED=true\nTERROIR_TRUST_DOMAIN=edge.example\n');
-    const on = await composeConfig(env);
+    const on = await composeConfig(['--env-file', env]);
     for (const s of ['terroir-server', 'terroir-agent']) {
       expect(svc(on, s).environment?.UNIFIED_IDENTITY_ENABLED).toBe('true');
       expect(svc(on, s).environment?.TERROIR_TRUST_DOMAIN).toBe('edge.example');
@@ -103,7 +168,7 @@ describe('docker-compose.yml', () => {
   it('runs every terroir service through a deploy/ script that exists (the scripts test/deploy runs natively)', () => {
     const entrypoints = dockerfileEntrypoints();
     const scripts = new Set<string>();
-    for (const [name, service] of Object.entries(compose.services)) {
+    for (const [name, service] of Object.entries(unified.services)) {
       if (service.image?.startsWith('quay.io/keylime/')) continue;
       const target = service.build?.target;
       expect(target, `${name} has a build target`).toBeDefined();
@@ -119,13 +184,13 @@ describe('docker-compose.yml', () => {
   it('configures Keylime for mTLS with files deploy/certs-init.sh makes', async () => {
     const out = path.join(tmp.dir, 'pki');
     await run('bash', [path.join(ROOT, 'deploy', 'certs-init.sh'), out]);
-    const certsVolume = svc(compose, 'certs-init').volumes?.find((v) => v.startsWith('pki:'))?.split(':')[1];
+    const certsVolume = svc(unified, 'certs-init').volumes?.find((v) => v.startsWith('pki:'))?.split(':')[1];
     expect(certsVolume).toBe('/pki');
     for (const [name, prefix] of [['keylime-verifier', 'KEYLIME_VERIFIER_'], ['keylime-registrar', 'KEYLIME_REGISTRAR_']] as const) {
-      const env = svc(compose, name).environment ?? {};
+      const env = svc(unified, name).environment ?? {};
       const tlsDir = env[`${prefix}TLS_DIR`];
       // The pki volume is mounted read-only at /etc/terroir/pki; certs-init writes keylime/ in it.
-      expect(svc(compose, name).volumes).toContain('pki:/etc/terroir/pki:ro');
+      expect(svc(unified, name).volumes).toContain('pki:/etc/terroir/pki:ro');
       expect(tlsDir).toBe('/etc/terroir/pki/keylime');
       const files = Object.entries(env).filter(([k]) => /_(SERVER|CLIENT)_(KEY|CERT)$/.test(k)).map(([, v]) => v);
       files.push(...Object.entries(env).filter(([k]) => k.endsWith('_CA')).flatMap(([, v]) => JSON.parse(v) as string[]));
@@ -158,13 +223,14 @@ describe('docker-compose.yml', () => {
   });
 
   it('wires Unified Identity: the server to the real Keylime verifier with certs-init\'s PKI, the agent to gpsd, the consumer to its policy', async () => {
-    const server = svc(compose, 'terroir-server');
+    const server = svc(unified, 'terroir-server');
     const env = server.environment ?? {};
     // The verifier is the Keylime service on its own port, reached over the keylime network.
-    const verifierPort = svc(compose, 'keylime-verifier').environment?.KEYLIME_VERIFIER_PORT;
+    const verifierPort = svc(unified, 'keylime-verifier').environment?.KEYLIME_VERIFIER_PORT;
     expect(env.TERROIR_KEYLIME_URL).toBe(`https://keylime-verifier:${verifierPort}`);
     expect(networksOf(server)).toContain('keylime');
-    expect(server.depends_on?.['keylime-verifier']?.condition).toBe('service_healthy');
+    // No depends_on on Keylime (the plain stack must start without it): server.sh waits for the verifier.
+    expect(server.depends_on?.['keylime-verifier']).toBeUndefined();
     // The CA and client certificate are files certs-init makes, in the pki volume the server mounts.
     const out = path.join(tmp.dir, 'pki-ui');
     await run('bash', [path.join(ROOT, 'deploy', 'certs-init.sh'), out]);
@@ -174,22 +240,23 @@ describe('docker-compose.yml', () => {
       expect(f, k).toMatch(/^\/etc\/terroir\/pki\//);
       expect(fs.existsSync(path.join(out, path.relative('/etc/terroir/pki', f))), `${k}: ${f}`).toBe(true);
     }
-    // certs-init hands the client key to the server's uid.
-    expect(svc(compose, 'certs-init').environment?.TERROIR_UID).toBe('10001');
+    // certs-init hands the client key to the server's group (it runs unprivileged, a member of that group).
+    expect(svc(unified, 'certs-init').environment?.TERROIR_GID).toBe('10001');
+    expect(svc(unified, 'certs-init').group_add).toContain('10001');
     expect(env.TERROIR_KEYLIME_MODE).toBe('oneshot');
     // The location policies ship in the image (COPY deploy), and the default policy is one of them.
     expect(env.TERROIR_LOCATION_POLICIES).toBe('/app/deploy/location-policies.yaml');
     const policies = YAML.parse(fs.readFileSync(path.join(ROOT, 'deploy', 'location-policies.yaml'), 'utf8')) as { policies: Record<string, unknown> };
     expect(Object.keys(policies.policies)).toContain(env.TERROIR_DEFAULT_POLICY);
     // Compose runs the real Keylime images: the development stand-in is never allowed.
-    for (const [name, service] of Object.entries(compose.services)) {
+    for (const [name, service] of Object.entries(unified.services)) {
       expect(Object.keys(service.environment ?? {}), name).not.toContain('TERROIR_KEYLIME_ALLOW_DEV_STANDIN');
       expect(Object.keys(service.environment ?? {}), name).not.toContain('CONSUMER_ALLOW_DEV_STANDIN');
     }
     // The agent reads gpsd on loopback: both join the node's network namespace, gpsd listens on loopback
     // only, and no other service is on it (issue 13: any peer reaching gpsd could answer as the receiver).
-    const agent = svc(compose, 'terroir-agent');
-    const gpsd = svc(compose, 'gpsd');
+    const agent = svc(unified, 'terroir-agent');
+    const gpsd = svc(unified, 'gpsd');
     expect(agent.environment?.TERROIR_GPSD_HOST).toBe('127.0.0.1');
     expect(agent.environment?.TERROIR_GPSD_ALLOW_REMOTE).toBeUndefined();
     expect(agent.environment?.TERROIR_GPSD_PORT).toBe(gpsd.environment?.GPSD_PORT);
@@ -198,24 +265,25 @@ describe('docker-compose.yml', () => {
     expect(gpsd.environment?.GPSD_LISTEN_ALL).toBe('0');
     expect(gpsd.networks).toBeUndefined();
     expect(gpsd.ports).toBeUndefined();
-    expect(Object.entries(compose.services).filter(([, s]) => s.network_mode === 'service:node').map(([n]) => n).sort()).toEqual(['gpsd', 'terroir-agent']);
-    expect(Object.entries(compose.services).filter(([, s]) => s.network_mode === 'service:gpsd' || s.network_mode === 'service:terroir-agent')).toEqual([]);
+    expect(Object.entries(unified.services).filter(([, s]) => s.network_mode === 'service:node').map(([n]) => n).sort()).toEqual(['gpsd', 'terroir-agent']);
+    expect(Object.entries(unified.services).filter(([, s]) => s.network_mode === 'service:gpsd' || s.network_mode === 'service:terroir-agent')).toEqual([]);
     // The namespace's holder only waits, and keeps the agent's name on the default network.
-    const node = svc(compose, 'node');
+    const node = svc(unified, 'node');
     expect(node.entrypoint).toEqual(['/app/deploy/node-net.sh']);
     expect(node.ports).toBeUndefined();
     expect(networksOf(node).sort()).toEqual(['default', 'tpm']);
     expect((node.networks as Record<string, { aliases?: string[] }>).default?.aliases).toEqual(['terroir-agent']);
-    expect(agent.depends_on?.gpsd?.condition).toBe('service_healthy');
-    expect(svc(compose, 'gpsd').environment).toMatchObject({ GPS_LAT: '48.8566', GPS_LON: '2.3522' });
+    // No depends_on on gpsd (the plain stack must start without it): agent.sh waits for it with the flag on.
+    expect(agent.depends_on?.gpsd).toBeUndefined();
+    expect(svc(unified, 'gpsd').environment).toMatchObject({ GPS_LAT: '48.8566', GPS_LON: '2.3522' });
     // The consumer gets the flag and its requirement from the env file.
-    expect(svc(compose, 'workload-consumer').environment).toMatchObject({ UNIFIED_IDENTITY_ENABLED: 'false', CONSUMER_REQUIRE_REGION: 'EU', CONSUMER_REQUIRE_POLICY: 'eu' });
+    expect(svc(unified, 'workload-consumer').environment).toMatchObject({ UNIFIED_IDENTITY_ENABLED: 'true', CONSUMER_REQUIRE_REGION: 'EU', CONSUMER_REQUIRE_POLICY: 'eu' });
   }, 30_000);
 
   it('wires Keylime continuous mode: one mode for server and agent, the agent\'s quote endpoint reachable by the verifier with certs-init\'s material', async () => {
     const envFile = path.join(tmp.dir, 'continuous.env');
     fs.writeFileSync(envFile, 'UNIFIED_IDENTITY_ENABLED=true\nTERROIR_KEYLIME_MODE=continuous\n');
-    const c = await composeConfig(envFile);
+    const c = await composeConfig(['--env-file', envFile, '--profile', 'unified']);
     const [server, agent, verifier, init] = (['terroir-server', 'terroir-agent', 'keylime-verifier', 'certs-init'] as const).map((n) => svc(c, n));
     // The env file switches both: a server enrolling nodes whose agents serve no endpoint would refuse them all.
     expect(server?.environment?.TERROIR_KEYLIME_MODE).toBe('continuous');
@@ -261,7 +329,7 @@ describe('docker-compose.yml', () => {
   it('the env file turns Unified Identity on for server, agent and consumer together, and sets the place and the policy', async () => {
     const envFile = path.join(tmp.dir, 'ui.env');
     fs.writeFileSync(envFile, 'UNIFIED_IDENTITY_ENABLED=true\nTERROIR_DEFAULT_POLICY=fr\nGPS_LAT=52.52\nGPS_LON=13.405\nCONSUMER_REQUIRE_COUNTRY=DE\n');
-    const on = await composeConfig(envFile);
+    const on = await composeConfig(['--env-file', envFile, '--profile', 'unified']);
     for (const s of ['terroir-server', 'terroir-agent', 'workload-consumer']) expect(svc(on, s).environment?.UNIFIED_IDENTITY_ENABLED, s).toBe('true');
     expect(svc(on, 'terroir-server').environment?.TERROIR_DEFAULT_POLICY).toBe('fr');
     expect(svc(on, 'gpsd').environment).toMatchObject({ GPS_LAT: '52.52', GPS_LON: '13.405' });

@@ -76,6 +76,11 @@ describe('deploy/ scripts refuse bad settings', () => {
     expect(script('server.sh', [], { ...full, TERROIR_UNIFIED_PCRS: '0, 7' }).stderr).toContain("TERROIR_UNIFIED_PCRS must be comma-separated PCR numbers, got '0, 7'");
     expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_TPM_POLICY: '15: [00]' }).stderr).toContain('TERROIR_KEYLIME_TPM_POLICY must be a JSON object on one line');
     expect(script('server.sh', [], { ...full, TERROIR_TPM_CA_FILES: '' }).stderr).toContain('UNIFIED_IDENTITY_ENABLED is on but TPM attestation is off (TERROIR_TPM_CA_FILES is empty)');
+    expect(script('server.sh', [], { ...full, TERROIR_KEYLIME_WAIT: 'soon' }).stderr).toContain("TERROIR_KEYLIME_WAIT must be a number of seconds, got 'soon'");
+    // Compose starts Keylime in the unified profile, with no depends_on: the server waits, then says what is missing.
+    const noVerifier = script('server.sh', [], { ...full, TERROIR_KEYLIME_URL: 'https://127.0.0.1:1', TERROIR_KEYLIME_WAIT: '0' });
+    expect(noVerifier.status).toBe(1);
+    expect(noVerifier.stderr).toContain('deploy/server.sh: the Keylime verifier at 127.0.0.1:1 accepts no connection after 0s: with Unified Identity on it checks every attestation (compose: start the unified profile');
     expect(fs.existsSync(data)).toBe(false);
   }, 30_000);
 
@@ -89,6 +94,11 @@ describe('deploy/ scripts refuse bad settings', () => {
     expect(script('agent.sh', [], { ...base, TERROIR_GPSD_HOST: 'gpsd' }).stderr).toContain("TERROIR_GPSD_HOST 'gpsd' is not a loopback address");
     expect(script('agent.sh', [], { ...base, TERROIR_GPSD_HOST: '192.0.2.10' }).stderr).toMatch(/not a loopback address.*TERROIR_GPSD_ALLOW_REMOTE=true/);
     expect(script('agent.sh', [], { ...base, TERROIR_GPSD_ALLOW_REMOTE: 'yes' }).stderr).toContain("TERROIR_GPSD_ALLOW_REMOTE must be true or false, got 'yes'");
+    expect(script('agent.sh', [], { ...base, TERROIR_GPSD_WAIT: 'later' }).stderr).toContain("TERROIR_GPSD_WAIT must be a number of seconds, got 'later'");
+    // Compose starts gpsd in the unified profile, with no depends_on: the agent waits, then says what is missing.
+    const noGpsd = script('agent.sh', [], { ...base, TERROIR_GPSD_PORT: '1', TERROIR_GPSD_WAIT: '0' });
+    expect(noGpsd.status).toBe(1);
+    expect(noGpsd.stderr).toContain('deploy/agent.sh: no gpsd accepts connections at 127.0.0.1:1 after 0s: with Unified Identity on the agent reads its location from gpsd at every attestation (compose: start the unified profile');
     expect(fs.existsSync(path.join(tmp.dir, 'agent-ui'))).toBe(false);
   });
 

@@ -1,7 +1,7 @@
 // The compose services' scripts, run natively with the same steps, Unified Identity off (the bring-up
 // is stack-fixture.ts, shared with stack-unified.test.ts): swtpm, terroir-server (SQLite), registration
 // and bootstrap bundle, terroir-agent attesting with the TPM, the two demo workloads doing mutual TLS
-// as their own users, and gpsd fed by gpsfake. Each process is stopped by its PID.
+// as their own users, and gpsd fed by terroir's NMEA source. Each process is stopped by its PID.
 import { execFile, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -84,48 +84,50 @@ describe('the deployment scripts, natively, Unified Identity off', () => {
     expect(r.stderr.toString()).toMatch(/no X\.509-SVID from the agent within 3 s: .*(PermissionDenied|PERMISSION_DENIED|withdrew|no identity)/i);
   }, 40_000);
 
-  it('gpsd.sh serves fixes stamped with the current time, and again after writing a fresh log; listening on all addresses with GPSD_LISTEN_ALL=1 (for agents on other hosts)', async () => {
+  it('gpsd.sh: gpsd fed by terroir\'s own NMEA source (no gpsfake), fixes stamped with the current time and staying current; the compose health check passes; listening on all addresses with GPSD_LISTEN_ALL=1 (for agents on other hosts)', async () => {
     const gpsdPort = s.ports.gpsd;
     const child = s.start('gpsd', 'bash', [path.join(DEPLOY, 'gpsd.sh')], s.env({
-      GPSD_PORT: String(gpsdPort), GPSD_LISTEN_ALL: '1', GPS_STEP_S: '0.2', GPS_LOG_SECONDS: '2', GPS_LAT: '-33.8688', GPS_LON: '151.2093',
+      GPSD_PORT: String(gpsdPort), GPSD_LISTEN_ALL: '1', GPS_STEP_S: '0.2', GPS_LAT: '-33.8688', GPS_LON: '151.2093',
     }));
-    /** The first fix gpsd reports to a fresh client (undefined while gpsd restarts). On a busy machine
-     *  gpsd's first reports (DEVICE, SKY, TPVs before the RMC gave a time) can fill a dozen lines. */
+    /** The first current fix gpsd reports, through the compose service's health check (deploy/gps/healthcheck.mjs). */
     const fix = (): { lat?: number; lon?: number; time?: string } | undefined => {
-      const r = spawnSync('gpspipe', ['-w', '-n', '30', `127.0.0.1:${gpsdPort}`], { timeout: 10_000 });
-      return r.stdout.toString().split('\n').filter((l) => l.includes('"class":"TPV"'))
-        .map((l) => JSON.parse(l) as { mode: number; lat?: number; lon?: number; time?: string })
-        .find((t) => t.mode >= 2 && t.time !== undefined);
+      const r = spawnSync(process.execPath, [path.join(DEPLOY, 'gps', 'healthcheck.mjs'), '127.0.0.1', String(gpsdPort)], { timeout: 10_000 });
+      return r.status === 0 ? JSON.parse(r.stdout.toString()) as { lat?: number; lon?: number; time?: string } : undefined;
     };
-    /** The gpsfake gpsd.sh is running now (its child, by PID). */
-    const player = (): string | undefined => spawnSync('ps', ['-o', 'pid=,args=', '--ppid', String(child.pid)]).stdout.toString()
-      .split('\n').find((l) => l.includes('gpsfake'))?.trim().split(/\s+/)[0];
+    /** gpsd.sh's children: the real gpsd and the NMEA source, and nothing else (no gpsfake). */
+    const children = (): string[] => spawnSync('ps', ['-o', 'args=', '--ppid', String(child.pid)]).stdout.toString()
+      .split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('sleep'));
     try {
       await waitForPort(gpsdPort, '127.0.0.1', 15_000);
-      const firstPlayer = player();
-      expect(firstPlayer).toMatch(/^\d+$/);
-      // gpsfake cannot pass -G itself; the GPSD_HOME wrapper must have done it.
+      const procs = children();
+      expect(procs.some((p) => /\bgpsd -N -n -S \d+ -G tcp:\/\/127\.0\.0\.1:\d+$/.test(p)), procs.join('\n')).toBe(true);
+      expect(procs.some((p) => p.includes('live-nmea.mjs serve -33.8688 151.2093 0.2')), procs.join('\n')).toBe(true);
+      expect(procs.filter((p) => /gpsfake|python/.test(p))).toEqual([]);
       // /proc/net/tcp: local address 00000000:<port hex>, state 0A (LISTEN).
       const wildcard = `00000000:${gpsdPort.toString(16).toUpperCase().padStart(4, '0')}`;
       const listening = fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').map((l) => l.trim().split(/\s+/));
       expect(listening.some((f) => f[1] === wildcard && f[3] === '0A'), `no listener on 0.0.0.0:${gpsdPort}`).toBe(true);
-      const first = fix();
-      expect(first, s.log('gpsd')).toBeDefined();
+      let first: ReturnType<typeof fix>;
+      await s.until('no current fix from gpsd', () => (first = fix()) !== undefined, 15_000);
       expect(first?.lat).toBeCloseTo(-33.8688, 4);
       expect(first?.lon).toBeCloseTo(151.2093, 4);
-      // Live: the fix's time is the wall clock's, give or take gpsd's start-up.
-      expect(Math.abs(Date.now() - Date.parse(first?.time ?? ''))).toBeLessThan(10_000);
-      // After GPS_LOG_SECONDS a fresh log replaces the played one (gpsd restarts): fixes stay current.
+      // Live: the fix's time is the wall clock's.
+      expect(Math.abs(Date.now() - Date.parse(first?.time ?? ''))).toBeLessThan(5_000);
+      // And stays so: no log to play out, nothing restarts.
       await new Promise((r) => setTimeout(r, 2500));
-      let later: ReturnType<typeof fix>;
-      await s.until('no fix after the log was renewed', () => (later = fix()) !== undefined, 20_000);
-      expect(player(), 'gpsd.sh did not restart gpsfake with a fresh log').not.toBe(firstPlayer);
+      const later = fix();
+      expect(later, s.log('gpsd')).toBeDefined();
       expect(Date.parse(later?.time ?? '')).toBeGreaterThan(Date.parse(first?.time ?? '') + 2000);
-      expect(Math.abs(Date.now() - Date.parse(later?.time ?? ''))).toBeLessThan(10_000);
+      expect(Math.abs(Date.now() - Date.parse(later?.time ?? ''))).toBeLessThan(5_000);
+      expect(children()).toEqual(procs);
     } finally {
       await stopChild(child);
     }
-    // Stopped by its PID, gpsd.sh stops gpsfake (which stops its gpsd): nothing listens any more.
+    // Stopped by its PID, gpsd.sh stops gpsd and the source: nothing listens any more.
     await s.until('gpsd still listens after gpsd.sh stopped', () => !fs.readFileSync('/proc/net/tcp', 'utf8').includes(`:${gpsdPort.toString(16).toUpperCase().padStart(4, '0')} 00000000:0000 0A`), 5_000);
+    // The health check fails, saying why, when no gpsd answers.
+    const down = spawnSync(process.execPath, [path.join(DEPLOY, 'gps', 'healthcheck.mjs'), '127.0.0.1', String(gpsdPort)], { timeout: 10_000 });
+    expect(down.status).toBe(1);
+    expect(down.stderr.toString()).toContain(`gpsd healthcheck: gpsd at 127.0.0.1:${gpsdPort}`);
   }, 40_000);
 });
