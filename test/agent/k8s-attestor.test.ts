@@ -154,6 +154,12 @@ describe('k8s workload attestor against a kubelet double', () => {
     expect(a.fetches).toBe(0);
   });
 
+  it('reads the real /proc: this test process is in no pod', async () => {
+    const a = attestor();
+    expect(await a.inspect(process.pid)).toMatchObject({ inPod: false });
+    await expect(a.inspect(2 ** 22 + 1)).rejects.toMatchObject({ reason: 'cgroup_unreadable' });
+  });
+
   it('refuses a kubelet whose certificate is not from the configured CA', async () => {
     const impostor = await KubeletDouble.start({ pki: otherPki, tokens: new Map([[TOKEN, true]]), pods: podsJson() });
     try {
