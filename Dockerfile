@@ -67,12 +67,14 @@ ENTRYPOINT ["/app/deploy/server.sh"]
 # uid 10005 with group tss: a real TPM (/dev/tpmrm0) is root:tss 0660. The device's group inside a
 # container is the host's numeric gid: with a real TPM add `devices: [/dev/tpmrm0]` and
 # `group_add: ["<the host's tss gid>"]`. Group 10005 (compose's group_add) reads the quote endpoint's key.
+# tpm2-tools: the operator's tool in docs/deployment.md (e.g. tpm2_pcrextend in the continuous-mode demo).
 # Not root, so the unix attestor reads /proc/<pid>/exe only of workloads of its own uid (selectors by
 # uid/gid work for all; the systemd unit, deploy/systemd, grants CAP_SYS_PTRACE for path/sha256).
 FROM runtime AS agent
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-rc0 libtss2-tctildr0 libtss2-tcti-swtpm0 libtss2-tcti-device0 \
+      tpm2-tools \
  && rm -rf /var/lib/apt/lists/* \
  && (getent group tss >/dev/null || groupadd --system tss) \
  && groupadd --system --gid 10005 terroir-agent \
