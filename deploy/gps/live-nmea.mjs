@@ -1,4 +1,4 @@
-/* global process, console, setInterval, clearInterval, setTimeout */
+/* global process, console, setInterval, clearInterval, setTimeout, clearTimeout */
 // terroir's own NMEA source for gpsd (deploy/gpsd.sh): a TCP server on 127.0.0.1 that gpsd reads as a
 // network receiver (`gpsd tcp://127.0.0.1:PORT`), so no gpsfake (and none of gpsd-clients' Python and
 // GTK dependencies) is needed in the gpsd image.
