@@ -228,7 +228,8 @@ export class TestKeylimeVerifier {
       });
     }
     const m = /^\/v(\d+\.\d+)(\/.*)$/.exec(url.pathname);
-    if (m === null || !this.opts.supportedVersions.includes(m[1] as string)) return send(res, 400, 'Invalid API version or path');
+    // Keylime 7.14's web framework: an unknown version or path is a 404 without a body.
+    if (m === null || !this.opts.supportedVersions.includes(m[1] as string)) return sendEmpty(res, 404);
     const route = m[2] as string;
     let body: unknown;
     try {
@@ -278,6 +279,9 @@ export class TestKeylimeVerifier {
    * JSON null passes those checks and fails later with an exception: 500. Evidence that fails a check,
    * including an AK or tpm_policy that does not parse, is 200 valid:false; on success the request's
    * `data` is echoed as the claims. Like Keylime, `tpm_ek` is required but never checked.
+   * Stricter than Keylime on purpose (terroir sends neither): `type: "tee"` is refused as an invalid
+   * type (Keylime would run its TEE path), and the nonce must equal extraData as UTF-8 (Keylime also
+   * accepts its base64 decoding).
    */
   private verifyEvidence(res: ServerResponse, body: unknown): void {
     this.counters.evidenceChecks++;

@@ -45,12 +45,15 @@ afterAll(async () => {
 });
 
 function post(body: unknown): Promise<{ status: number; body: unknown }> {
-  const text = typeof body === 'string' ? body : JSON.stringify(body);
+  return request('POST', '/v2.6/verify/evidence', typeof body === 'string' ? body : JSON.stringify(body));
+}
+
+function request(method: string, path: string, text?: string, withCert = true): Promise<{ status: number; body: unknown }> {
   return new Promise((resolve, reject) => {
     const req = https.request({
-      host: '127.0.0.1', port: verifier.port, path: '/v2.6/verify/evidence', method: 'POST', servername: 'localhost',
-      ca: pki.serverCa.certPem, cert: pki.admin.certPem, key: pki.admin.keyPem, agent: false,
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) },
+      host: '127.0.0.1', port: verifier.port, path, method, servername: 'localhost', ca: pki.serverCa.certPem, agent: false,
+      ...(withCert ? { cert: pki.admin.certPem, key: pki.admin.keyPem } : {}),
+      headers: text === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) },
     }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
@@ -61,7 +64,7 @@ function post(body: unknown): Promise<{ status: number; body: unknown }> {
       res.on('error', reject);
     });
     req.on('error', reject);
-    req.end(text);
+    req.end(text ?? '');
   });
 }
 
@@ -146,6 +149,18 @@ describe('the verifier double refuses what Keylime 7.14.3 refuses (POST /verify/
 
   it('a body that is not JSON: 400 without a body (declared JSON), as Keylime\'s web framework', async () => {
     expect((await post('{"type":')).status).toBe(400);
+  });
+});
+
+describe('the verifier double answers the rest as Keylime 7.14.3 does (keylime/web/verifier/agent_controller.py)', () => {
+  it('GET /agents/ lists ids as database rows, only for an admin client certificate; an unknown version is a 404', async () => {
+    expect(await request('GET', '/v2.6/agents/', undefined, false)).toMatchObject({ status: 403 });
+    const listed = await request('GET', '/v2.6/agents/');
+    expect(listed.status).toBe(200);
+    const uuids = (listed.body as { results: { uuids: unknown[] } }).results.uuids;
+    expect(uuids.every((u) => Array.isArray(u) && u.length === 1 && typeof u[0] === 'string')).toBe(true);
+    expect(await request('GET', '/v2.9/agents/')).toEqual({ status: 404, body: undefined });
+    expect(await request('GET', '/v2.6/agents/not-enrolled')).toMatchObject({ status: 404 });
   });
 });
 
