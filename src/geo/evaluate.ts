@@ -1,5 +1,6 @@
 import { borderMap, NO_TERRITORY, type CircleVerdict, type TerritoryIndex } from './borders.js';
 import { GeoError } from './errors.js';
+import type { LandmarkDisk, ProbeStrength } from './latency.js';
 import type { LocationPolicy } from './policy.js';
 import { assertLatLon, assertValidReading, type LocationReading } from './reading.js';
 import { distanceM } from './spherical.js';
@@ -36,6 +37,8 @@ export interface CoarseLocationClaims {
    * when read over the network), `operator` for the mobile operator.
    */
   witnesses: string[];
+  /** The landmark disks the latency witness rests on, sorted by landmark (radius rounded up to 0.1 km). */
+  latency?: { landmark: string; radiusKm: number; strength: ProbeStrength }[];
 }
 
 export interface PolicyDecision {
@@ -49,6 +52,8 @@ export interface PolicyDecision {
 export interface EvaluationContext {
   now: Date;
   operatorResult?: OperatorVerification;
+  /** The landmarks' bounds on the node's distance (the server's accepted measurements; see latency.ts). */
+  latency?: { disks: LandmarkDisk[] };
 }
 
 /** Readings may be at most this far ahead of `now` (clock skew between sensor and server). */

@@ -33,3 +33,7 @@ export { countryAt } from './borders.js';
 export { MAX_GEOFENCE_VERTICES } from './geofence.js';
 export type { Geofence } from './geofence.js';
 export { distanceM } from './spherical.js';
+export {
+  SPEED_OF_LIGHT_M_S, PROBE_STRENGTHS, MAX_LANDMARK_DISKS, radiusForRttM, estimateRadiusM, surfaceRadiusM, boundFromDisks, assertLandmarkDisk,
+} from './latency.js';
+export type { ProbeStrength, LandmarkDisk, LatencyBound } from './latency.js';

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { borderMap, isKnownCountryCode, isKnownRegionCode, territoryInRegion } from './borders.js';
 import { GeoError, PolicyError, UnknownPolicyError } from './errors.js';
 import { CircleFence, PolygonFence, type Geofence } from './geofence.js';
+import type { ProbeStrength } from './latency.js';
 import type { SensorKind } from './reading.js';
 
 /** A policy file larger than this is refused before parsing. */
@@ -59,8 +60,11 @@ const policySchema = z
       .default({ required: [], minAgreeing: 1, allowUnattested: false, allowRemote: false }),
     /** The weakest way of establishing the place this policy accepts (docs/unified-identity.md "Assurance"). */
     minAssurance: z.enum(['self-reported', 'operator-witnessed', 'latency-bounded']).default('self-reported'),
-    /** Witnesses that must each have placed the node inside the area: `node` (its own sensors), `operator`. */
-    requireWitnesses: z.array(z.enum(['node', 'operator'])).max(2).default([]),
+    /**
+     * Witnesses that must each have placed the node inside the area: `node` (its own sensors), `operator`,
+     * `latency` (landmarks bounding it by the speed of light).
+     */
+    requireWitnesses: z.array(z.enum(['node', 'operator', 'latency'])).max(3).default([]),
     maxReadingAgeS: z.number().positive().max(7 * 86400).default(300),
     maxHorizontalErrorM: z.number().positive().max(1_000_000).default(1000),
     maxSensorDistanceM: z.number().positive().max(20_000_000).optional(),
@@ -70,6 +74,17 @@ const policySchema = z
         minMatchRate: z.int().min(1).max(99).optional(),
       })
       .default({ required: false }),
+    /** How the latency witness counts (docs/latency-witness.md "Policy"). */
+    latency: z
+      .strictObject({
+        /** Distinct landmarks whose disks the bound must rest on. */
+        minLandmarks: z.int().min(1).max(16).default(1),
+        /** The witness counts only when its area (a disk on the map) is at most this wide. */
+        maxRadiusKm: z.number().positive().max(20_000).optional(),
+        /** `tpm`: only probes answered by TPM quotes count; `agent-key` accepts both. */
+        strength: z.enum(['agent-key', 'tpm']).default('agent-key'),
+      })
+      .default({ minLandmarks: 1, strength: 'agent-key' }),
   });
 
 const fileSchema = z.strictObject({
@@ -93,7 +108,15 @@ export interface LocationPolicy {
   readonly operatorMinMatchRate?: number;
   readonly allowRemoteSensors: boolean;
   readonly minAssurance: 'self-reported' | 'operator-witnessed' | 'latency-bounded';
-  readonly requiredWitnesses: readonly ('node' | 'operator')[];
+  readonly requiredWitnesses: readonly ('node' | 'operator' | 'latency')[];
+  /** True when the policy needs the latency witness (requireWitnesses has it, or minAssurance is latency-bounded). */
+  readonly latencyRequired: boolean;
+  /** Distinct landmarks the latency bound must rest on. */
+  readonly latencyMinLandmarks: number;
+  /** The latency witness counts only when its area's radius (map metres) is at most this. */
+  readonly latencyMaxRadiusM?: number;
+  /** `tpm`: agent-key probes are ignored; `agent-key`: both count. */
+  readonly latencyStrength: ProbeStrength;
   /** allowedTerritories[t] === 1 when border-map territory t is in the allowed countries/regions; null when the policy names none. */
   readonly allowedTerritories: Uint8Array | null;
   /** For each border-map territory, the first of `regions` it belongs to (for the claims). */
@@ -191,6 +214,10 @@ export function parsePolicies(text: string): PolicySet {
       allowRemoteSensors: p.sensors.allowRemote,
       minAssurance: p.minAssurance,
       requiredWitnesses: p.requireWitnesses,
+      latencyRequired: p.requireWitnesses.includes('latency') || p.minAssurance === 'latency-bounded',
+      latencyMinLandmarks: p.latency.minLandmarks,
+      ...(p.latency.maxRadiusKm !== undefined ? { latencyMaxRadiusM: p.latency.maxRadiusKm * 1000 } : {}),
+      latencyStrength: p.latency.strength,
       allowedTerritories: countries.length + regions.length > 0 ? compileTerritories(countries, regions) : null,
       territoryRegion: borderMap().territories.map((t) => regions.find((r) => territoryInRegion(t, r))),
     });
