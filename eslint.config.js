@@ -26,8 +26,13 @@ export default tseslint.config(
   boundary(['src/spiffe/**', 'src/tpm/**', 'src/keylime/**', 'src/geo/**', 'src/api/**', 'native/**', 'feature-flags/**'],
     ['server', 'agent', 'workload', 'cli', 'test'],
     'shared layers (spiffe/tpm/keylime/geo/api/native) must not depend on server, agent, workload, cli or test code'),
-  boundary(['src/server/**'], ['agent', 'workload', 'test'], 'the server never imports the agent, the workload library or test code'),
-  boundary(['src/agent/**'], ['server', 'test'], 'the agent never imports the server or test code'),
+  boundary(['src/server/**'], ['agent', 'workload', 'landmark', 'test'], 'the server never imports the agent, the workload library, the landmark or test code (the latency probe reaches SPIFFE mTLS through src/latency)'),
+  // The latency probe protocol: shared by agent, landmark and server; builds on spiffe, tpm and the
+  // workload library's SPIFFE mTLS helpers (the one mTLS implementation for node:tls).
+  boundary(['src/latency/**'], ['server', 'agent', 'landmark', 'cli', 'test'], 'src/latency is shared by agent, landmark and server and imports none of them'),
+  // A landmark is a process of its own (terroir-server landmark run): a SPIFFE workload that probes.
+  boundary(['src/landmark/**'], ['server', 'agent', 'test'], 'the landmark never imports the server, the agent or test code'),
+  boundary(['src/agent/**'], ['server', 'landmark', 'test'], 'the agent never imports the server, the landmark or test code'),
   boundary(['src/workload/**'], ['server', 'agent', 'test'], 'the workload library only builds on src/spiffe (and the Workload API protocol)'),
   boundary(['src/cli/**'], ['test'], 'product code never imports test doubles'),
 );

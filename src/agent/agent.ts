@@ -21,6 +21,8 @@ import { AgentStartError, MAX_BACKOFF_MS, MIN_BACKOFF_MS, type AgentContext, typ
 import { HealthStatusWriter } from './health-status.js';
 import { revocationIsForThisNode, startAgentQuoteEndpoint, type AgentQuoteEndpoint } from './keylime-endpoint.js';
 import { NodeIdentity } from './node-identity.js';
+import { startAgentProbeEndpoint } from './probe-endpoint.js';
+import type { ProbeResponder } from '../latency/responder.js';
 import { connectToServer, type AgentClient } from './server-conn.js';
 import { SvidStore, type StoredAgentState } from './svid-store.js';
 import { SvidSync } from './svid-sync.js';
@@ -44,6 +46,8 @@ export class Agent {
   /** The Kubernetes workload attestor (workloadAttestors.k8s), closed with the agent. */
   private k8sAttestor: K8sAttestor | undefined;
   private quoteEndpoint: AgentQuoteEndpoint | undefined;
+  /** The latency probe endpoint (latencyProbe), started once the node holds an agent SVID. */
+  private probeEndpoint: ProbeResponder | undefined;
   private unifiedIdentity: AgentUnifiedIdentity | undefined;
   private client: AgentClient | undefined;
   private watch: grpc.ClientReadableStream<AgentEvent> | undefined;
@@ -110,6 +114,11 @@ export class Agent {
     return this.quoteEndpoint?.advertised;
   }
 
+  /** The latency probe endpoint's port, when configured and started. */
+  get latencyProbePort(): number | undefined {
+    return this.probeEndpoint?.port;
+  }
+
   /** The Unified Identity claims the server vouched for at the last attestation (flag on). */
   get lastClaims(): Record<string, unknown> | undefined {
     return this.identity.lastClaims;
@@ -156,6 +165,7 @@ export class Agent {
       const roots = await this.identity.bootstrapRoots();
       await this.identity.attestWithRetry(() => roots);
     }
+    this.probeEndpoint = await startAgentProbeEndpoint(this.ctx, this.opts.tpm);
     try {
       await this.sync.syncOnce();
     } catch (e) {
@@ -190,6 +200,8 @@ export class Agent {
     this.k8sAttestor?.close();
     await this.quoteEndpoint?.server.close();
     this.quoteEndpoint = undefined;
+    await this.probeEndpoint?.close();
+    this.probeEndpoint = undefined;
     await this.unifiedIdentity?.close();
     this.unifiedIdentity = undefined;
     this.health.remove();

@@ -96,6 +96,18 @@ const schema = z.object({
     /** A background reading received at most this long ago is used as is; older: wait for the next fix. */
     readingMaxAgeMs: z.number().int().min(0).max(60_000).default(2000),
   }).strict().optional(),
+  /**
+   * The latency probe endpoint (docs/latency-witness.md): landmarks listed here may time challenges
+   * answered with the agent SVID's key or the TPM. A fixed port, because it is advertised at attestation.
+   */
+  latencyProbe: z.object({
+    bindAddress: z.string().min(1).default('0.0.0.0'),
+    port: z.number().int().min(1).max(65535),
+    /** The address landmarks dial (required with a wildcard bindAddress). */
+    advertiseAddress: z.string().min(1).optional(),
+    /** SPIFFE IDs of the landmarks allowed to probe (this trust domain). */
+    landmarks: z.array(z.string().regex(/^spiffe:\/\//, 'a SPIFFE ID (spiffe://...)')).min(1, 'list the landmarks allowed to probe this node').max(64),
+  }).strict().optional(),
   featureFlags: z.record(z.string(), z.boolean()).optional(),
   workloadAttestors: z.object({
     unix: z.object({
@@ -172,6 +184,15 @@ export function parseAgentConfig(raw: unknown, env: NodeJS.ProcessEnv = process.
     qe.clientCaFile = path.resolve(baseDir, qe.clientCaFile);
     if (!qe.advertiseAddress && (qe.bindAddress === '0.0.0.0' || qe.bindAddress === '::')) {
       throw new AgentConfigError(`keylime.quoteEndpoint.advertiseAddress is required when bindAddress is the wildcard ${qe.bindAddress}: say which address the verifier can reach this node at`);
+    }
+  }
+  const lp = cfg.latencyProbe;
+  if (lp) {
+    if ((lp.bindAddress === '0.0.0.0' || lp.bindAddress === '::') && lp.advertiseAddress === undefined) {
+      throw new AgentConfigError(`latencyProbe.advertiseAddress is required when bindAddress is the wildcard ${lp.bindAddress}: say which address landmarks can reach this node at`);
+    }
+    for (const id of lp.landmarks) {
+      if (!id.startsWith(`spiffe://${cfg.trustDomain}/`)) throw new AgentConfigError(`latencyProbe.landmarks: ${id} is not in this agent's trust domain ${cfg.trustDomain}`);
     }
   }
   if (!cfg.trustBundlePath && !cfg.insecureBootstrap) {

@@ -4,7 +4,7 @@
 import * as grpc from '@grpc/grpc-js';
 import {
   pcrSelectorsQualifyingData,
-  type AttestAgentRequest, type AttestAgentResponse, type AttestationResult, type KeylimeQuoteEndpoint, type TpmAttestation,
+  type AttestAgentRequest, type AttestAgentResponse, type AttestationResult, type KeylimeQuoteEndpoint, type LatencyProbeEndpoint, type TpmAttestation,
   type TpmQuote, type UnifiedIdentityEvidence,
 } from '../api/agent-api.js';
 import type { NodeQuoter } from '../keylime/index.js';
@@ -27,6 +27,8 @@ export interface TpmCredentialSource {
   quoter?(): NodeQuoter;
   /** TPM2_Quote of sha256 PCRs with the attestation AK (Unified Identity, PCR-digest selectors). */
   quote?(pcrs: number[], qualifyingData: Buffer): Promise<{ attest: Buffer; signature: Buffer; pcrs: Map<number, Buffer> }>;
+  /** Latency probe: TPM2_Quote by the attested AK with `digest` as qualifyingData, attest and signature only. */
+  probeQuote?(digest: Buffer): Promise<{ attest: Buffer; signature: Buffer }>;
 }
 
 /** Builds the Unified Identity evidence for a challenge (see unified-identity.ts). */
@@ -41,6 +43,8 @@ export interface AttestOptions {
   tpm?: TpmCredentialSource;
   /** TPM only: where this node serves its Keylime quote endpoint. */
   keylimeQuoteEndpoint?: KeylimeQuoteEndpoint;
+  /** TPM only: where this node answers latency probes. */
+  latencyProbeEndpoint?: LatencyProbeEndpoint;
   /** TPM only, flag on: answers a challenge that asks for a quote. Without it such a challenge is answered without evidence (the server refuses). */
   unifiedIdentity?: UnifiedIdentityProvider;
   timeoutMs?: number;
@@ -73,7 +77,7 @@ export async function attestNode(client: AgentClient, opts: AttestOptions): Prom
   }
   const first: AttestAgentRequest = opts.joinToken !== undefined
     ? { params: { joinToken: { token: opts.joinToken }, csr: opts.csr } }
-    : { params: { tpm: { ...await tpmData(opts.tpm as TpmCredentialSource), keylimeQuoteEndpoint: opts.keylimeQuoteEndpoint ?? null }, csr: opts.csr } };
+    : { params: { tpm: { ...await tpmData(opts.tpm as TpmCredentialSource), keylimeQuoteEndpoint: opts.keylimeQuoteEndpoint ?? null, latencyProbeEndpoint: opts.latencyProbeEndpoint ?? null }, csr: opts.csr } };
 
   const fn = client['AttestAgent'];
   if (!fn) throw new NodeAttestationError('protocol', 'agent API has no AttestAgent method');

@@ -9,6 +9,7 @@ import { AgentStartError, MAX_BACKOFF_MS, MIN_BACKOFF_MS, type AgentContext } fr
 import { createCsr, generateKeyPair, pkcs8Der } from './csr.js';
 import type { AttestationFailure } from './health-status.js';
 import { fingerprint, presentedServerChain } from './insecure-bootstrap.js';
+import { advertisedProbeEndpoint } from './probe-endpoint.js';
 import { attestNode, NodeAttestationError, type TpmCredentialSource } from './node-attestor.js';
 import { connectToServer, unaryCall } from './server-conn.js';
 import { certTimes, checkIssuedSvid, rotationTime } from './svid-check.js';
@@ -137,6 +138,7 @@ export class NodeIdentity {
     const keys = generateKeyPair();
     const client = connectToServer({ address: config.serverAddress, port: config.serverPort, trustDomain: config.trustDomain, roots });
     const quoteEndpoint = this.deps.quoteEndpoint();
+    const probeEndpoint = advertisedProbeEndpoint(this.ctx);
     const unifiedIdentity = this.deps.unifiedIdentity();
     let result: AttestationResult;
     try {
@@ -146,6 +148,7 @@ export class NodeIdentity {
         csr: createCsr(keys),
         ...(na.joinToken ? { joinToken: na.joinToken.token } : { tpm: this.deps.tpm as TpmCredentialSource }),
         ...(quoteEndpoint ? { keylimeQuoteEndpoint: quoteEndpoint } : {}),
+        ...(probeEndpoint ? { latencyProbeEndpoint: probeEndpoint } : {}),
         ...(unifiedIdentity ? { unifiedIdentity } : {}),
       });
     } finally {

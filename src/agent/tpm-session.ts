@@ -89,6 +89,12 @@ export async function openTpmCredentialSource(cfg: TpmAttestorConfig, opts: Open
       if (!bank) throw new TpmSessionError('the TPM returned no sha256 PCR values for the quote');
       return { attest: q.attest, signature: q.signature, pcrs: bank.values };
     },
+    async probeQuote(digest: Buffer) {
+      if (!ak) throw new TpmSessionError('no AK: the node has not attested, so there is nothing to quote with');
+      // Which PCR is quoted does not matter (the landmark checks only the AK's signature over the
+      // digest); one PCR because a TPM refuses an empty selection.
+      return device.quoteBinding(ak, [{ alg: 'sha256', pcrs: [0] }], digest);
+    },
     quoter(): NodeQuoter {
       keepAk = true;
       // Each call quotes with the session's current AK (created by the first attestation).

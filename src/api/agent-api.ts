@@ -49,6 +49,13 @@ export interface TpmAttestation {
   akPublic: Buffer;
   /** Where the node serves its Keylime quote endpoint; absent (null on decode) without one. */
   keylimeQuoteEndpoint?: KeylimeQuoteEndpoint | null;
+  /** Where the node answers latency probes; absent (null on decode) without one. */
+  latencyProbeEndpoint?: LatencyProbeEndpoint | null;
+}
+
+export interface LatencyProbeEndpoint {
+  host: string;
+  port: number;
 }
 
 export interface KeylimeQuoteEndpoint {

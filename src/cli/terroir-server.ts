@@ -27,6 +27,7 @@ Usage: terroir-server <command> [flags]
 
 Commands:
   run -c server.yaml                 run the server
+  landmark run -c landmark.yaml      run a latency landmark (docs/latency-witness.md)
   entry create|show|update|delete    manage registration entries
   agent list|show|ban|evict          manage attested agents
   token generate                     create a join token
@@ -459,12 +460,38 @@ async function run(argv: string[], io: Io): Promise<number> {
   const { loadServerConfig } = await import('../server/config.js');
   const { startServer } = await import('../server/run.js');
   const server = await startServer(loadServerConfig(file));
-  await new Promise<void>((resolve) => {
+  await untilSignal();
+  await server.stop();
+  return 0;
+}
+
+const LANDMARK_FLAGS = new FlagSet([
+  { name: 'config', type: 'string', usage: 'landmark config file (YAML)', aliases: ['c'] },
+]);
+
+/** Serves until SIGINT/SIGTERM. */
+function untilSignal(): Promise<void> {
+  return new Promise<void>((resolve) => {
     const stop = (): void => { resolve(); };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   });
-  await server.stop();
+}
+
+async function landmark(argv: string[], io: Io): Promise<number> {
+  const usage = 'Usage: terroir-server landmark run -c landmark.yaml';
+  if (argv[0] !== 'run') {
+    io.err(`${usage}\n`);
+    return argv[0] === '-h' || argv[0] === '--help' ? 0 : 2;
+  }
+  const parsed = LANDMARK_FLAGS.parse(argv.slice(1));
+  if (parsed.help) { io.out(`${usage}\n\n${LANDMARK_FLAGS.usage()}`); return 0; }
+  const file = str(parsed, 'config');
+  if (!file) throw new CliError(`landmark run needs the config file: ${usage.replace('Usage: ', '')}`, 2);
+  const { loadLandmarkConfig, startLandmark } = await import('../landmark/landmark.js');
+  const lm = await startLandmark(loadLandmarkConfig(file));
+  await untilSignal();
+  await lm.stop();
   return 0;
 }
 
@@ -479,6 +506,7 @@ export async function main(argv: string[], io: Io = {
   }
   try {
     if (cmd === 'run') return await run(argv.slice(1), io);
+    if (cmd === 'landmark') return await landmark(argv.slice(1), io);
     const verbs = COMMANDS[cmd];
     if (verbs === undefined) {
       io.err(`terroir-server: unknown command "${cmd}"; run "terroir-server help" for the list\n`);

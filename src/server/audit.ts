@@ -12,7 +12,9 @@ export type AuditAction =
   | 'federation_refresh'
   | 'ca_rotate'
   /** Keylime continuous attestation: a node lost trust, or was removed from the verifier. */
-  | 'keylime';
+  | 'keylime'
+  /** A latency witness round (landmarks probed a node) and what it did to the node's claims. */
+  | 'latency_witness';
 
 export interface AuditRecord {
   action: AuditAction;

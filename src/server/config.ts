@@ -335,6 +335,29 @@ const operatorSchema = z.object({
 });
 
 /** Unified Identity (featureFlags.unifiedIdentity): quote, Keylime one-shot, location policy, claims. */
+/**
+ * The latency witness (docs/latency-witness.md): landmarks at declared places that time a node's
+ * signed answers. The positions are declared here, by the operator, never by a landmark or a node.
+ */
+const latencySchema = z.object({
+  landmarks: z.array(z.object({
+    /** The landmark's SPIFFE ID (its SVID must carry it); spiffe://<td>/spire/server for this server itself. */
+    id: z.string().regex(/^spiffe:\/\/[^/]+\/.+/, 'a SPIFFE ID with a path'),
+    lat: z.number().min(-90).max(90),
+    lon: z.number().min(-180).max(180),
+    /** https URL of the landmark's API (terroir-server landmark run); absent: this server probes by itself. */
+    url: z.string().regex(/^https:\/\/[^/]+\/?$/, 'an https:// URL of the landmark (scheme, host, port; no path)').optional(),
+  }).strict()).min(1, 'declare at least one landmark').max(16),
+  /** What the node signs its answers with: the agent SVID key, or a TPM quote by its attested AK. */
+  strength: z.enum(['agent-key', 'tpm']).default('agent-key'),
+  /** Challenges per probe; the smallest round trip counts. */
+  rounds: z.number().int().min(1).max(256).default(10),
+  /** Per landmark and attempt. */
+  timeoutMs: z.number().int().min(100).max(60_000).default(10_000),
+  /** Attempts per landmark when the node's endpoint cannot be reached yet (it starts once the node has its SVID). */
+  attempts: z.number().int().min(1).max(10).default(4),
+}).strict();
+
 const unifiedIdentitySchema = z.object({
   /** Sovereign-location policies (src/geo format): a file, or the document inline (YAML text or a mapping). */
   locationPolicies: z.object({
@@ -359,6 +382,8 @@ const unifiedIdentitySchema = z.object({
   verdictMaxAge: duration.default(300),
   /** Optional: ask the node's mobile operator whether its SIM is where its GNSS says (policies with operator.required need it). */
   operator: operatorSchema.optional(),
+  /** Optional: landmarks that bound where nodes can be by the speed of light (policies with latency need them). */
+  latency: latencySchema.optional(),
 }).strict();
 
 const serverSchema = z.object({
@@ -576,6 +601,18 @@ function checkConsistency(c: ServerConfig): void {
         } catch (err) {
           throw new ConfigError(`unifiedIdentity.operator.${name}: cannot read ${file}: ${(err as Error).message}`, { cause: err });
         }
+      }
+    }
+    const seen = new Set<string>();
+    for (const l of ui.latency?.landmarks ?? []) {
+      if (!l.id.startsWith(`spiffe://${c.trustDomain}/`)) throw new ConfigError(`unifiedIdentity.latency.landmarks: ${l.id} is not in this server's trust domain ${c.trustDomain}`);
+      if (seen.has(l.id)) throw new ConfigError(`unifiedIdentity.latency.landmarks: ${l.id} is declared twice`);
+      seen.add(l.id);
+      const self = l.id === `spiffe://${c.trustDomain}/spire/server`;
+      if (self !== (l.url === undefined)) {
+        throw new ConfigError(self
+          ? `unifiedIdentity.latency.landmarks: ${l.id} is this server, which probes by itself: remove its url`
+          : `unifiedIdentity.latency.landmarks: ${l.id} needs the url of its landmark API (terroir-server landmark run)`);
       }
     }
   }

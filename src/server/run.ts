@@ -18,6 +18,8 @@ import { TpmAttestor } from './attestation/tpm.js';
 import { KeylimeGate } from './attestation/keylime.js';
 import { ConfigError } from './config.js';
 import { UnifiedIdentityPipeline } from './attestation/unified.js';
+import { LatencyWitness } from './attestation/latency-witness.js';
+import { ServerSvidSource } from './ca/server-svid-source.js';
 import { describeFeatureFlags, loadFeatureFlags } from '../../feature-flags/index.js';
 import { createAgentService, type AgentService } from './agentapi/service.js';
 import { startAgentApiServer, type AgentApiServer } from './agentapi/server.js';
@@ -127,12 +129,19 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
     const flagInfo = describeFeatureFlags(flags);
     logger.info({ featureFlags: flagInfo }, 'feature flags');
     let unifiedIdentity: UnifiedIdentityPipeline | undefined;
+    let latencyWitness: LatencyWitness | undefined;
     if (flags.flags.unifiedIdentity) {
       if (!config.unifiedIdentity) throw new ConfigError('Unified Identity is enabled (UNIFIED_IDENTITY_ENABLED / featureFlags.unifiedIdentity) but the unifiedIdentity section is missing: configure locationPolicies and defaultPolicy');
       if (!config.nodeAttestation.tpm.enabled) logger.error('Unified Identity is enabled but nodeAttestation.tpm is off: no node can get claims');
       unifiedIdentity = new UnifiedIdentityPipeline({ settings: config.unifiedIdentity, keylime: config.keylime, logger });
       const ui = unifiedIdentity;
       cleanups.push(() => ui.close());
+      if (config.unifiedIdentity.latency) {
+        const source = new ServerSvidSource(issuer, ca, config.ca.x509SvidTtl, now);
+        const lw = new LatencyWitness(config.unifiedIdentity.latency, source, logger.child({ component: 'latency-witness' }), now);
+        latencyWitness = lw;
+        cleanups.push(() => { lw.close(); source.close(); });
+      }
     }
 
     // Constructed first so a missing or bad verifier CA / client certificate fails start-up.
@@ -162,6 +171,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       tpm,
       keylime,
       unifiedIdentity,
+      ...(latencyWitness ? { latencyWitness } : {}),
       rateLimiter: new RateLimiter(config.agentApi.attestationRateLimit),
       rpcRateLimiter: new RateLimiter(config.agentApi.rpcRateLimit),
       signingRateLimiter: new RateLimiter(config.agentApi.signingRateLimit),

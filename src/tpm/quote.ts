@@ -38,6 +38,17 @@ export interface QuoteInfo {
  * clock-not-safe.
  */
 export function verifyQuote(opts: VerifyQuoteOptions): QuoteInfo {
+  const { attest, hashAlg } = verifyQuoteBinding(opts);
+  const quote = attest.quote as NonNullable<TpmsAttest['quote']>;
+  return finishPcrCheck(opts, attest, quote, hashAlg);
+}
+
+/**
+ * The first half of verifyQuote: TPM-generated magic, quote type, the AK's signature and extraData,
+ * but not the PCRs. Enough where the quote only proves that the AK's TPM signed this data now (the
+ * latency probe); never enough to trust PCR values.
+ */
+export function verifyQuoteBinding(opts: Pick<VerifyQuoteOptions, 'akPublic' | 'attest' | 'signature' | 'expectedExtraData'>): { attest: TpmsAttest; hashAlg: HashAlg } {
   let attest: TpmsAttest;
   try {
     attest = parseTpmsAttest(opts.attest);
@@ -61,8 +72,11 @@ export function verifyQuote(opts: VerifyQuoteOptions): QuoteInfo {
   if (!constantTimeEqual(attest.extraData, opts.expectedExtraData)) {
     throw new TpmQuoteError('extra-data-mismatch', 'quote rejected: extraData does not match the expected nonce (stale or replayed quote)');
   }
+  return { attest, hashAlg };
+}
 
-  const { pcrSelection, pcrDigest } = attest.quote;
+function finishPcrCheck(opts: VerifyQuoteOptions, attest: TpmsAttest, quote: NonNullable<TpmsAttest['quote']>, hashAlg: HashAlg): QuoteInfo {
+  const { pcrSelection, pcrDigest } = quote;
   const supplied = new Map<HashAlg, Map<number, Buffer>>();
   for (const bank of opts.pcrs) {
     if (supplied.has(bank.alg)) throw new TpmQuoteError('pcr-selection-mismatch', `quote rejected: PCR bank ${bank.alg} supplied twice`);

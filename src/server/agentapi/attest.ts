@@ -13,6 +13,7 @@ import { attestJoinToken } from '../attestation/join-token.js';
 import type { PendingTpmAttestation } from '../attestation/tpm.js';
 import type { AttestationOutcome } from '../attestation/types.js';
 import type { AgentApiContext } from './context.js';
+import { witnessLatency } from './latency.js';
 import { parseCsr } from './sign.js';
 import { rpcError, toRpcError } from './status.js';
 
@@ -187,6 +188,9 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
             });
           }
           await succeed(out, csrKey, unified);
+          if (unified && o.latencyWitness && params.latencyProbeEndpoint) {
+            void witnessLatency(ctx, out.agentId.toString(), params.latencyProbeEndpoint, params.akPublic);
+          }
         })().catch((err: unknown) => finish(err, `ek_hash:${tpm.ekHash}`));
         return;
       }

@@ -13,6 +13,7 @@ import { RateLimiter } from '../ratelimit.js';
 import type { TpmAttestor } from '../attestation/tpm.js';
 import type { KeylimeGate } from '../attestation/keylime.js';
 import type { UnifiedIdentityPipeline } from '../attestation/unified.js';
+import type { LatencyWitness } from '../attestation/latency-witness.js';
 import type { UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
 import type { AgentAuthenticator, AuthenticatedAgent } from './auth.js';
 import type { AuthorizedEntriesCache } from './entries.js';
@@ -30,6 +31,8 @@ export interface AgentServiceOptions {
   keylime?: KeylimeGate;
   /** Unified Identity (flag on): the attestation pipeline and the claims-based signing rules. */
   unifiedIdentity?: UnifiedIdentityPipeline;
+  /** Landmarks that probe Unified Identity nodes after attestation (unifiedIdentity.latency). */
+  latencyWitness?: LatencyWitness;
   rateLimiter: RateLimiter;
   /** Per agent: authenticated calls (default AGENT_RPC_RATE_DEFAULT). */
   rpcRateLimiter?: RateLimiter;

@@ -82,6 +82,11 @@ export class WatchHub {
     this.entries.forget(agentId);
   }
 
+  /** The node's claims changed (a witness placed it): its agent syncs now, for SVIDs it was refused before. */
+  claimsChanged(agentId: string): void {
+    for (const w of this.watchers.get(agentId) ?? []) w.send({ kind: 'ENTRIES_CHANGED', revision: w.revision, bundleSequence: 0, reason: '' });
+  }
+
   /** One round: node standing for every watched agent, then entry changes. Exposed for tests. */
   async poll(): Promise<void> {
     if (this.polling) return;

@@ -12,7 +12,7 @@ import type { UnifiedIdentityEvidence } from '../../api/agent-api.js';
 import { MAX_CLAIMS_DOCUMENT_BYTES, unifiedIdentityQualifyingData } from '../../api/agent-api.js';
 import {
   CamaraError, CamaraLocationVerifier, CamaraUnavailableError, canonicalClaims, evaluatePolicy, parsePolicies, readingFromJson,
-  type CamaraDevice, type LocationReading, type OperatorVerification, type PolicySet,
+  type CamaraDevice, type LandmarkDisk, type LocationReading, type OperatorVerification, type PolicyDecision, type PolicySet,
 } from '../../geo/index.js';
 import {
   encodeQuoteString, KeylimeConfigError, KeylimeEvidenceRejectedError, KeylimeRequestError, KeylimeVerifierClient,
@@ -104,6 +104,29 @@ export function claimsOfNode(node: Pick<AttestedNode, 'claims'>): UnifiedIdentit
   return c as UnifiedIdentityClaims;
 }
 
+/** What a node's last attestation rested on, kept so a later witness (landmarks) can re-decide its place. */
+interface NodeEvidence {
+  readings: LocationReading[];
+  operatorResult?: OperatorVerification;
+  /** The claims' attestedAt: a witness for an older attestation is not applied to a newer one. */
+  attestedAt: string;
+  /** The latest accepted landmark disks; they also count at the node's next attestation while fresh. */
+  disks?: LandmarkDisk[];
+}
+
+/** What relocate() made of a latency round. */
+export type Relocation =
+  | { kind: 'updated'; claims: UnifiedIdentityClaims; reasons: string[] }
+  /** The witness places the node outside (or contradicts its sensors): its claims must be withdrawn. */
+  | { kind: 'contradicted'; reasons: string[] }
+  /** The witness does not change the decision (e.g. its disk crosses a border): claims stay. */
+  | { kind: 'unchanged'; reasons: string[] }
+  /** The node attested again meanwhile, or this server did not attest it: nothing to apply to. */
+  | { kind: 'stale'; reasons: string[] };
+
+/** Nodes whose evidence one server keeps for the latency witness (oldest forgotten first). */
+const MAX_REMEMBERED_NODES = 100_000;
+
 export class UnifiedIdentityPipeline {
   readonly policies: PolicySet;
   readonly pcrs: readonly number[];
@@ -124,6 +147,7 @@ export class UnifiedIdentityPipeline {
   private readonly log: Logger;
   private readonly now: () => Date;
   private readonly operator: { client: CamaraLocationVerifier; settings: OperatorSettings } | undefined;
+  private readonly evidence = new Map<string, NodeEvidence>();
 
   constructor(o: UnifiedIdentityPipelineOptions) {
     this.log = o.logger.child({ component: 'unified-identity' });
@@ -173,6 +197,15 @@ export class UnifiedIdentityPipeline {
       } else if (needing.length > 0) {
         this.log.warn({ policies: needing }, 'these location policies require the mobile operator but unifiedIdentity.operator is not configured: no node will satisfy them');
       }
+    }
+    // The default policy gates every attestation, and landmarks probe a node only after it attested.
+    if (this.policies.get(this.defaultPolicy).latencyRequired) {
+      throw new ConfigError(`unifiedIdentity.defaultPolicy "${this.defaultPolicy}" requires the latency witness, which can only measure a node after its attestation: `
+        + 'keep the default policy without it and name a latency policy in the registration entries (locationPolicy) instead');
+    }
+    const needLatency = this.policies.names().filter((n) => this.policies.get(n).latencyRequired);
+    if (needLatency.length > 0 && !o.settings.latency) {
+      this.log.warn({ policies: needLatency }, 'these location policies require the latency witness but unifiedIdentity.latency is not configured: no node will satisfy them');
     }
     if (!o.keylime) {
       this.log.error('UNIFIED IDENTITY IS ON BUT NO KEYLIME VERIFIER IS CONFIGURED: every TPM node attestation will be refused (fail closed); add a `keylime` section');
@@ -245,7 +278,10 @@ export class UnifiedIdentityPipeline {
 
     const now = this.now();
     const validUntil = new Date(now.getTime() + this.claimsLifetimeS * 1000);
-    const ctx = { now, ...(op.result ? { operatorResult: op.result } : {}) };
+    // Landmark disks from this node's last round still count while fresh (the policy's age rule): a node
+    // the speed of light placed elsewhere cannot attest its way around it.
+    const disks = this.evidence.get(input.agentId)?.disks;
+    const ctx = { now, ...(op.result ? { operatorResult: op.result } : {}), ...(disks ? { latency: { disks } } : {}) };
     const decision = evaluatePolicy(this.policies.get(this.defaultPolicy), readings, ctx);
     if (!decision.allowed || !decision.claims) {
       throw new AttestationError('permission_denied', `location policy ${this.defaultPolicy} ${decision.decision === 'deny' ? 'denied' : 'could not decide'}: ${decision.reasons.join('; ')}`);
@@ -257,14 +293,7 @@ export class UnifiedIdentityPipeline {
     const policyMs = lap();
 
     const claims: UnifiedIdentityClaims = {
-      country: decision.claims.country,
-      ...(decision.claims.region !== undefined ? { region: decision.claims.region } : {}),
-      policy: decision.claims.policy,
-      sensorKinds: decision.claims.sensorKinds,
-      // How the place was established: the node's word unless a witness placed it (docs/unified-identity.md).
-      assurance: decision.claims.assurance,
-      witnesses: decision.claims.witnesses,
-      readingTime: decision.claims.readingTime,
+      ...placeClaims(decision),
       pcrDigest: quoteInfo.pcrDigest.toString('hex'),
       // Relying parties can tell (and authorizeUnifiedIdentity refuses by default) evidence that only
       // the development stand-in checked.
@@ -275,6 +304,9 @@ export class UnifiedIdentityPipeline {
       satisfiedPolicies: satisfied,
     };
     canonicalUnifiedIdentity(claims); // the SVID extension must be able to carry them: fail here, not at minting
+    this.remember(input.agentId, {
+      readings, attestedAt: claims['attestedAt'] as string, ...(op.result ? { operatorResult: op.result } : {}), ...(disks ? { disks } : {}),
+    });
     const stages = { claims: claimsMs, quote: quoteMs, keylime: keylimeMs, operator: operatorMs, policy: policyMs };
     this.lastStages = stages;
     return {
@@ -290,6 +322,34 @@ export class UnifiedIdentityPipeline {
       },
       stages,
     };
+  }
+
+  /**
+   * Re-decides a node's place with a latency round's disks and the evidence of its last attestation
+   * on this server: new claims (assurance, witnesses, latency, satisfied policies) when it is still
+   * allowed, `contradicted` when the landmarks put it outside or against its own sensors.
+   */
+  relocate(agentId: string, current: UnifiedIdentityClaims, disks: LandmarkDisk[]): Relocation {
+    const ev = this.evidence.get(agentId);
+    if (ev === undefined || ev.attestedAt !== current['attestedAt']) {
+      return { kind: 'stale', reasons: ['the node attested again (or elsewhere) since the probe began'] };
+    }
+    ev.disks = disks;
+    const ctx = { now: this.now(), ...(ev.operatorResult ? { operatorResult: ev.operatorResult } : {}), latency: { disks } };
+    const decision = evaluatePolicy(this.policies.get(this.defaultPolicy), ev.readings, ctx);
+    if (decision.decision === 'deny') return { kind: 'contradicted', reasons: decision.reasons };
+    if (!decision.allowed || !decision.claims) return { kind: 'unchanged', reasons: decision.reasons };
+    const satisfied = this.policies.names().filter((name) => name === this.defaultPolicy || evaluatePolicy(this.policies.get(name), ev.readings, ctx).allowed);
+    const rest = Object.fromEntries(Object.entries(current).filter(([k]) => !PLACE_FIELDS.has(k)));
+    const claims: UnifiedIdentityClaims = { ...rest, ...placeClaims(decision), satisfiedPolicies: satisfied };
+    canonicalUnifiedIdentity(claims);
+    return { kind: 'updated', claims, reasons: decision.reasons };
+  }
+
+  private remember(agentId: string, ev: NodeEvidence): void {
+    this.evidence.delete(agentId);
+    this.evidence.set(agentId, ev);
+    if (this.evidence.size > MAX_REMEMBERED_NODES) this.evidence.delete(this.evidence.keys().next().value as string);
   }
 
   /**
@@ -526,4 +586,22 @@ function unproducible(r: LocationReading): string | undefined {
   if (r.kind === 'mobile') return 'a mobile-network reading cannot come from a node (the server asks the operator itself)';
   if (r.kind === 'static' && r.attested) return 'a static (configured) position is never attested';
   return undefined;
+}
+
+const PLACE_FIELDS = new Set(['country', 'region', 'policy', 'sensorKinds', 'assurance', 'witnesses', 'latency', 'readingTime']);
+
+/** The place part of the claims from an allowing decision: coarse, with how it was established. */
+function placeClaims(decision: PolicyDecision): UnifiedIdentityClaims {
+  const c = decision.claims as NonNullable<PolicyDecision['claims']>;
+  return {
+    country: c.country,
+    ...(c.region !== undefined ? { region: c.region } : {}),
+    policy: c.policy,
+    sensorKinds: c.sensorKinds,
+    // How the place was established: the node's word unless a witness placed it (docs/unified-identity.md).
+    assurance: c.assurance,
+    witnesses: c.witnesses,
+    ...(c.latency !== undefined ? { latency: c.latency } : {}),
+    readingTime: c.readingTime,
+  };
 }
