@@ -27,7 +27,7 @@ export {
 export type { CamaraConfig, CamaraDevice, CamaraArea, CamaraErrorCode } from './camara.js';
 export { parsePolicies, PolicySet, MAX_POLICY_BYTES } from './policy.js';
 export type { LocationPolicy } from './policy.js';
-export { evaluatePolicy, MAX_FUTURE_SKEW_S, OPERATOR_WITNESS_ID, assuranceAtLeast, LOCATION_ASSURANCE_LEVELS, type LocationAssurance } from './evaluate.js';
+export { evaluatePolicy, MAX_FUTURE_SKEW_S, OPERATOR_WITNESS_ID, LATENCY_WITNESS_ID, MAX_LATENCY_LANDMARKS, assuranceAtLeast, LOCATION_ASSURANCE_LEVELS, type LocationAssurance } from './evaluate.js';
 export type { PolicyDecision, CoarseLocationClaims, EvaluationContext, OperatorVerification } from './evaluate.js';
 export { countryAt } from './borders.js';
 export { MAX_GEOFENCE_VERTICES } from './geofence.js';

@@ -37,6 +37,15 @@ export function assuranceAtLeast(have: LocationAssurance, want: LocationAssuranc
   return LOCATION_ASSURANCE_LEVELS.indexOf(have) >= LOCATION_ASSURANCE_LEVELS.indexOf(want);
 }
 
+/** One landmark's bound in the claims' `latency` list. */
+export interface UnifiedIdentityLatencyWitness {
+  landmark: string;
+  radiusKm: number;
+  strength: string;
+}
+/** The `latency` claim lists at most this many landmarks. */
+export const MAX_LATENCY_WITNESSES = 16;
+
 /** A Unified Identity claims document or its encoding is malformed. */
 export class UnifiedIdentityError extends SpiffeError<UnifiedIdentityErrorCode> {}
 
@@ -54,8 +63,13 @@ export interface UnifiedIdentityClaims {
   sensorKinds?: string[];
   /** How the location was established; absent in claims minted before it existed (read as self-reported). */
   assurance?: LocationAssurance;
-  /** The witnesses that placed the node inside the area: `node:<kind>`, `node:<kind>-remote`, `operator`. */
+  /** The witnesses that placed the node inside the area: `node:<kind>`, `node:<kind>-remote`, `operator`, `latency`. */
   witnesses?: string[];
+  /**
+   * The landmark disks behind the `latency` witness: the landmark's SPIFFE ID, the bound on the node's
+   * distance in km (rounded up to 0.1 km) and what signed the replies (`agent-key` or `tpm`).
+   */
+  latency?: UnifiedIdentityLatencyWitness[];
   [member: string]: unknown;
 }
 
@@ -199,6 +213,16 @@ function checkClaims(v: unknown): asserts v is UnifiedIdentityClaims {
   }
   if ('assurance' in c && !LOCATION_ASSURANCE_LEVELS.includes(c['assurance'] as LocationAssurance)) {
     throw new UnifiedIdentityError('invalid-claims', `claim "assurance" must be one of ${LOCATION_ASSURANCE_LEVELS.join(', ')}`);
+  }
+  if ('latency' in c) {
+    const l = c['latency'];
+    const entryOk = (e: unknown): boolean => isPlainObject(e)
+      && typeof e['landmark'] === 'string' && e['landmark'] !== ''
+      && typeof e['radiusKm'] === 'number' && Number.isFinite(e['radiusKm']) && e['radiusKm'] >= 0
+      && typeof e['strength'] === 'string' && e['strength'] !== '';
+    if (!Array.isArray(l) || l.length > MAX_LATENCY_WITNESSES || !l.every(entryOk)) {
+      throw new UnifiedIdentityError('invalid-claims', `claim "latency" must be an array of at most ${MAX_LATENCY_WITNESSES} { landmark: string, radiusKm: number ≥ 0, strength: string }`);
+    }
   }
   checkJson(c, '$', 0);
 }

@@ -78,7 +78,7 @@ describe('assurance and required witnesses', () => {
     const wide = evaluatePolicy(set.get('eu-witnessed'), [gnss(NEAR_CH)], { now, operatorResult: { result: 'TRUE', lastLocationTime: now, area: { ...NEAR_CH, radiusM: 2000 } } });
     expect(wide.decision).toBe('undecided');
     expect(evaluatePolicy(set.get('eu-witnessed'), [gnss(LYON)], { now, operatorResult: { result: 'TRUE', lastLocationTime: now, area: { ...LYON, radiusM: 2000 } } }).decision).toBe('allow');
-    // Nothing terroir does today reaches latency-bounded.
+    // Only landmarks reach latency-bounded (test/geo/latency.test.ts); the operator and the node do not.
     expect(evaluatePolicy(set.get('eu-latency'), [gnss(LYON)], { now, operatorResult: { result: 'TRUE', lastLocationTime: now, area: { ...LYON, radiusM: 2000 } } }).decision).toBe('undecided');
   });
 
