@@ -490,6 +490,11 @@ describe('the configs are real terroir configs', () => {
     const dirs = [config.dataDir, config.ca.keyDir ?? '', path.dirname(config.adminApi.socketPath),
       ...(config.dataStore.type === 'sqlite' ? [path.dirname(config.dataStore.path)] : [])];
     for (const d of dirs) expect(writableDir(mounts, d), `${o}: ${d} writable`).toBe(true);
+    // The server chmods these 0700 (and refuses an admin socket directory others can write): they must
+    // be directories it creates, below a volume's root, which belongs to the kubelet.
+    for (const d of [config.ca.keyDir ?? '', path.dirname(config.adminApi.socketPath)]) {
+      expect(mounts.some((m) => m.writable && d.startsWith(`${m.at}/`)), `${o}: ${d} below a volume`).toBe(true);
+    }
     // The data directory is the replica's PVC: CA keys (and SQLite) survive a restart.
     expect(mounts.find((m) => m.at === config.dataDir)?.source).toBe('pvc data');
     expect(config.dataStore.type).toBe(o === 'postgres-ha' ? 'postgres' : 'sqlite');
@@ -528,6 +533,9 @@ describe('the configs are real terroir configs', () => {
     expect([k8s?.tokenFile, k8s?.caFile]).toEqual([`${SA_DIR}/token`, `${SA_DIR}/ca.crt`]);
     for (const f of [config.trustBundlePath ?? '', k8s?.caFile ?? '', k8s?.tokenFile ?? '']) expect(provides(mounts, f), `${o}: ${f}`).toBe(true);
     for (const d of [config.dataDir, path.dirname(config.socketPath)]) expect(writableDir(mounts, d), `${o}: ${d} writable`).toBe(true);
+    // The agent chmods its data directory 0700: it must be one the agent creates, below a volume's
+    // root (owned by the kubelet, which a non-root process cannot chmod).
+    expect(mounts.some((m) => m.writable && config.dataDir.startsWith(`${m.at}/`)), `${o}: ${config.dataDir} below a volume`).toBe(true);
     // The socket is on the node, where workload pods mount it from.
     expect(mounts.find((m) => m.at === path.dirname(config.socketPath))?.source).toBe('sockets');
     // The agent's probes ask the agent at its socket.
