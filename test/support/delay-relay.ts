@@ -13,7 +13,9 @@ export async function startDelayRelay(o: { listenHost: string; targetHost: strin
   const sockets = new Set<net.Socket>();
   let count = 0;
   const pipeDelayed = (from: net.Socket, to: net.Socket): void => {
+    // Node's timers wait at least 1 ms: no delay means no timer at all.
     from.on('data', (chunk: Buffer) => {
+      if (o.delayMs === 0) { if (!to.destroyed) to.write(chunk); return; }
       setTimeout(() => { if (!to.destroyed) to.write(chunk); }, o.delayMs);
     });
     from.on('end', () => setTimeout(() => to.end(), o.delayMs));

@@ -54,6 +54,10 @@ export interface ServerOptions {
   keylimeMode?: 'oneshot' | 'continuous';
   /** unifiedIdentity.verdictMaxAge, seconds (default: the server's, 300). */
   verdictMaxAge?: number;
+  /** unifiedIdentity.latency (raw config): landmarks for the latency witness. */
+  latency?: Record<string, unknown>;
+  /** More policies, YAML lines indented under `policies:` (appended to POLICIES). */
+  extraPolicies?: string;
 }
 
 export interface UnifiedDeployment {
@@ -68,7 +72,7 @@ export interface UnifiedDeployment {
   /** Starts a server (flag on or off, with or without Keylime); stopped with the deployment. */
   startServer(o: ServerOptions): Promise<RunningServer>;
   /** The agent config for a server, with the Berlin sensor (used when `flag`); `quoteEndpoint` for Keylime continuous mode. */
-  agentConfig(server: RunningServer, flag: boolean, name: string, quoteEndpoint?: boolean): AgentConfig;
+  agentConfig(server: RunningServer, flag: boolean, name: string, quoteEndpoint?: boolean, extra?: Record<string, unknown>): AgentConfig;
   /** A Unified Identity provider on the shared TPM reading one gpsd (closed with the deployment). */
   provider(gps: Gpsfake): AgentUnifiedIdentity;
   /** One AttestAgent exchange against `server` with the shared TPM. */
@@ -120,6 +124,7 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
       dir: tmp.dir, pki, swtpm, verifier, berlin, newYork, tpm, logger,
       async startServer(o) {
         const name = `server-${n++}`;
+        const policyFile = o.extraPolicies ? write(`${name}-policies.yaml`, POLICIES + o.extraPolicies) : policies;
         const cfg = parseServerConfig({
           trustDomain: TD,
           dataDir: path.join(tmp.dir, name),
@@ -140,19 +145,20 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
             },
           } : {}),
           unifiedIdentity: {
-            locationPolicies: { file: policies },
+            locationPolicies: { file: policyFile },
             defaultPolicy: 'eu-only',
             pcrs: [0, 7, POLICY_PCR],
             tpmPolicy: { [String(POLICY_PCR)]: [ZERO] },
             reattestInterval: o.reattestInterval ?? '1h',
             ...(o.verdictMaxAge !== undefined ? { verdictMaxAge: o.verdictMaxAge } : {}),
+            ...(o.latency ? { latency: o.latency } : {}),
           },
         }, tmp.dir, o.flag ? { UNIFIED_IDENTITY_ENABLED: 'true' } : {});
         const server = await startServer(cfg, { logger });
         stops.push(() => server.stop());
         return server;
       },
-      agentConfig(server, flag, name, quoteEndpoint = false) {
+      agentConfig(server, flag, name, quoteEndpoint = false, extra = {}) {
         return parseAgentConfig({
           trustDomain: TD,
           serverAddress: '127.0.0.1',
@@ -173,6 +179,7 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
               },
             },
           } : {}),
+          ...extra,
         }, flag ? { UNIFIED_IDENTITY_ENABLED: '1' } : {});
       },
       provider(gps) {
@@ -199,6 +206,6 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
 }
 
 /** Starts a real agent (Workload API and all) for `server`; the caller stops it. */
-export async function startAgent(d: UnifiedDeployment, server: RunningServer, flag: boolean, name: string, quoteEndpoint = false): Promise<Agent> {
-  return Agent.start(d.agentConfig(server, flag, name, quoteEndpoint), { tpm: d.tpm, logger: d.logger });
+export async function startAgent(d: UnifiedDeployment, server: RunningServer, flag: boolean, name: string, quoteEndpoint = false, extra: Record<string, unknown> = {}): Promise<Agent> {
+  return Agent.start(d.agentConfig(server, flag, name, quoteEndpoint, extra), { tpm: d.tpm, logger: d.logger });
 }
