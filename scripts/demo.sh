@@ -123,6 +123,18 @@ if [ -n "$UI" ]; then
   # A fresh swtpm has measured nothing: PCR 15 is all zeros, and that is the PCR policy Keylime checks
   # here. A real node pins its firmware and boot PCRs instead (docs/enrollment.md).
   ZERO=$(printf '0%.0s' $(seq 1 64))
+  # The latency witness (docs/latency-witness.md): the server is also a landmark, declared in Paris,
+  # that times the node's signed answers on loopback. The demo workload asks for policy eu-latency
+  # (EU, latency-bounded), so its SVID is signed only once the speed of light placed the node.
+  PROBE_PORT=$(free_port)
+  { cat deploy/location-policies.yaml; cat <<'POL'
+  eu-latency:
+    description: inside the European Union, placed by landmarks timing the node (latency-bounded)
+    area: { regions: [EU] }
+    minAssurance: latency-bounded
+    maxReadingAgeS: 120
+POL
+  } >"$W/location-policies.yaml"
   SERVER_EXTRA="keylime:
   verifierUrl: $KL_URL
   caFile: $KL_CA
@@ -131,13 +143,16 @@ if [ -n "$UI" ]; then
   mode: oneshot
   allowDevelopmentStandIn: $KL_STANDIN
 unifiedIdentity:
-  locationPolicies: { file: $ROOT/deploy/location-policies.yaml }
+  locationPolicies: { file: $W/location-policies.yaml }
   defaultPolicy: eu
   pcrs: [0, 7, 15]
-  tpmPolicy: { \"15\": [\"$ZERO\"] }"
+  tpmPolicy: { \"15\": [\"$ZERO\"] }
+  latency:
+    landmarks: [{ id: \"spiffe://$TD/spire/server\", lat: 48.8566, lon: 2.3522 }]"
   AGENT_EXTRA="  unifiedIdentity:
     sensors:
-      - { type: gpsd, host: 127.0.0.1, port: $GPSD_PORT }"
+      - { type: gpsd, host: 127.0.0.1, port: $GPSD_PORT }
+  latencyProbe: { bindAddress: 127.0.0.1, port: $PROBE_PORT, landmarks: [\"spiffe://$TD/spire/server\"] }"
 fi
 
 step "terroir-server (trust domain $TD, SQLite datastore, TPM node attestation${UI:+, Unified Identity on})"
@@ -169,7 +184,7 @@ echo "bootstrap bundle written (the agent trusts the server only through it)"
 step "registration: every swtpm-attested node, and a workload running as uid $(id -u) on it"
 server_cli entry create -node -spiffeID "spiffe://$TD/nodes/swtpm" -selector tpm:ek_model:swtpm
 server_cli entry create -parentID "spiffe://$TD/nodes/swtpm" -spiffeID "spiffe://$TD/workload/demo" \
-  -selector "unix:uid:$(id -u)" -x509SVIDTTL 600
+  -selector "unix:uid:$(id -u)" -x509SVIDTTL 600 ${UI:+-locationPolicy eu-latency}
 
 step "terroir-agent: TPM node attestation (EK certificate, credential activation) and the Workload API"
 mkdir -p "$W/agent/public"
@@ -219,7 +234,8 @@ step "done"
 if [ -n "$UI" ]; then
   verifier_label="the Keylime verifier at $KL_URL"
   [ "$KL_STANDIN" = true ] && verifier_label="the DEVELOPMENT STAND-IN Keylime verifier (not Keylime)"
-  echo "The node was attested with its TPM, $verifier_label accepted its quote, and its GNSS fix satisfied location policy eu."
+  echo "The node was attested with its TPM, $verifier_label accepted its quote, and its GNSS fix satisfied location policy eu;"
+  echo "the landmark declared in Paris then bounded its distance by the speed of light (assurance latency-bounded, policy eu-latency)."
   echo "The workload got spiffe://$TD/workload/demo carrying these claims:"
   sed -n 's/^Unified Identity:[[:space:]]*//p' "$W/fetch.out" | head -n 1
 else

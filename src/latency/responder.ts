@@ -64,7 +64,7 @@ export async function startProbeResponder(o: ProbeResponderOptions): Promise<Pro
     const nodeId = svid.id.toString();
     const reader = new FrameReader();
     let rounds = 0;
-    let busy: Promise<void> = Promise.resolve();
+    let busy: Promise<void> | undefined;
     const refuse = (why: string): void => {
       log.warn({ landmark, why }, 'latency probe refused');
       socket.end(encodeRefusal(why));
@@ -80,23 +80,35 @@ export async function startProbeResponder(o: ProbeResponderOptions): Promise<Pro
       for (const f of frames) {
         if (f.type !== 'challenge') { refuse(`expected a challenge frame, got ${f.type}`); return; }
         if (++rounds > maxRounds) { refuse(`more than ${maxRounds} rounds on one connection`); return; }
-        // Answer in order; agent-key answers are synchronous, so this chain only waits for the TPM.
-        busy = busy.then(() => answer(f.strength, f.challenge)).then(
+        // agent-key with nothing queued: answer here and now (each microsecond is 150 m of radius).
+        if (busy === undefined && f.strength === 'agent-key') {
+          try {
+            socket.write(answerWithKey(f.challenge));
+          } catch (e) {
+            refuse((e as Error).message);
+            return;
+          }
+          continue;
+        }
+        // Otherwise in order, behind the TPM.
+        const next: Promise<void> = (busy ?? Promise.resolve()).then(() => answer(f.strength, f.challenge)).then(
           (reply) => { if (!socket.destroyed) socket.write(reply); },
           (e: unknown) => refuse((e as Error).message),
-        );
+        ).finally(() => { if (busy === next) busy = undefined; });
+        busy = next;
       }
     });
     socket.on('error', () => undefined);
 
+    function answerWithKey(challenge: Buffer): Buffer {
+      if (!sameCert) throw new Error('the agent SVID rotated during the handshake; probe again');
+      return encodeReply(crypto.sign('sha256', probeDigest(challenge, landmark, nodeId), svid.privateKey));
+    }
+
     async function answer(strength: ProbeStrength, challenge: Buffer): Promise<Buffer> {
-      const digest = probeDigest(challenge, landmark, nodeId);
-      if (strength === 'agent-key') {
-        if (!sameCert) throw new Error('the agent SVID rotated during the handshake; probe again');
-        return encodeReply(crypto.sign('sha256', digest, svid.privateKey));
-      }
+      if (strength === 'agent-key') return answerWithKey(challenge);
       if (o.quote === undefined) throw new Error('this node does not answer tpm probes (no TPM quoter)');
-      const q = await o.quote(digest);
+      const q = await o.quote(probeDigest(challenge, landmark, nodeId));
       return encodeReply(encodeTpmPayload(q.attest, q.signature));
     }
   }

@@ -59,7 +59,7 @@ describe('npm run demo (scripts/demo.sh)', () => {
     expectCleanedUp(r.out);
   }, 120_000);
 
-  it('flag on: gpsd and the labelled Keylime stand-in; the SVID carries the node\'s claims (FR, EU, policy eu)', async () => {
+  it('flag on: gpsd, the labelled Keylime stand-in and a landmark in Paris; the SVID carries the node\'s claims (FR, EU, policy eu, latency-bounded)', async () => {
     const r = await demo({ UNIFIED_IDENTITY_ENABLED: 'true' });
     expect(r.code, r.err + r.out).toBe(0);
     expect(r.out).toContain('Keylime verifier: DEVELOPMENT STAND-IN');
@@ -68,7 +68,11 @@ describe('npm run demo (scripts/demo.sh)', () => {
     const claims = JSON.parse(line!) as Record<string, unknown>;
     expect(claims).toMatchObject({
       country: 'FR', region: 'EU', policy: 'eu', sensorKinds: ['gnss'], verifier: 'keylime-development-stand-in',
+      // The server, a landmark declared in Paris, timed the node on loopback: the witness and its radius.
+      assurance: 'latency-bounded', latency: [{ landmark: 'spiffe://demo.terroir/spire/server', strength: 'agent-key', radiusKm: expect.any(Number) }],
     });
+    expect(claims['witnesses']).toEqual(['latency', 'node:gnss']);
+    expect(claims['satisfiedPolicies']).toContain('eu-latency');
     expectNoCoordinates(claims, { lat: 48.8566, lon: 2.3522 });
     // openssl, independently, sees the extension; the JWT-SVID carries the same claims.
     expect(r.out).toMatch(/2\.25\.250341728606082657925786220697128205103:/);

@@ -13,12 +13,26 @@ export async function startDelayRelay(o: { listenHost: string; targetHost: strin
   const sockets = new Set<net.Socket>();
   let count = 0;
   const pipeDelayed = (from: net.Socket, to: net.Socket): void => {
-    // Node's timers wait at least 1 ms: no delay means no timer at all.
+    // Node's timers run on the event loop's cached clock and can fire early against the real one:
+    // each chunk keeps its arrival time and waits until the real delay has passed, in order.
+    const queue: { at: number; chunk: Buffer }[] = [];
+    let timer: NodeJS.Timeout | undefined;
+    const flush = (): void => {
+      timer = undefined;
+      const now = performance.now();
+      while (queue.length > 0 && now - (queue[0] as { at: number }).at >= o.delayMs) {
+        const { chunk } = queue.shift() as { chunk: Buffer };
+        if (!to.destroyed) to.write(chunk);
+      }
+      if (queue.length > 0) timer = setTimeout(flush, Math.max(1, Math.ceil(o.delayMs - (now - (queue[0] as { at: number }).at))));
+    };
     from.on('data', (chunk: Buffer) => {
+      // Node's timers wait at least 1 ms: no delay means no timer at all.
       if (o.delayMs === 0) { if (!to.destroyed) to.write(chunk); return; }
-      setTimeout(() => { if (!to.destroyed) to.write(chunk); }, o.delayMs);
+      queue.push({ at: performance.now(), chunk });
+      timer ??= setTimeout(flush, o.delayMs);
     });
-    from.on('end', () => setTimeout(() => to.end(), o.delayMs));
+    from.on('end', () => setTimeout(() => to.end(), o.delayMs + 2));
     from.on('error', () => to.destroy());
     from.on('close', () => setTimeout(() => to.destroy(), o.delayMs + 5));
   };
