@@ -139,6 +139,8 @@ export async function startLandmark(config: LandmarkConfig, opts: LandmarkOption
     }
     const body = await readBody(req);
     if (body === undefined) {
+      res.setHeader('connection', 'close');
+      res.once('finish', () => req.socket.destroy());
       reply(res, 413, { error: { code: 'too_large', message: `the body is larger than ${MAX_BODY} bytes` } });
       return;
     }
@@ -208,8 +210,10 @@ function readBody(req: http.IncomingMessage): Promise<Buffer | undefined> {
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (size > MAX_BODY) {
+        // Stop reading; the caller answers 413 and closes the connection.
+        req.pause();
+        req.removeAllListeners('data');
         resolve(undefined);
-        req.destroy();
         return;
       }
       chunks.push(c);

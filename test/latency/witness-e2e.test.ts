@@ -116,6 +116,25 @@ describe('latency witness: the server as its own landmark', () => {
     await stopAgent(agent);
   }, 60_000);
 
+  it('tpm strength: each challenge answered by a quote of the AK the node attested with', async () => {
+    const server = await d.startServer({
+      flag: true, keylime: true, extraPolicies: EXTRA_POLICIES,
+      latency: { landmarks: [{ id: SERVER_ID, ...BERLIN }], rounds: 5, strength: 'tpm' },
+    });
+    const agent = await agentWithProbe(server, 'lt-tpm', await freePort(), [SERVER_ID]);
+    // swtpm's quote takes about a millisecond: a disk of a few hundred km around Berlin, which reaches
+    // Poland. It places the node inside the EU (a witness for the area), not inside Germany alone.
+    const claims = await until('claims with the tpm latency witness', async () => {
+      const c = (await server.store.getNode(agent.spiffeId as string))?.claims;
+      return Array.isArray(c?.['latency']) ? c : undefined;
+    });
+    const latency = claims['latency'] as { landmark: string; radiusKm: number; strength: string }[];
+    expect(latency).toEqual([expect.objectContaining({ landmark: SERVER_ID, strength: 'tpm' })]);
+    expect(latency[0]!.radiusKm).toBeGreaterThan(0);
+    expect(claims['witnesses']).toContain('latency');
+    await stopAgent(agent);
+  }, 60_000);
+
   it('a lying node: GNSS says Berlin, the landmark in Madrid answers in microseconds: claims withdrawn, attestation refused', async () => {
     const server = await d.startServer({
       flag: true, keylime: true, extraPolicies: EXTRA_POLICIES,
