@@ -148,7 +148,8 @@ unifiedIdentity:
   pcrs: [0, 7, 15]
   tpmPolicy: { \"15\": [\"$ZERO\"] }
   latency:
-    landmarks: [{ id: \"spiffe://$TD/spire/server\", lat: 48.8566, lon: 2.3522 }]"
+    landmarks: [{ id: \"spiffe://$TD/spire/server\", lat: 48.8566, lon: 2.3522 }]
+    rounds: 30"
   AGENT_EXTRA="  unifiedIdentity:
     sensors:
       - { type: gpsd, host: 127.0.0.1, port: $GPSD_PORT }

@@ -83,7 +83,7 @@ describe('latency witness: the server as its own landmark', () => {
   it('a node next to the landmark (Berlin, loopback) is latency-bounded; an entry needing it gets an SVID whose claims show the witness', async () => {
     const server = await d.startServer({
       flag: true, keylime: true, extraPolicies: EXTRA_POLICIES,
-      latency: { landmarks: [{ id: SERVER_ID, ...BERLIN }], rounds: 10 },
+      latency: { landmarks: [{ id: SERVER_ID, ...BERLIN }], rounds: 30 },
     });
     const agent = await agentWithProbe(server, 'lt-berlin', await freePort(), [SERVER_ID]);
     const id = agent.spiffeId as string;
@@ -122,16 +122,14 @@ describe('latency witness: the server as its own landmark', () => {
       latency: { landmarks: [{ id: SERVER_ID, ...BERLIN }], rounds: 5, strength: 'tpm' },
     });
     const agent = await agentWithProbe(server, 'lt-tpm', await freePort(), [SERVER_ID]);
-    // swtpm's quote takes about a millisecond: a disk of a few hundred km around Berlin, which reaches
-    // Poland. It places the node inside the EU (a witness for the area), not inside Germany alone.
-    const claims = await until('claims with the tpm latency witness', async () => {
-      const c = (await server.store.getNode(agent.spiffeId as string))?.claims;
-      return Array.isArray(c?.['latency']) ? c : undefined;
+    // Where the disk lands depends on swtpm's speed (a few hundred km: near the Baltic it may not place
+    // the node); what is checked here is that the round was a tpm round the server accepted.
+    const disks = await until('a tpm latency round', async () => {
+      const got = server.unifiedIdentity?.latencyDisks(agent.spiffeId as string);
+      return got && got.length > 0 ? got : undefined;
     });
-    const latency = claims['latency'] as { landmark: string; radiusKm: number; strength: string }[];
-    expect(latency).toEqual([expect.objectContaining({ landmark: SERVER_ID, strength: 'tpm' })]);
-    expect(latency[0]!.radiusKm).toBeGreaterThan(0);
-    expect(claims['witnesses']).toContain('latency');
+    expect(disks).toEqual([expect.objectContaining({ landmark: SERVER_ID, strength: 'tpm' })]);
+    expect(disks[0]!.rttS).toBeGreaterThan(0);
     await stopAgent(agent);
   }, 60_000);
 
@@ -167,11 +165,11 @@ describe('latency witness: a landmark process on a host of its own (network name
     ns?.remove();
   });
 
-  it('through the delay relay: 1 ms each way leaves a disk that crosses into Poland (not latency-bounded); without it the node is placed', async () => {
+  it('through the delay relay: 1 ms each way leaves a disk that reaches the Baltic (no witness); without it the remote landmark places the node', async () => {
     ns = createNetNs('trlm');
     const server = await d.startServer({
       flag: true, keylime: true, extraPolicies: EXTRA_POLICIES,
-      latency: { landmarks: [{ id: REMOTE_ID, ...POTSDAM, url: `https://${ns.nsIp}:8443` }], rounds: 10, attempts: 6 },
+      latency: { landmarks: [{ id: REMOTE_ID, ...POTSDAM, url: `https://${ns.nsIp}:8443` }], rounds: 30, attempts: 6 },
     });
     // The landmark's SVID, minted by the server's CA (as an agent's Workload API would hand it over).
     const dir = fs.mkdtempSync(path.join(d.dir, 'landmark-'));
@@ -196,8 +194,8 @@ describe('latency witness: a landmark process on a host of its own (network name
     relay = await startDelayRelay({ listenHost: ns.hostIp, listenPort: port, targetHost: '127.0.0.1', targetPort: port, delayMs: 1 });
     const slow = await agentWithProbe(server, 'lt-far', port, [REMOTE_ID], ns.hostIp);
     const id = slow.spiffeId as string;
-    // 1 ms each way (plus the real path) is ≥ 300 km around Potsdam: inside the EU, but across the
-    // Polish and Czech borders, so the country is not witnessed: the audit says why, claims stay.
+    // 1 ms each way (plus the real path) is ≥ 300 km around Potsdam: it reaches the Baltic, outside
+    // every country, so it places the node nowhere: the claims stay as the node's sensors made them.
     const outcome = await until('the audit of the slow round', async () => {
       const c = (await server.store.getNode(id))?.claims;
       if (relay!.connections() > 0 && c !== undefined && c['assurance'] === 'self-reported') {
@@ -208,18 +206,20 @@ describe('latency witness: a landmark process on a host of its own (network name
       return undefined;
     }, 30_000).catch((e: unknown) => { throw new Error(`${(e as Error).message}; landmark stderr: ${stderr}`); });
     expect(outcome['assurance']).toBe('self-reported');
+    expect(outcome['witnesses']).toEqual(['node:gnss']);
     expect(outcome['satisfiedPolicies']).not.toContain('eu-latency');
     await stopAgent(slow);
 
     await relay.close();
     relay = await startDelayRelay({ listenHost: ns.hostIp, listenPort: port, targetHost: '127.0.0.1', targetPort: port, delayMs: 0 });
     const near = await agentWithProbe(server, 'lt-near', port, [REMOTE_ID], ns.hostIp);
-    const claims = await until('latency-bounded claims via the remote landmark', async () => {
+    // Without the delay the disk (a few tens of km around Potsdam, wide margins on a loaded machine:
+    // it must hold Berlin's fix and stay off the Baltic) places the node inside the EU.
+    const claims = await until('the remote landmark as a witness', async () => {
       const c = (await server.store.getNode(near.spiffeId as string))?.claims;
-      return c?.['assurance'] === 'latency-bounded' ? c : undefined;
+      return Array.isArray(c?.['witnesses']) && (c['witnesses'] as string[]).includes('latency') ? c : undefined;
     }, 30_000);
     expect(claims['latency']).toEqual([expect.objectContaining({ landmark: REMOTE_ID, strength: 'agent-key' })]);
-    expect(claims['satisfiedPolicies']).toContain('eu-latency');
     await stopAgent(near);
   }, 90_000);
 });

@@ -346,6 +346,11 @@ export class UnifiedIdentityPipeline {
     return { kind: 'updated', claims, reasons: decision.reasons };
   }
 
+  /** The landmark disks of this node's last latency round on this server (undefined: none yet). */
+  latencyDisks(agentId: string): readonly LandmarkDisk[] | undefined {
+    return this.evidence.get(agentId)?.disks;
+  }
+
   private remember(agentId: string, ev: NodeEvidence): void {
     this.evidence.delete(agentId);
     this.evidence.set(agentId, ev);
