@@ -91,6 +91,12 @@ export interface UnifiedIdentityRequirement {
   /** Witnesses that must all be among the claims' `witnesses`, e.g. ['operator']. */
   requireWitnesses?: string[];
   /**
+   * The latency witness (claims `latency`, docs/latency-witness.md), which this then requires:
+   * `strength: 'tpm'` counts only TPM-signed probes; `minLandmarks` distinct landmarks of that
+   * strength; `maxRadiusKm` bounds the tightest of their radii (the node's area is no larger).
+   */
+  latency?: { maxRadiusKm?: number; strength?: 'agent-key' | 'tpm'; minLandmarks?: number };
+  /**
    * Accept claims whose `verifier` is the development Keylime stand-in (demos and tests only).
    * Default false: such claims were never checked by a Keylime verifier.
    */
@@ -118,6 +124,13 @@ export function authorizeUnifiedIdentity(req: UnifiedIdentityRequirement): Autho
     throw new WorkloadError('invalid-argument', `minAssurance must be one of ${LOCATION_ASSURANCE_LEVELS.join(', ')}`);
   }
   const witnesses = listOf(req?.requireWitnesses, 'requireWitnesses');
+  const lat = req.latency;
+  if (lat !== undefined) {
+    if (lat === null || typeof lat !== 'object') throw new WorkloadError('invalid-argument', 'latency must be an object');
+    if (lat.maxRadiusKm !== undefined && !(typeof lat.maxRadiusKm === 'number' && lat.maxRadiusKm > 0)) throw new WorkloadError('invalid-argument', 'latency.maxRadiusKm must be a positive number');
+    if (lat.strength !== undefined && lat.strength !== 'agent-key' && lat.strength !== 'tpm') throw new WorkloadError('invalid-argument', 'latency.strength must be agent-key or tpm');
+    if (lat.minLandmarks !== undefined && !(Number.isInteger(lat.minLandmarks) && lat.minLandmarks >= 1)) throw new WorkloadError('invalid-argument', 'latency.minLandmarks must be a positive integer');
+  }
   if (countries !== undefined && ![...countries].every((c) => /^[A-Z]{2}$/.test(c))) {
     throw new WorkloadError('invalid-argument', 'countries must be ISO 3166-1 alpha-2 codes in upper case, e.g. "DE"');
   }
@@ -140,11 +153,12 @@ export function authorizeUnifiedIdentity(req: UnifiedIdentityRequirement): Autho
         throw new AuthorizationError(`peer ${peer.id.toString()}'s location is ${have}; ${req.minAssurance} or better is required`);
       }
     }
-    for (const w of witnesses ?? []) {
+    for (const w of [...(witnesses ?? []), ...(lat !== undefined ? ['latency'] : [])]) {
       if (!(claims.witnesses ?? []).includes(w)) {
         throw new AuthorizationError(`peer ${peer.id.toString()}'s location was not witnessed by ${w} (witnesses: ${(claims.witnesses ?? []).join(', ') || 'none named'})`);
       }
     }
+    if (lat !== undefined) checkLatency(peer, claims, lat);
   };
 }
 
@@ -197,5 +211,20 @@ function toId(id: SpiffeId | string): SpiffeId {
     return SpiffeId.parse(id);
   } catch (e) {
     throw new WorkloadError('invalid-argument', `not a SPIFFE ID: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** The claims' latency witness meets `lat` (strength, landmarks, tightest radius), or throws. */
+function checkLatency(peer: Peer, claims: UnifiedIdentityClaims, lat: NonNullable<UnifiedIdentityRequirement['latency']>): void {
+  const who = peer.id.toString();
+  const list = Array.isArray(claims['latency']) ? claims['latency'] as { landmark?: unknown; radiusKm?: unknown; strength?: unknown }[] : [];
+  const usable = list.filter((l) => typeof l.landmark === 'string' && typeof l.radiusKm === 'number' && (lat.strength !== 'tpm' || l.strength === 'tpm'));
+  const landmarks = new Set(usable.map((l) => l.landmark));
+  if (landmarks.size < (lat.minLandmarks ?? 1)) {
+    throw new AuthorizationError(`peer ${who}'s latency witness rests on ${landmarks.size} landmark(s)${lat.strength === 'tpm' ? ' with TPM-signed probes' : ''}; ${lat.minLandmarks ?? 1} required`);
+  }
+  if (lat.maxRadiusKm !== undefined) {
+    const tightest = Math.min(...usable.map((l) => l.radiusKm as number));
+    if (!(tightest <= lat.maxRadiusKm)) throw new AuthorizationError(`peer ${who}'s latency witness bounds it to ${tightest} km; at most ${lat.maxRadiusKm} km required`);
   }
 }
