@@ -15,6 +15,8 @@ DEB_PACKAGES=(
   util-linux systemd procps
   docker-compose
   unzip
+  # Headless browser for the dashboard's test and benchmark (driven by playwright-core; never downloaded by npm).
+  chromium
 )
 
 missing=()
