@@ -551,26 +551,12 @@ export class TpmDevice {
    * digest, and re-read if a PCR changed in between.
    */
   quote(ak: AkHandle, selection: PcrSelection[], qualifyingData: Buffer): Promise<QuoteResult> {
-    if (qualifyingData.length > 64) return Promise.reject(new TpmDeviceError('bad-argument', `quote: qualifyingData is ${qualifyingData.length} bytes; at most 64 (hash it first)`));
-    const bad = selectionProblem(selection);
+    const bad = quoteArgumentProblem(selection, qualifyingData);
     if (bad !== undefined) return Promise.reject(new TpmDeviceError('bad-argument', `quote: ${bad}`));
     return this.serial(async () => {
-      const qd = this.toC('TPM2B_DATA', tpm2b(qualifyingData));
-      const scheme = this.toC('TPMT_SIG_SCHEME', Buffer.from([0x00, TPM_ALG.NULL]));
-      const sel = this.toC('TPML_PCR_SELECTION', marshalPcrSelectionList(selection));
       for (let attempt = 0; ; attempt++) {
         const pcrs = await this.pcrReadNow(selection);
-        const quoted: Out<CPointer> = [null];
-        const sig: Out<CPointer> = [null];
-        await this.esapi(this.tss.Esys_Quote, 'Quote', ak.esysHandle, ESYS_TR.PASSWORD, ESYS_TR.NONE, ESYS_TR.NONE, qd, scheme, sel, quoted, sig);
-        let attest: Buffer;
-        try {
-          attest = new TpmReader(this.fromC('TPM2B_ATTEST', quoted[0]), 'TPM2B_ATTEST').tpm2b('attestationData', 4096);
-        } catch (err) {
-          this.free(sig[0]);
-          throw err;
-        }
-        const signature = this.fromC('TPMT_SIGNATURE', sig[0]);
+        const { attest, signature } = await this.quoteCommand(ak, selection, qualifyingData);
         const parsed = parseTpmsAttest(attest);
         const s = parseTpmtSignature(signature);
         const hash: HashAlg = s.sigAlg === 'null' ? 'sha256' : s.hashAlg;
@@ -589,25 +575,27 @@ export class TpmDevice {
    * instead of two is a shorter round trip and so a smaller radius).
    */
   quoteBinding(ak: AkHandle, selection: PcrSelection[], qualifyingData: Buffer): Promise<{ attest: Buffer; signature: Buffer }> {
-    if (qualifyingData.length > 64) return Promise.reject(new TpmDeviceError('bad-argument', `quote: qualifyingData is ${qualifyingData.length} bytes; at most 64 (hash it first)`));
-    const bad = selectionProblem(selection);
+    const bad = quoteArgumentProblem(selection, qualifyingData);
     if (bad !== undefined) return Promise.reject(new TpmDeviceError('bad-argument', `quote: ${bad}`));
-    return this.serial(async () => {
-      const qd = this.toC('TPM2B_DATA', tpm2b(qualifyingData));
-      const scheme = this.toC('TPMT_SIG_SCHEME', Buffer.from([0x00, TPM_ALG.NULL]));
-      const sel = this.toC('TPML_PCR_SELECTION', marshalPcrSelectionList(selection));
-      const quoted: Out<CPointer> = [null];
-      const sig: Out<CPointer> = [null];
-      await this.esapi(this.tss.Esys_Quote, 'Quote', ak.esysHandle, ESYS_TR.PASSWORD, ESYS_TR.NONE, ESYS_TR.NONE, qd, scheme, sel, quoted, sig);
-      let attest: Buffer;
-      try {
-        attest = new TpmReader(this.fromC('TPM2B_ATTEST', quoted[0]), 'TPM2B_ATTEST').tpm2b('attestationData', 4096);
-      } catch (err) {
-        this.free(sig[0]);
-        throw err;
-      }
-      return { attest, signature: this.fromC('TPMT_SIGNATURE', sig[0]) };
-    });
+    return this.serial(() => this.quoteCommand(ak, selection, qualifyingData));
+  }
+
+  /** One Esys_Quote (inside serial()): the TPMS_ATTEST bytes and the TPMT_SIGNATURE. */
+  private async quoteCommand(ak: AkHandle, selection: PcrSelection[], qualifyingData: Buffer): Promise<{ attest: Buffer; signature: Buffer }> {
+    const qd = this.toC('TPM2B_DATA', tpm2b(qualifyingData));
+    const scheme = this.toC('TPMT_SIG_SCHEME', Buffer.from([0x00, TPM_ALG.NULL]));
+    const sel = this.toC('TPML_PCR_SELECTION', marshalPcrSelectionList(selection));
+    const quoted: Out<CPointer> = [null];
+    const sig: Out<CPointer> = [null];
+    await this.esapi(this.tss.Esys_Quote, 'Quote', ak.esysHandle, ESYS_TR.PASSWORD, ESYS_TR.NONE, ESYS_TR.NONE, qd, scheme, sel, quoted, sig);
+    let attest: Buffer;
+    try {
+      attest = new TpmReader(this.fromC('TPM2B_ATTEST', quoted[0]), 'TPM2B_ATTEST').tpm2b('attestationData', 4096);
+    } catch (err) {
+      this.free(sig[0]);
+      throw err;
+    }
+    return { attest, signature: this.fromC('TPMT_SIGNATURE', sig[0]) };
   }
 
   /** TPM2_PCR_Extend of one bank of `pcr` with `digest`. */
@@ -651,6 +639,12 @@ export class TpmDevice {
 }
 
 /** Why a PCR selection cannot be sent to a TPM, or undefined when it can. */
+/** Why a quote's arguments are refused before any TPM command, or undefined. */
+function quoteArgumentProblem(selection: PcrSelection[], qualifyingData: Buffer): string | undefined {
+  if (qualifyingData.length > 64) return `qualifyingData is ${qualifyingData.length} bytes; at most 64 (hash it first)`;
+  return selectionProblem(selection);
+}
+
 function selectionProblem(selection: PcrSelection[]): string | undefined {
   if (selection.length === 0) return 'the PCR selection is empty';
   const seen = new Set<string>();

@@ -6,7 +6,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from '../../src/agent/agent.js';
 import { NodeAttestationError } from '../../src/agent/node-attestor.js';
@@ -14,7 +13,7 @@ import type { RunningServer } from '../../src/server/index.js';
 import { SvidIssuer } from '../../src/server/ca/issuer.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
 import { unifiedIdentityFromCertificate } from '../../src/spiffe/unified-identity.js';
-import { specClient, type X509Msg } from '../keylime-e2e/fixture.js';
+import { specClient, X509Stream } from '../keylime-e2e/fixture.js';
 import { startDelayRelay, type DelayRelay } from '../support/delay-relay.js';
 import { createNetNs, type NetNs } from '../support/netns.js';
 import { freePort } from '../support/ports.js';
@@ -67,18 +66,6 @@ async function stopAgent(a: Agent): Promise<void> {
   agents.splice(agents.indexOf(a), 1);
 }
 
-function fetchX509(socket: string, timeoutMs = 10_000): Promise<X509Msg> {
-  const client = specClient(socket);
-  return new Promise<X509Msg>((resolve, reject) => {
-    const md = new grpc.Metadata();
-    md.set('workload.spiffe.io', 'true');
-    const call = client['FetchX509SVID']!({}, md) as grpc.ClientReadableStream<X509Msg>;
-    const timer = setTimeout(() => { call.cancel(); reject(new Error('no X.509-SVID message')); }, timeoutMs);
-    call.on('data', (m: X509Msg) => { if (m.svids.length > 0) { clearTimeout(timer); call.cancel(); resolve(m); } });
-    call.on('error', (e: grpc.ServiceError) => { if (e.code !== grpc.status.CANCELLED) { clearTimeout(timer); reject(e); } });
-  }).finally(() => client.close());
-}
-
 describe('latency witness: the server as its own landmark', () => {
   it('a node next to the landmark (Berlin, loopback) is latency-bounded; an entry needing it gets an SVID whose claims show the witness', async () => {
     const server = await d.startServer({
@@ -106,10 +93,10 @@ describe('latency witness: the server as its own landmark', () => {
     const spiffeId = `spiffe://${TD}/workload/latency-app`;
     const [r] = await server.store.createEntries([{ spiffeId, parentId: id, selectors: [{ type: 'unix', value: `uid:${uid}` }], federatesWith: [], locationPolicy: 'eu-latency' }]);
     expect(r?.ok).toBe(true);
-    const svid = await until('the eu-latency SVID', async () => {
-      const msg = await fetchX509(agent.socketPath, 3000).catch(() => undefined);
-      return msg?.svids.find((s) => s.spiffe_id === spiffeId);
-    });
+    const client = specClient(agent.socketPath);
+    const stream = new X509Stream(client);
+    const msg = await stream.waitFor((m) => m.svids.some((s) => s.spiffe_id === spiffeId)).finally(() => { stream.close(); client.close(); });
+    const svid = msg.svids.find((s) => s.spiffe_id === spiffeId)!;
     const certClaims = unifiedIdentityFromCertificate(new crypto.X509Certificate(svid.x509_svid.subarray(0, svid.x509_svid.readUInt16BE(2) + 4)).raw);
     expect(certClaims).toMatchObject({ assurance: 'latency-bounded', country: 'DE' });
     expect(certClaims?.['latency']).toEqual(latency);
