@@ -55,6 +55,24 @@ export interface KeylimeClientOptions {
    */
   allowDevelopmentStandIn?: boolean;
   logger?: Logger;
+  /** Told of every request once it ends (retries folded in): for the server's metrics. */
+  onRequest?: (e: KeylimeRequestReport) => void;
+}
+
+/** One request as reported to `onRequest`: a bounded kind, `ok` or the failure kind, and its duration. */
+export interface KeylimeRequestReport {
+  kind: 'version' | 'verify_evidence' | 'add_agent' | 'get_agent' | 'list_agents' | 'delete_agent' | 'other';
+  result: 'ok' | KeylimeFailureKind | 'error';
+  seconds: number;
+}
+
+/** The kind of a request from its method and path below the version prefix (never the agent ID in it). */
+export function keylimeRequestKind(method: string, path: string): KeylimeRequestReport['kind'] {
+  if (path === '/version') return 'version';
+  if (path === '/verify/evidence') return 'verify_evidence';
+  if (path === '/agents/' || path === '/agents') return 'list_agents';
+  if (path.startsWith('/agents/')) return method === 'POST' ? 'add_agent' : method === 'DELETE' ? 'delete_agent' : 'get_agent';
+  return 'other';
 }
 
 export interface KeylimeClientCounters {
@@ -104,6 +122,7 @@ export class KeylimeVerifierClient {
   private readonly allowDevelopmentStandIn: boolean;
   private standIn: boolean | undefined;
   private readonly logger: Logger | undefined;
+  private readonly onRequest: ((e: KeylimeRequestReport) => void) | undefined;
   private versionPromise: Promise<string> | undefined;
   private readonly stats: KeylimeClientCounters = {
     requests: 0,
@@ -139,6 +158,7 @@ export class KeylimeVerifierClient {
     this.pinnedVersion = opts.apiVersion;
     this.allowDevelopmentStandIn = opts.allowDevelopmentStandIn === true;
     this.logger = opts.logger?.child({ component: 'keylime-client', verifier: this.origin });
+    this.onRequest = opts.onRequest;
 
     const connectTls = buildConnector({
       ca,

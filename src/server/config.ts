@@ -8,6 +8,7 @@ import YAML from 'yaml';
 import { z } from 'zod';
 import { loadFeatureFlags, FeatureFlagError, type FeatureFlags, type FeatureFlagSources } from '../../feature-flags/index.js';
 import { camaraSigningKey } from '../geo/camara.js';
+import { dashboardSchema } from './dashboard/config.js';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -404,6 +405,8 @@ const serverSchema = z.object({
   /** Keylime continuous attestation for TPM nodes; absent: plain SPIFFE issuance. */
   keylime: keylimeSchema.optional(),
   unifiedIdentity: unifiedIdentitySchema.optional(),
+  /** The operator's read-only dashboard (docs/observability.md "Dashboard"): off by default, loopback unless remote mTLS is configured. */
+  dashboard: dashboardSchema.prefault({}),
   featureFlags: z.record(z.string(), z.boolean()).optional(),
 }).strict();
 

@@ -27,6 +27,7 @@ import { startBundleEndpoint, type BundleEndpoint } from './federation/endpoint.
 import { BundleFetcher } from './federation/fetcher.js';
 import { startHealthServer, type HealthServer } from './health.js';
 import { createAdminService, startAdminServer } from './admin/index.js';
+import { DashboardFeed, DashboardView, startDashboard, type DashboardServer } from './dashboard/index.js';
 
 export interface StartServerOptions {
   logger?: Logger;
@@ -41,6 +42,8 @@ export interface RunningServer {
   readonly agentApiPort: number;
   readonly healthPort: number | undefined;
   readonly bundleEndpointPort: number | undefined;
+  /** The dashboard's port, when `dashboard.enabled`. */
+  readonly dashboardPort?: number;
   readonly adminSocketPath: string | undefined;
   readonly store: DataStore;
   readonly ca: CaManager;
@@ -86,7 +89,9 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       ? { type: 'sqlite', path: config.dataStore.path }
       : { type: 'postgres', connectionString: config.dataStore.connectionString, poolSize: config.dataStore.poolSize });
     cleanups.push(() => store.close());
-    const auditor = pinoAuditor(logger);
+    // The dashboard follows the audit stream through a tee (it keeps coarse facts only, never readings).
+    const dashboardFeed = config.dashboard.enabled ? new DashboardFeed({ now }) : undefined;
+    const auditor = dashboardFeed ? DashboardFeed.tee(pinoAuditor(logger), dashboardFeed) : pinoAuditor(logger);
 
     let upstream: LoadedUpstream | undefined;
     if (config.ca.upstream) {
@@ -278,6 +283,24 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       cleanups.push(() => h.close());
     }
 
+    let dashboard: DashboardServer | undefined;
+    if (dashboardFeed) {
+      const dc = config.dashboard;
+      const ui = unifiedIdentity;
+      const view = new DashboardView({
+        store, trustDomain: td.name, feed: dashboardFeed, now,
+        ...(ui ? { policies: () => ({ names: ui.policies.names(), defaultPolicy: ui.defaultPolicy }) } : {}),
+      });
+      // Remote access: mTLS with the server's own SVID (spiffe://<td>/spire/server).
+      const identity = dc.remote ? new ServerSvidSource(issuer, ca, config.ca.x509SvidTtl, now) : undefined;
+      const db = await startDashboard({
+        host: dc.bindAddress, port: dc.port, view, feed: dashboardFeed, logger: logger.child({ component: 'dashboard' }),
+        ...(identity && dc.remote ? { remote: { identity, allowedSpiffeIds: dc.remote.allowedSpiffeIds } } : {}),
+      });
+      dashboard = db;
+      cleanups.push(async () => { await db.close(); identity?.close(); });
+    }
+
     const tick = async (): Promise<void> => {
       try {
         await ca.tick();
@@ -300,6 +323,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       agentApiPort: agentApi.port,
       healthPort: health?.port,
       bundleEndpointPort: endpoint?.port,
+      ...(dashboard ? { dashboardPort: dashboard.port } : {}),
       adminSocketPath: admin.socketPath,
       store,
       ca,
