@@ -254,6 +254,27 @@ export class KeylimeVerifierClient {
   }
 
   private async send<T>(fullPath: string, opts: CallOptions<T>): Promise<CallResult<T>> {
+    const report = this.onRequest;
+    if (report === undefined) return this.sendWithRetries(fullPath, opts);
+    const started = performance.now();
+    const done = (result: KeylimeRequestReport['result']): void => {
+      try {
+        report({ kind: keylimeRequestKind(opts.method, opts.path), result, seconds: (performance.now() - started) / 1000 });
+      } catch {
+        // A metrics failure never fails a verifier call.
+      }
+    };
+    try {
+      const res = await this.sendWithRetries(fullPath, opts);
+      done('ok');
+      return res;
+    } catch (err) {
+      done(err instanceof KeylimeRequestError ? err.kind : 'error');
+      throw err;
+    }
+  }
+
+  private async sendWithRetries<T>(fullPath: string, opts: CallOptions<T>): Promise<CallResult<T>> {
     const attempts = opts.idempotent ? 1 + this.retries : 1;
     let lastError: KeylimeRequestError | undefined;
     for (let attempt = 0; attempt < attempts; attempt++) {
