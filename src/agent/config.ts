@@ -108,6 +108,11 @@ const schema = z.object({
     /** SPIFFE IDs of the landmarks allowed to probe (this trust domain). */
     landmarks: z.array(z.string().regex(/^spiffe:\/\//, 'a SPIFFE ID (spiffe://...)')).min(1, 'list the landmarks allowed to probe this node').max(64),
   }).strict().optional(),
+  /** OpenTelemetry traces (docs/observability.md "Traces"): off unless an OTLP/HTTP endpoint is given. */
+  tracing: z.object({
+    /** e.g. http://otel-collector:4318/v1/traces */
+    otlpEndpoint: z.string().regex(/^https?:\/\/[^\s]+$/, 'an http(s):// URL of an OTLP/HTTP traces endpoint'),
+  }).strict().optional(),
   featureFlags: z.record(z.string(), z.boolean()).optional(),
   workloadAttestors: z.object({
     unix: z.object({

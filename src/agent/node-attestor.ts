@@ -8,6 +8,8 @@ import {
   type TpmQuote, type UnifiedIdentityEvidence,
 } from '../api/agent-api.js';
 import type { NodeQuoter } from '../keylime/index.js';
+import { context } from '@opentelemetry/api';
+import { injectIntoMetadata, inSpan, SpanKind } from '../api/tracing.js';
 import type { AgentClient } from './server-conn.js';
 
 export class NodeAttestationError extends Error {
@@ -71,7 +73,12 @@ async function pcrSelectorQuote(tpm: TpmCredentialSource, nonce: Buffer, pcrs: n
   return { attest: q.attest, signature: q.signature, pcrs: wire };
 }
 
-export async function attestNode(client: AgentClient, opts: AttestOptions): Promise<AttestationResult> {
+/** One node attestation, traced: the span's context travels to the server in the gRPC metadata. */
+export function attestNode(client: AgentClient, opts: AttestOptions): Promise<AttestationResult> {
+  return inSpan('terroir.agent.attest', () => attestExchange(client, opts), { 'terroir.attestation.method': opts.joinToken !== undefined ? 'join_token' : 'tpm' }, SpanKind.CLIENT);
+}
+
+async function attestExchange(client: AgentClient, opts: AttestOptions): Promise<AttestationResult> {
   if ((opts.joinToken === undefined) === (opts.tpm === undefined)) {
     throw new NodeAttestationError('protocol', 'attestation needs exactly one of a join token or a TPM');
   }
@@ -81,7 +88,9 @@ export async function attestNode(client: AgentClient, opts: AttestOptions): Prom
 
   const fn = client['AttestAgent'];
   if (!fn) throw new NodeAttestationError('protocol', 'agent API has no AttestAgent method');
-  const call = fn.call(client, { deadline: Date.now() + (opts.timeoutMs ?? 60_000) }) as grpc.ClientDuplexStream<AttestAgentRequest, AttestAgentResponse>;
+  const call = fn.call(client, injectIntoMetadata(new grpc.Metadata()), { deadline: Date.now() + (opts.timeoutMs ?? 60_000) }) as grpc.ClientDuplexStream<AttestAgentRequest, AttestAgentResponse>;
+  // Stream callbacks run outside this async context: the TPM and sensor spans are children of this one.
+  const traced = context.active();
 
   return new Promise<AttestationResult>((resolve, reject) => {
     let done = false;
@@ -115,14 +124,15 @@ export async function attestNode(client: AgentClient, opts: AttestOptions): Prom
           if (why !== undefined) return fail(new NodeAttestationError('protocol', `server challenge refused: ${why}`));
         }
         const tpm = opts.tpm;
-        tpm.activateCredential(c.credentialBlob, c.encryptedSecret).then(
+        context.with(traced, () => inSpan('terroir.agent.tpm.activate_credential', () => tpm.activateCredential(c.credentialBlob, c.encryptedSecret))).then(
           async (secret) => {
             if (done) return;
             // The server asks for a quote only with Unified Identity on; read the sensors and quote after activation.
             let unifiedIdentity: UnifiedIdentityEvidence | null = null;
             if (quotePcrs.length > 0 && opts.unifiedIdentity) {
               try {
-                unifiedIdentity = await opts.unifiedIdentity.evidence(c.nonce, quotePcrs);
+                const provider = opts.unifiedIdentity;
+                unifiedIdentity = await context.with(traced, () => inSpan('terroir.agent.unified_identity.evidence', () => provider.evidence(c.nonce, quotePcrs)));
               } catch (e) {
                 return fail(new NodeAttestationError('tpm', `Unified Identity evidence failed: ${(e as Error).message}`));
               }

@@ -324,6 +324,8 @@ async function runAgent(args: string[]): Promise<number> {
     const { openTpmCredentialSource } = await import('../agent/tpm-session.js');
     tpm = await openTpmCredentialSource(config.nodeAttestor.tpm, { logger: logger.child({ component: 'tpm' }) });
   }
+  // Traces: a process-wide provider, so it is set up here and not in the Agent (tests run several in one process).
+  const tracing = config.tracing ? (await import('../api/tracing.js')).startTracing({ serviceName: 'terroir-agent', otlpEndpoint: config.tracing.otlpEndpoint }) : undefined;
   // Signals also end a start still waiting for the server to accept the node (it backs off meanwhile).
   const stop = new AbortController();
   const stopped = new Promise<void>((resolve) => {
@@ -336,12 +338,14 @@ async function runAgent(args: string[]): Promise<number> {
     agent = await Agent.start(config, { logger, signal: stop.signal, ...(tpm ? { tpm } : {}) });
   } catch (e) {
     await tpm?.close();
+    await tracing?.shutdown();
     if (stop.signal.aborted) return 0;
     throw e;
   }
   await stopped;
   await agent.stop();
   await tpm?.close();
+  await tracing?.shutdown();
   return 0;
 }
 

@@ -459,9 +459,13 @@ async function run(argv: string[], io: Io): Promise<number> {
   if (!file) throw new CliError('run needs the config file: terroir-server run -c server.yaml', 2);
   const { loadServerConfig } = await import('../server/config.js');
   const { startServer } = await import('../server/run.js');
-  const server = await startServer(loadServerConfig(file));
+  const config = loadServerConfig(file);
+  // Traces: a process-wide provider, so it is set up here and not in startServer (tests run several in one process).
+  const tracing = config.tracing ? (await import('../api/tracing.js')).startTracing({ serviceName: 'terroir-server', otlpEndpoint: config.tracing.otlpEndpoint }) : undefined;
+  const server = await startServer(config);
   await untilSignal();
   await server.stop();
+  await tracing?.shutdown();
   return 0;
 }
 

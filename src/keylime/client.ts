@@ -10,6 +10,7 @@
  * of times with exponential backoff; everything else fails on the first error.
  */
 import crypto from 'node:crypto';
+import { inSpan, SpanKind, traceHeaders } from '../api/tracing.js';
 import fs from 'node:fs';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
@@ -294,7 +295,12 @@ export class KeylimeVerifierClient {
     throw lastError as KeylimeRequestError;
   }
 
-  private async attempt<T>(fullPath: string, opts: CallOptions<T>): Promise<CallResult<T>> {
+  /** One request in a CLIENT span whose context travels to the verifier as `traceparent`. */
+  private attempt<T>(fullPath: string, opts: CallOptions<T>): Promise<CallResult<T>> {
+    return inSpan(`keylime ${opts.method}`, () => this.attemptUntraced(fullPath, opts), { 'http.request.method': opts.method, 'url.path': fullPath }, SpanKind.CLIENT);
+  }
+
+  private async attemptUntraced<T>(fullPath: string, opts: CallOptions<T>): Promise<CallResult<T>> {
     this.stats.requests++;
     const signal = AbortSignal.timeout(this.timeoutMs);
     const body = opts.body === undefined ? undefined : JSON.stringify(opts.body);
@@ -303,7 +309,7 @@ export class KeylimeVerifierClient {
       res = await this.pool.request({
         path: fullPath,
         method: opts.method,
-        headers: body === undefined ? { accept: 'application/json' } : { accept: 'application/json', 'content-type': 'application/json' },
+        headers: { accept: 'application/json', ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...traceHeaders() },
         ...(body !== undefined ? { body } : {}),
         signal,
       });

@@ -405,6 +405,11 @@ const serverSchema = z.object({
   /** Keylime continuous attestation for TPM nodes; absent: plain SPIFFE issuance. */
   keylime: keylimeSchema.optional(),
   unifiedIdentity: unifiedIdentitySchema.optional(),
+  /** OpenTelemetry traces (docs/observability.md "Traces"): off unless an OTLP/HTTP endpoint is given. */
+  tracing: z.object({
+    /** e.g. http://otel-collector:4318/v1/traces */
+    otlpEndpoint: z.string().regex(/^https?:\/\/[^\s]+$/, 'an http(s):// URL of an OTLP/HTTP traces endpoint'),
+  }).strict().optional(),
   /** The operator's read-only dashboard (docs/observability.md "Dashboard"): off by default, loopback unless remote mTLS is configured. */
   dashboard: dashboardSchema.prefault({}),
   featureFlags: z.record(z.string(), z.boolean()).optional(),

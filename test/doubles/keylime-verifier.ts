@@ -100,6 +100,8 @@ export class TestKeylimeVerifier {
   readonly failedVerdicts: { id: string; state: number; lastEventId: string }[] = [];
   /** When each failed verdict was reached (ms since the epoch), in the order of `failedVerdicts`: for timing. */
   readonly verdictLog: { id: string; state: number; at: number }[] = [];
+  /** The W3C `traceparent` header of every request that carried one (tracing tests; Keylime ignores it). */
+  readonly traceparents: string[] = [];
   readonly counters = { requests: 0, tlsSessions: 0, droppedUntrustedClients: 0, evidenceChecks: 0, quotesPulled: 0, pullErrors: 0, notificationsSent: 0, notificationErrors: 0 };
   /** When each revocation notification was sent (ms since the epoch), with the failed node's id. */
   readonly notifications: { at: number; aboutId: string; toId: string; status: number | undefined }[] = [];
@@ -227,6 +229,8 @@ export class TestKeylimeVerifier {
         ...(this.announceStandIn ? { terroir_development_stand_in: true } : {}),
       });
     }
+    const tp = req.headers['traceparent'];
+    if (typeof tp === 'string') this.traceparents.push(tp);
     const m = /^\/v(\d+\.\d+)(\/.*)$/.exec(url.pathname);
     // Keylime 7.14's web framework: an unknown version or path is a 404 without a body.
     if (m === null || !this.opts.supportedVersions.includes(m[1] as string)) return sendEmpty(res, 404);

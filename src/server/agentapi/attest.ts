@@ -3,6 +3,8 @@
 // and Keylime checks, then finalizeAttestation records the node and issues the SVID. Every outcome,
 // refusal or success, writes one attest_agent audit record.
 import * as grpc from '@grpc/grpc-js';
+import { context, trace } from '@opentelemetry/api';
+import { contextFromMetadata, endSpan, inSpan, SpanKind, tracer } from '../../api/tracing.js';
 import type * as api from '../../api/agent-api.js';
 import type { CsrPublicKey } from '../../spiffe/csr.js';
 import { canonicalUnifiedIdentity, unifiedIdentityExtension, type UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
@@ -88,12 +90,19 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
     let method = 'unknown';
     let timer: NodeJS.Timeout | undefined;
     let clientEnded = false;
+    // One SERVER span per exchange, child of the agent's (traceparent in the metadata); the steps below
+    // run in its context so the TPM, pipeline and Keylime spans hang under it.
+    const span = tracer().startSpan('terroir.server.attest', { kind: SpanKind.SERVER, attributes: { 'terroir.source': source } }, contextFromMetadata(call.metadata));
+    const traced = trace.setSpan(contextFromMetadata(call.metadata), span);
+    const step = <T>(name: string, fn: () => Promise<T>): Promise<T> => context.with(traced, () => inSpan(name, fn));
 
     const finish = (err: unknown, subject?: string): void => {
       if (state === 'done') return;
       state = 'done';
       clearTimeout(timer);
       const e = toRpcError(err);
+      span.setAttribute('terroir.attestation.method', method);
+      endSpan(span, e);
       if (e.code === grpc.status.INTERNAL) log.error({ err, source }, 'attestation failed with an internal error');
       o.auditor.record({ action: 'attest_agent', caller: source, subject, result: e.code === grpc.status.INTERNAL ? 'error' : 'denied', reason: e.message, details: { method, code: grpc.status[e.code] } });
       call.emit('error', { code: e.code, details: e.message });
@@ -114,6 +123,8 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
         details: { method, selectors: out.selectors.map((s) => `${s.type}:${s.value}`), ...(unified ? { unifiedIdentity: { claims: unified.claims, ...unified.audit } } : {}) },
       });
       log.info({ agent: result.spiffeId, method, source }, 'agent attested');
+      span.setAttribute('terroir.attestation.method', method);
+      endSpan(span);
       call.write({ result });
       call.end();
     };
@@ -170,22 +181,24 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
         pending = undefined;
         void (async () => {
           // Secret, PCR-selector quote (when asked for), then the nonce.
-          const out = await o.tpm!.finish(tpm, msg.challengeResponse!.activatedSecret, msg.challengeResponse!.pcrQuote);
+          const out = await step('terroir.server.tpm.verify', () => o.tpm!.finish(tpm, msg.challengeResponse!.activatedSecret, msg.challengeResponse!.pcrQuote));
           // Secret and nonce are settled; now quote, claims, Keylime one-shot and location policy.
-          const unified = o.unifiedIdentity
-            ? await o.unifiedIdentity.verify({
+          const pipeline = o.unifiedIdentity;
+          const unified = pipeline
+            ? await step('terroir.server.unified_identity', () => pipeline.verify({
               agentId: out.agentId.toString(), ekHash: tpm.ekHash, nonce: tpm.challenge.nonce, ak: tpm.ak, akPublic: params.akPublic, ekPublic: params.ekPublic,
               evidence: msg.challengeResponse!.unifiedIdentity,
-            }).catch((err: unknown) => withdrawOnFailure(ctx, out.agentId.toString(), err))
+            })).catch((err: unknown) => withdrawOnFailure(ctx, out.agentId.toString(), err))
             : undefined;
           // Keylime must have verified a quote from this TPM before anything is issued.
           if (o.keylime) {
             const existing = await o.store.getNode(out.agentId.toString());
             if (existing?.banned) throw rpcError(grpc.status.PERMISSION_DENIED, `node ${out.agentId.toString()} is banned; an operator must evict it (agent evict) before it can attest again`);
-            await o.keylime.admit({
+            const gate = o.keylime;
+            await step('terroir.server.keylime.admit', () => gate.admit({
               agentId: out.agentId.toString(), ekHash: tpm.ekHash, akPublic: params.akPublic, selectors: out.selectors,
               endpoint: params.keylimeQuoteEndpoint, sourceAddress: source,
-            });
+            }));
           }
           await succeed(out, csrKey, unified);
           if (unified && o.latencyWitness && params.latencyProbeEndpoint) {
@@ -206,7 +219,7 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
       clientEnded = true;
       if (state === 'params' || state === 'challenge') endedEarly();
     });
-    call.on('cancelled', () => { state = 'done'; clearTimeout(timer); });
+    call.on('cancelled', () => { if (state !== 'done') endSpan(span, new Error('the agent cancelled the attestation')); state = 'done'; clearTimeout(timer); });
     call.on('error', () => { clearTimeout(timer); });
   };
 }
