@@ -152,6 +152,14 @@ export class DashboardFeed implements Auditor {
     }
   }
 
+  /**
+   * An operator banned or evicted the node (the admin service audits through its own logger, so the
+   * server tells the feed directly).
+   */
+  revoked(spiffeId: string, reason: string): void {
+    this.record({ action: 'admin', caller: 'admin', subject: spiffeId, result: 'ok', reason, details: { rpc: 'BanAgent' } });
+  }
+
   /** Newest first, at most `limit`. */
   lastRefusals(limit = this.maxRefusals): DashboardEvent[] {
     return this.refusals.slice(-limit).reverse();
