@@ -400,6 +400,15 @@ const serverSchema = z.object({
     bindAddress: z.string().min(1).default('127.0.0.1'),
     port: port.default(8080),
   }).strict().prefault({}),
+  /**
+   * Prometheus metrics at GET /metrics on the health listener (docs/observability.md). On unless
+   * `enabled: false`; absent means on with the defaults.
+   */
+  metrics: z.object({
+    enabled: z.boolean().default(true),
+    /** The nodes gauge reads every node; it is recomputed at most this often (0: at every scrape). */
+    nodesMaxAgeSeconds: z.number().min(0).max(3600).default(15),
+  }).strict().optional(),
   nodeAttestation: nodeAttestationSchema.prefault({}),
   federation: federationSchema.prefault({}),
   /** Keylime continuous attestation for TPM nodes; absent: plain SPIFFE issuance. */

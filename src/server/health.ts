@@ -36,6 +36,8 @@ export async function startHealthServer(
   checks: Record<string, ReadinessCheck>,
   /** Feature flags, shown on /ready in the body (`featureFlags`) and the `terroir-feature-flags` header (JSON). */
   featureFlags?: Record<string, { value: boolean; source: string }>,
+  /** Prometheus exposition for GET /metrics (absent: 404, metrics are off). */
+  metrics?: () => Promise<{ contentType: string; body: string }>,
 ): Promise<HealthServer> {
   // Also a header, so probes that only look at the status and headers (HEAD) see the flags too.
   const flagsHeader = featureFlags === undefined ? undefined : JSON.stringify(featureFlags);
@@ -60,7 +62,17 @@ export async function startHealthServer(
       );
       return;
     }
-    reply(404, { error: 'not found; use /live or /ready' });
+    if (url === '/metrics' && metrics) {
+      metrics().then(
+        (m) => {
+          res.writeHead(200, { 'content-type': m.contentType, 'content-length': Buffer.byteLength(m.body), 'cache-control': 'no-store' });
+          res.end(req.method === 'HEAD' ? undefined : m.body);
+        },
+        (err: unknown) => reply(500, { error: `metrics failed: ${err instanceof Error ? err.message : String(err)}` }),
+      );
+      return;
+    }
+    reply(404, { error: metrics ? 'not found; use /live, /ready or /metrics' : 'not found; use /live or /ready' });
   });
   server.requestTimeout = 10_000;
   server.headersTimeout = 5_000;

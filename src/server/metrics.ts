@@ -56,7 +56,7 @@ export interface KeylimeRequestEvent {
 }
 
 /** Server-side stage durations of one attestation, milliseconds (PipelineStages of unified.ts). */
-export type StageDurations = Record<string, number>;
+export type StageDurations = object;
 
 export interface ServerMetricsOptions {
   /**
@@ -260,8 +260,8 @@ export class ServerMetrics {
 
   /** The stage durations (ms) of one accepted Unified Identity attestation. */
   readonly attestationStages = (stages: StageDurations): void => {
-    for (const [stage, ms] of Object.entries(stages)) {
-      if (/^[a-z_]{1,32}$/.test(stage) && Number.isFinite(ms)) this.stageSeconds.observe({ stage }, ms / 1000);
+    for (const [stage, ms] of Object.entries(stages) as [string, unknown][]) {
+      if (/^[a-z_]{1,32}$/.test(stage) && typeof ms === 'number' && Number.isFinite(ms)) this.stageSeconds.observe({ stage }, ms / 1000);
     }
   };
 

@@ -26,6 +26,7 @@ import { startAgentApiServer, type AgentApiServer } from './agentapi/server.js';
 import { startBundleEndpoint, type BundleEndpoint } from './federation/endpoint.js';
 import { BundleFetcher } from './federation/fetcher.js';
 import { startHealthServer, type HealthServer } from './health.js';
+import { ServerMetrics } from './metrics.js';
 import { createAdminService, startAdminServer } from './admin/index.js';
 import { DashboardFeed, DashboardView, startDashboard, type DashboardServer } from './dashboard/index.js';
 
@@ -49,6 +50,8 @@ export interface RunningServer {
   readonly ca: CaManager;
   readonly agentService: AgentService;
   readonly auditor: Auditor;
+  /** The Prometheus registry behind /metrics (absent when metrics.enabled is false). */
+  readonly metrics?: ServerMetrics;
   /** Keylime continuous attestation, when configured (the `keylime` section). */
   readonly keylime: KeylimeGate | undefined;
   /** The Unified Identity pipeline, when the flag is on. */
@@ -85,13 +88,19 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
 
   try {
     fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-    const store = await openDataStore(config.dataStore.type === 'sqlite'
+    const metrics = config.metrics?.enabled === false ? undefined
+      : new ServerMetrics({ nodesMaxAgeSeconds: config.metrics?.nodesMaxAgeSeconds ?? 15, now });
+    const rawStore = await openDataStore(config.dataStore.type === 'sqlite'
       ? { type: 'sqlite', path: config.dataStore.path }
       : { type: 'postgres', connectionString: config.dataStore.connectionString, poolSize: config.dataStore.poolSize });
+    // Every datastore call timed for the metrics.
+    const store = metrics ? metrics.instrumentStore(rawStore) : rawStore;
     cleanups.push(() => store.close());
     // The dashboard follows the audit stream through a tee (it keeps coarse facts only, never readings).
     const dashboardFeed = config.dashboard.enabled ? new DashboardFeed({ now }) : undefined;
-    const auditor = dashboardFeed ? DashboardFeed.tee(pinoAuditor(logger), dashboardFeed) : pinoAuditor(logger);
+    const logged = dashboardFeed ? DashboardFeed.tee(pinoAuditor(logger), dashboardFeed) : pinoAuditor(logger);
+    // Audit records are also counted for the metrics on their way to the log.
+    const auditor = metrics ? metrics.auditor(logged) : logged;
 
     let upstream: LoadedUpstream | undefined;
     if (config.ca.upstream) {
@@ -138,7 +147,10 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
     if (flags.flags.unifiedIdentity) {
       if (!config.unifiedIdentity) throw new ConfigError('Unified Identity is enabled (UNIFIED_IDENTITY_ENABLED / featureFlags.unifiedIdentity) but the unifiedIdentity section is missing: configure locationPolicies and defaultPolicy');
       if (!config.nodeAttestation.tpm.enabled) logger.error('Unified Identity is enabled but nodeAttestation.tpm is off: no node can get claims');
-      unifiedIdentity = new UnifiedIdentityPipeline({ settings: config.unifiedIdentity, keylime: config.keylime, logger });
+      unifiedIdentity = new UnifiedIdentityPipeline({
+        settings: config.unifiedIdentity, keylime: config.keylime, logger,
+        ...(metrics ? { observer: { keylimeRequest: metrics.keylimeRequest, policyDecision: metrics.policyDecision, stages: metrics.attestationStages } } : {}),
+      });
       const ui = unifiedIdentity;
       cleanups.push(() => ui.close());
       if (config.unifiedIdentity.latency) {
@@ -161,12 +173,15 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
         now,
         logger,
         onUntrusted: (id, reason) => dropOnKeylimeFailure(id, reason),
+        ...(metrics ? { onKeylimeRequest: metrics.keylimeRequest } : {}),
       });
       const gate = keylime;
       cleanups.push(() => gate.close());
       keylime.start();
     }
 
+    metrics?.bind({ store, ca, unifiedIdentity: unifiedIdentity !== undefined });
+    const limited = (l: RateLimiter, name: 'attestation' | 'rpc' | 'signing'): RateLimiter => (metrics ? metrics.countRefusals(l, name) : l);
     const agentService = createAgentService({
       trustDomain: td,
       store,
@@ -177,9 +192,9 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       keylime,
       unifiedIdentity,
       ...(latencyWitness ? { latencyWitness } : {}),
-      rateLimiter: new RateLimiter(config.agentApi.attestationRateLimit),
-      rpcRateLimiter: new RateLimiter(config.agentApi.rpcRateLimit),
-      signingRateLimiter: new RateLimiter(config.agentApi.signingRateLimit),
+      rateLimiter: limited(new RateLimiter(config.agentApi.attestationRateLimit), 'attestation'),
+      rpcRateLimiter: limited(new RateLimiter(config.agentApi.rpcRateLimit), 'rpc'),
+      signingRateLimiter: limited(new RateLimiter(config.agentApi.signingRateLimit), 'signing'),
       auditor,
       logger,
       x509SvidTtl: config.ca.x509SvidTtl,
@@ -217,7 +232,6 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       // Banned or evicted: the agent's watch streams get DROP_SVIDS at once, not at the next poll.
       onNodeEvicted: (id) => {
         agentService.watchHub.dropNode(id, `agent ${id} was banned or evicted by an operator`);
-        dashboardFeed?.revoked(id, 'banned or evicted by an operator');
         // An evicted node is no longer Keylime's business either.
         void keylime?.evict(id);
       },
@@ -279,7 +293,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       health = await startHealthServer(config.health.bindAddress, config.health.port, {
         datastore: async () => { await store.entriesRevision(); },
         ca: async () => { ca.activeX509(); ca.activeJwt(); },
-      }, flagInfo);
+      }, flagInfo, metrics ? () => metrics.scrape() : undefined);
       const h = health;
       cleanups.push(() => h.close());
     }
@@ -330,6 +344,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       ca,
       agentService,
       auditor,
+      ...(metrics ? { metrics } : {}),
       keylime,
       unifiedIdentity,
       dropNode: (id, reason) => agentService.watchHub.dropNode(id, reason),

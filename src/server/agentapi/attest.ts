@@ -90,6 +90,8 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
     let method = 'unknown';
     let timer: NodeJS.Timeout | undefined;
     let clientEnded = false;
+    // For the metrics (attestation duration histogram), carried in the audit record.
+    const started = performance.now();
     // One SERVER span per exchange, child of the agent's (traceparent in the metadata); the steps below
     // run in its context so the TPM, pipeline and Keylime spans hang under it.
     const span = tracer().startSpan('terroir.server.attest', { kind: SpanKind.SERVER, attributes: { 'terroir.source': source } }, contextFromMetadata(call.metadata));
@@ -104,7 +106,7 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
       span.setAttribute('terroir.attestation.method', method);
       endSpan(span, e);
       if (e.code === grpc.status.INTERNAL) log.error({ err, source }, 'attestation failed with an internal error');
-      o.auditor.record({ action: 'attest_agent', caller: source, subject, result: e.code === grpc.status.INTERNAL ? 'error' : 'denied', reason: e.message, details: { method, code: grpc.status[e.code] } });
+      o.auditor.record({ action: 'attest_agent', caller: source, subject, result: e.code === grpc.status.INTERNAL ? 'error' : 'denied', reason: e.message, details: { method, code: grpc.status[e.code], durationMs: performance.now() - started } });
       call.emit('error', { code: e.code, details: e.message });
     };
     const arm = (ms: number, what: string): void => {
@@ -120,7 +122,7 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
       // The precise readings live here (the audit log) and nowhere else.
       o.auditor.record({
         action: 'attest_agent', caller: source, subject: result.spiffeId, result: 'ok',
-        details: { method, selectors: out.selectors.map((s) => `${s.type}:${s.value}`), ...(unified ? { unifiedIdentity: { claims: unified.claims, ...unified.audit } } : {}) },
+        details: { method, durationMs: performance.now() - started, selectors: out.selectors.map((s) => `${s.type}:${s.value}`), ...(unified ? { unifiedIdentity: { claims: unified.claims, ...unified.audit } } : {}) },
       });
       log.info({ agent: result.spiffeId, method, source }, 'agent attested');
       span.setAttribute('terroir.attestation.method', method);

@@ -11,6 +11,7 @@ import {
   MonitorFailureError, tpmPolicyJson, type MonitorCounters, type MonitorFailure, type TpmPolicy,
 } from '../../keylime/index.js';
 import type { KeylimeQuoteEndpoint } from '../../api/agent-api.js';
+import type { KeylimeRequestReport } from '../../keylime/client.js';
 import type { Auditor } from '../audit.js';
 import type { ServerConfig } from '../config.js';
 import { ConfigError } from '../config.js';
@@ -48,6 +49,8 @@ export interface KeylimeGateOptions {
   auditor: Auditor;
   logger: Logger;
   now?: () => Date;
+  /** Told of every verifier request (the server's metrics). */
+  onKeylimeRequest?: (e: KeylimeRequestReport) => void;
   /** Called when a trusted node stops being trusted: withdraw its SVIDs. */
   onUntrusted(agentId: string, reason: string): void;
 }
@@ -100,6 +103,7 @@ export class KeylimeGate {
         url: s.verifierUrl, caFile: s.caFile, certFile: s.certFile, keyFile: s.keyFile,
         ...(s.servername !== undefined ? { servername: s.servername } : {}),
         timeoutMs: s.requestTimeoutMs, allowDevelopmentStandIn: s.allowDevelopmentStandIn, logger: this.log,
+        ...(o.onKeylimeRequest ? { onRequest: o.onKeylimeRequest } : {}),
       });
     } catch (err) {
       if (err instanceof KeylimeConfigError) throw new ConfigError(`keylime: ${err.message}`, { cause: err });

@@ -19,6 +19,7 @@ import {
   tpmPolicyJson, verifyEvidence, type EvidenceVerdict, type TpmPolicy,
 } from '../../keylime/index.js';
 import type { UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
+import type { KeylimeRequestReport } from '../../keylime/client.js';
 import { canonicalUnifiedIdentity, DEVELOPMENT_STAND_IN_VERIFIER } from '../../spiffe/unified-identity.js';
 import { TpmQuoteError, verifyQuote, type TpmPublic } from '../../tpm/index.js';
 import type { ServerConfig } from '../config.js';
@@ -71,6 +72,16 @@ export interface UnifiedIdentityPipelineOptions {
   keylime: ServerConfig['keylime'];
   logger: Logger;
   now?: () => Date;
+  /** Hooks for the server's metrics: verifier requests, policy evaluations, stage durations. */
+  observer?: UnifiedIdentityObserver;
+}
+
+export interface UnifiedIdentityObserver {
+  keylimeRequest?(e: KeylimeRequestReport): void;
+  /** One location policy evaluation: its result and, when allowed, the assurance it granted. */
+  policyDecision?(policy: string, result: 'allow' | 'deny' | 'undecided', assurance: string | undefined): void;
+  /** The stage durations of an accepted verification. */
+  stages?(stages: PipelineStages): void;
 }
 
 function loadPolicies(s: UnifiedIdentitySettings): PolicySet {
@@ -148,9 +159,11 @@ export class UnifiedIdentityPipeline {
   private readonly now: () => Date;
   private readonly operator: { client: CamaraLocationVerifier; settings: OperatorSettings } | undefined;
   private readonly evidence = new Map<string, NodeEvidence>();
+  private readonly observer: UnifiedIdentityObserver | undefined;
 
   constructor(o: UnifiedIdentityPipelineOptions) {
     this.log = o.logger.child({ component: 'unified-identity' });
+    this.observer = o.observer;
     this.now = o.now ?? (() => new Date());
     this.policies = loadPolicies(o.settings);
     this.defaultPolicy = o.settings.defaultPolicy;
@@ -183,6 +196,7 @@ export class UnifiedIdentityPipeline {
           url: o.keylime.verifierUrl, caFile: o.keylime.caFile, certFile: o.keylime.certFile, keyFile: o.keylime.keyFile,
           ...(o.keylime.servername !== undefined ? { servername: o.keylime.servername } : {}),
           timeoutMs: o.keylime.requestTimeoutMs, allowDevelopmentStandIn: o.keylime.allowDevelopmentStandIn, logger: this.log,
+          ...(o.observer?.keylimeRequest ? { onRequest: (e: KeylimeRequestReport) => o.observer?.keylimeRequest?.(e) } : {}),
         });
       } catch (err) {
         if (err instanceof KeylimeConfigError) throw new ConfigError(`keylime: ${err.message}`, { cause: err });
@@ -283,12 +297,15 @@ export class UnifiedIdentityPipeline {
     const disks = this.evidence.get(input.agentId)?.disks;
     const ctx = { now, ...(op.result ? { operatorResult: op.result } : {}), ...(disks ? { latency: { disks } } : {}) };
     const decision = evaluatePolicy(this.policies.get(this.defaultPolicy), readings, ctx);
+    this.observer?.policyDecision?.(this.defaultPolicy, decision.decision, decision.claims?.assurance);
     if (!decision.allowed || !decision.claims) {
       throw new AttestationError('permission_denied', `location policy ${this.defaultPolicy} ${decision.decision === 'deny' ? 'denied' : 'could not decide'}: ${decision.reasons.join('; ')}`);
     }
     const satisfied = this.policies.names().filter((name) => {
       if (name === this.defaultPolicy) return true;
-      return evaluatePolicy(this.policies.get(name), readings, ctx).allowed;
+      const d = evaluatePolicy(this.policies.get(name), readings, ctx);
+      this.observer?.policyDecision?.(name, d.decision, d.claims?.assurance);
+      return d.allowed;
     });
     const policyMs = lap();
 
@@ -309,6 +326,7 @@ export class UnifiedIdentityPipeline {
     });
     const stages = { claims: claimsMs, quote: quoteMs, keylime: keylimeMs, operator: operatorMs, policy: policyMs };
     this.lastStages = stages;
+    this.observer?.stages?.(stages);
     return {
       claims,
       audit: {
