@@ -232,6 +232,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       // Banned or evicted: the agent's watch streams get DROP_SVIDS at once, not at the next poll.
       onNodeEvicted: (id) => {
         agentService.watchHub.dropNode(id, `agent ${id} was banned or evicted by an operator`);
+        dashboardFeed?.revoked(id, 'banned or evicted by an operator');
         // An evicted node is no longer Keylime's business either.
         void keylime?.evict(id);
       },
