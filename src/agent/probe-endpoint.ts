@@ -11,7 +11,7 @@ import type { X509Svid } from '../spiffe/svid-source.js';
 import { authorizeOneOf } from '../workload/authorizer.js';
 import { WorkloadError } from '../workload/errors.js';
 import type { X509SourceLike } from '../workload/source.js';
-import type { AgentContext } from './context.js';
+import { AgentStartError, type AgentContext } from './context.js';
 import type { TpmCredentialSource } from './node-attestor.js';
 
 /** What the agent advertises at attestation (undefined when latencyProbe is not configured). */
@@ -32,6 +32,8 @@ export async function startAgentProbeEndpoint(ctx: AgentContext, tpm: TpmCredent
     port: p.port,
     ...(probeQuote ? { quote: probeQuote } : {}),
     logger: ctx.log.child({ component: 'latency-probe' }),
+  }).catch((e: unknown) => {
+    throw new AgentStartError(`latencyProbe: cannot serve the probe endpoint on ${p.bindAddress}:${p.port}: ${(e as Error).message}`, { cause: e });
   });
   ctx.log.info({ host: p.bindAddress, port: responder.port, landmarks: p.landmarks, tpm: probeQuote !== undefined }, 'latency probe endpoint listening');
   return responder;
