@@ -29,6 +29,7 @@ import { SvidSync } from './svid-sync.js';
 import { TrustBundles } from './trust-bundles.js';
 import { openUnifiedIdentity, type AgentUnifiedIdentity } from './unified-identity.js';
 import { WorkloadApiServer } from './workloadapi/server.js';
+import { AgentMetrics, startAgentHealthListener, type AgentHealthListener } from './metrics.js';
 
 export { AgentStartError, type AgentOptions, type AgentStats } from './context.js';
 export { checkIssuedSvid } from './svid-check.js';
@@ -58,6 +59,11 @@ export class Agent {
   private readonly halt = new AbortController();
   /** The background re-attestation (after a drop), with its backoff; a second reason to drop joins it. */
   private reattesting: Promise<void> | undefined;
+  /** The health listener (config `health`): /live and /metrics. */
+  private healthListener: AgentHealthListener | undefined;
+  private metrics: AgentMetrics | undefined;
+  /** The watch stream is open and the server said READY: the server is reachable. */
+  private watchReady = false;
 
   private constructor(readonly config: AgentConfig, private readonly opts: AgentOptions) {
     this.log = opts.logger ?? pino({ name: 'terroir-agent', level: config.logLevel });
@@ -124,6 +130,11 @@ export class Agent {
     return this.identity.lastClaims;
   }
 
+  /** The health listener's port (config `health`), once started. */
+  get healthPort(): number | undefined {
+    return this.healthListener?.port;
+  }
+
   /** What `terroir-agent healthcheck` reads: the state of node attestation and its last failure. */
   get healthStatus(): HealthStatusWriter['current'] {
     return this.health.current;
@@ -138,6 +149,13 @@ export class Agent {
     const { config, store, bundles } = this.ctx;
     const flags = config.flags ?? loadFeatureFlags(config.featureFlags, process.env);
     this.log.info({ featureFlags: describeFeatureFlags(flags) }, 'feature flags');
+    // First, so /live answers while the node is still attesting.
+    if (config.health) {
+      const metrics = new AgentMetrics();
+      metrics.bind({ stats: this.stats, cache: this.cache, agentSvidNotAfter: () => this.ctx.state?.notAfter, serverReachable: () => this.watchReady });
+      this.metrics = metrics;
+      this.healthListener = await startAgentHealthListener(config.health.bindAddress, config.health.port, metrics);
+    }
     if (flags.flags.unifiedIdentity) {
       if (!config.unifiedIdentity || !this.opts.tpm) throw new AgentStartError('Unified Identity is enabled: configure nodeAttestor.tpm and unifiedIdentity.sensors');
       this.unifiedIdentity = openUnifiedIdentity(config.unifiedIdentity, this.opts.tpm);
@@ -182,6 +200,7 @@ export class Agent {
       logger: this.log.child({ component: 'workload-api' }),
       allowUnauthenticatedVerifiers: config.allowUnauthenticatedVerifiers,
       allowedForeignJwtClaims: config.allowedForeignJwtClaims,
+      ...(this.metrics ? { metrics: this.metrics } : {}),
     });
     this.openWatch();
     this.sync.schedule(config.syncIntervalMs);
@@ -205,6 +224,8 @@ export class Agent {
     await this.unifiedIdentity?.close();
     this.unifiedIdentity = undefined;
     this.health.remove();
+    await this.healthListener?.close();
+    this.healthListener = undefined;
   }
 
   // ------------------------------------------------------------------ server connection
@@ -270,6 +291,7 @@ export class Agent {
   private openWatch(): void {
     if (this.stopped || !this.ctx.state) return;
     clearTimeout(this.watchTimer);
+    this.watchReady = false;
     let call: grpc.ClientReadableStream<AgentEvent>;
     try {
       const fn = this.serverClient()['WatchAgent'] as (req: object) => grpc.ClientReadableStream<AgentEvent>;
@@ -285,6 +307,7 @@ export class Agent {
         case 'READY':
           // Only a watch the server accepted resets the backoff (a refused one sends DROP_SVIDS and ends).
           this.watchBackoffMs = MIN_BACKOFF_MS;
+          this.watchReady = true;
           // Anything that changed while the watch was down is picked up now.
           void this.sync.syncOnce().catch(() => undefined);
           break;
@@ -303,6 +326,7 @@ export class Agent {
     const ended = () => {
       if (this.watch !== call) return;
       this.watch = undefined;
+      this.watchReady = false;
       this.retryWatch();
     };
     call.on('error', ended);

@@ -108,6 +108,11 @@ const schema = z.object({
     /** SPIFFE IDs of the landmarks allowed to probe (this trust domain). */
     landmarks: z.array(z.string().regex(/^spiffe:\/\//, 'a SPIFFE ID (spiffe://...)')).min(1, 'list the landmarks allowed to probe this node').max(64),
   }).strict().optional(),
+  /** The health listener: GET /live and GET /metrics (Prometheus; docs/observability.md). Off unless configured; loopback by default. */
+  health: z.object({
+    bindAddress: z.string().min(1).default('127.0.0.1'),
+    port: z.number().int().min(0).max(65535),
+  }).strict().optional(),
   /** OpenTelemetry traces (docs/observability.md "Traces"): off unless an OTLP/HTTP endpoint is given. */
   tracing: z.object({
     /** e.g. http://otel-collector:4318/v1/traces */

@@ -51,6 +51,8 @@ export interface WorkloadApiServerOptions {
    * allowed_foreign_jwt_claims); all others are removed. Default: none.
    */
   allowedForeignJwtClaims?: readonly string[];
+  /** Counts calls by RPC and status (the agent's metrics); absent: handlers are registered as they are. */
+  metrics?: { instrumentHandlers(h: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation };
 }
 
 /** Registered JWT claims always returned by ValidateJWTSVID (SPIRE's list). */
@@ -121,7 +123,7 @@ export class WorkloadApiServer {
       'grpc.max_receive_message_length': MAX_REQUEST_BYTES,
       'grpc.max_concurrent_streams': 10_000,
     });
-    this.grpcServer.addService(workloadServerDefinition(), this.handlers());
+    this.grpcServer.addService(workloadServerDefinition(), this.opts.metrics ? this.opts.metrics.instrumentHandlers(this.handlers()) : this.handlers());
     const injector = this.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     this.netServer = net.createServer((socket) => {
       if (this.closed || !this.peers.register(socket)) {
