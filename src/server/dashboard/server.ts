@@ -116,6 +116,10 @@ export async function startDashboard(o: DashboardOptions): Promise<DashboardServ
     throw new Error(`dashboard: ${o.host} is not a loopback address; remote access needs mTLS (dashboard.remote.allowedSpiffeIds)`);
   }
   const log = o.logger;
+  // Built now (a few hundred ms with the border map) rather than on the first page load.
+  worldMapBody();
+  // And the first snapshot of the fleet, so the first visitor does not wait for the datastore scan.
+  o.view.current().catch((err: unknown) => log?.warn({ err }, 'dashboard: first snapshot failed'));
   const streams = new Set<http.ServerResponse>();
   const maxStreams = o.maxEventStreams ?? 64;
   const heartbeatMs = o.heartbeatMs ?? 15_000;
@@ -181,6 +185,11 @@ export async function startDashboard(o: DashboardOptions): Promise<DashboardServ
       }
       case '/events':
         return openStream(req, res);
+      case '/favicon.ico':
+        // Browsers ask for it unprompted; no icon, and no 404 in the operator's console.
+        res.writeHead(204, COMMON_HEADERS);
+        res.end();
+        return;
       default:
         return json(404, { error: `no ${path.slice(0, 64)} here` });
     }

@@ -87,6 +87,7 @@ export interface ViewOptions {
   feed?: DashboardFeed;
   /** The location policies' names (pipeline.policies.names()) and the default one. */
   policies?: () => { names: string[]; defaultPolicy?: string };
+  /** How old a snapshot may be served before a background rebuild (changes the feed does not see). */
   maxAgeMs?: number;
   now?: () => Date;
 }
@@ -102,11 +103,20 @@ export class DashboardView {
     this.now = o.now ?? (() => new Date());
   }
 
+  /**
+   * The current snapshot. After an event the feed saw, callers wait for a rebuild (the page refreshes
+   * right after an event and must see it). Otherwise an old snapshot is served at once and rebuilt in
+   * the background (changes the feed cannot see: renewals, another server on the same database).
+   */
   async current(): Promise<Snapshot> {
-    const fresh = this.snapshot !== undefined
-      && Date.now() - this.builtAt < (this.o.maxAgeMs ?? 2000)
-      && this.builtGeneration === (this.o.feed?.generation ?? 0);
-    if (fresh) return this.snapshot!;
+    if (this.snapshot !== undefined && this.builtGeneration === (this.o.feed?.generation ?? 0)) {
+      if (Date.now() - this.builtAt >= (this.o.maxAgeMs ?? 30_000)) void this.rebuild().catch(() => undefined);
+      return this.snapshot;
+    }
+    return this.rebuild();
+  }
+
+  private rebuild(): Promise<Snapshot> {
     this.building ??= this.build().finally(() => { this.building = undefined; });
     return this.building;
   }
@@ -115,7 +125,13 @@ export class DashboardView {
     const generation = this.o.feed?.generation ?? 0;
     const nodes = await this.o.store.listNodes();
     const now = this.now();
-    const rows = nodes.map((n) => nodeRow(n, this.o.feed, now)).sort((a, b) => (a.spiffeId < b.spiffeId ? -1 : a.spiffeId > b.spiffeId ? 1 : 0));
+    const rows: NodeRow[] = [];
+    for (let i = 0; i < nodes.length; i++) {
+      rows.push(nodeRow(nodes[i]!, this.o.feed, now));
+      // Thousands of rows: let waiting requests (event streams, the map) through between chunks.
+      if (i % 2000 === 1999) await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    rows.sort((a, b) => (a.spiffeId < b.spiffeId ? -1 : a.spiffeId > b.spiffeId ? 1 : 0));
     const countries: Record<string, CountryStat> = {};
     const policyCounts = new Map<string, number>();
     const methods: Record<string, number> = {};
