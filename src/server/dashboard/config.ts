@@ -29,6 +29,10 @@ export const dashboardSchema = z.object({
   /** mTLS with the server's SVID: clients must present an X.509-SVID of this trust domain with one of these IDs. */
   remote: z.object({
     allowedSpiffeIds: z.array(spiffeIdString).min(1).max(1000),
+    /** Names in the dashboard's certificate, for browsers' host-name check (default: agentApi.dnsNames). */
+    dnsNames: z.array(z.string().min(1).max(253)).max(32).optional(),
+    /** IP addresses in the dashboard's certificate (default: agentApi.ipAddresses, plus bindAddress if it is an IP). */
+    ipAddresses: z.array(z.string().refine((s) => net.isIP(s) !== 0, 'an IP address')).max(32).optional(),
   }).strict().optional(),
 }).strict().superRefine((d, ctx) => {
   if (d.enabled && !isLoopbackAddress(d.bindAddress) && d.remote === undefined) {

@@ -5,3 +5,4 @@ export { DashboardView, MAX_PAGE, type NodeRow, type FleetSummary } from './view
 export { startDashboard, CONTENT_SECURITY_POLICY, type DashboardServer, type DashboardOptions, type DashboardIdentity } from './server.js';
 export { dashboardSchema, isLoopbackAddress, type DashboardConfig } from './config.js';
 export { buildWorldMap, worldMapBody, type WorldMap } from './map.js';
+export { DashboardSvidSource } from './identity.js';
