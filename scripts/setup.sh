@@ -15,6 +15,8 @@ DEB_PACKAGES=(
   util-linux systemd procps
   docker-compose
   unzip
+  # The metrics tests' real Prometheus and promtool (alert rules); Debian's service is not used.
+  prometheus
   # Headless browser for the dashboard's test and benchmark (driven by playwright-core; never downloaded by npm).
   chromium
 )
@@ -34,6 +36,11 @@ fi
 # The distribution's gpsd service is not wanted: tests start their own gpsd through gpsfake.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet gpsd.socket 2>/dev/null; then
   systemctl stop gpsd.socket gpsd.service || true
+fi
+
+# Nor is Debian's Prometheus service: the metrics tests start their own prometheus on a free port.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus.service 2>/dev/null; then
+  systemctl stop prometheus.service || true
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
