@@ -1,6 +1,7 @@
 // Starts a terroir server from its configuration: datastore, CA, agent API, federation, health and
 // the periodic housekeeping (CA rotation, server SVID renewal, pruning used nonces and join tokens).
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { Bundle } from '../spiffe/bundle.js';
@@ -28,7 +29,7 @@ import { BundleFetcher } from './federation/fetcher.js';
 import { startHealthServer, type HealthServer } from './health.js';
 import { ServerMetrics } from './metrics.js';
 import { createAdminService, startAdminServer } from './admin/index.js';
-import { DashboardFeed, DashboardView, startDashboard, type DashboardServer } from './dashboard/index.js';
+import { DashboardFeed, DashboardSvidSource, DashboardView, isLoopbackAddress, startDashboard, type DashboardServer } from './dashboard/index.js';
 
 export interface StartServerOptions {
   logger?: Logger;
@@ -307,8 +308,12 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
         store, trustDomain: td.name, feed: dashboardFeed, now,
         ...(ui ? { policies: () => ({ names: ui.policies.names(), defaultPolicy: ui.defaultPolicy }) } : {}),
       });
-      // Remote access: mTLS with the server's own SVID (spiffe://<td>/spire/server).
-      const identity = dc.remote ? new ServerSvidSource(issuer, ca, config.ca.x509SvidTtl, now) : undefined;
+      // Remote access: mTLS with the server's own SVID (spiffe://<td>/spire/server), named for browsers.
+      const bindIp = net.isIP(dc.bindAddress) !== 0 && !isLoopbackAddress(dc.bindAddress) && dc.bindAddress !== '0.0.0.0' && dc.bindAddress !== '::' ? [dc.bindAddress] : [];
+      const identity = dc.remote ? new DashboardSvidSource(issuer, ca, {
+        dnsNames: dc.remote.dnsNames ?? config.agentApi.dnsNames,
+        ipAddresses: dc.remote.ipAddresses ?? [...new Set([...config.agentApi.ipAddresses, ...bindIp])],
+      }, config.ca.x509SvidTtl, now) : undefined;
       const db = await startDashboard({
         host: dc.bindAddress, port: dc.port, view, feed: dashboardFeed, logger: logger.child({ component: 'dashboard' }),
         ...(identity && dc.remote ? { remote: { identity, allowedSpiffeIds: dc.remote.allowedSpiffeIds } } : {}),

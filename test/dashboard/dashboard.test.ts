@@ -212,6 +212,15 @@ describe('dashboard answers', () => {
     expect(rebound).toBe(421);
   });
 
+  it('configuration: off by default; a non-loopback bind without remote mTLS is refused', () => {
+    const base = { trustDomain: TD, dataStore: { type: 'sqlite', path: 'x.db' } };
+    expect(parseServerConfig(base, d.dir, {}).dashboard).toMatchObject({ enabled: false, bindAddress: '127.0.0.1' });
+    expect(() => parseServerConfig({ ...base, dashboard: { enabled: true, bindAddress: '0.0.0.0' } }, d.dir, {})).toThrow(/remote access requires mTLS/);
+    expect(() => parseServerConfig({ ...base, dashboard: { enabled: true, bindAddress: '0.0.0.0', remote: { allowedSpiffeIds: ['not an id'] } } }, d.dir, {})).toThrow(/SPIFFE ID/);
+    const remote = parseServerConfig({ ...base, dashboard: { enabled: true, bindAddress: '0.0.0.0', remote: { allowedSpiffeIds: [`spiffe://${TD}/ops/alice`] } } }, d.dir, {});
+    expect(remote.dashboard.remote?.allowedSpiffeIds).toEqual([`spiffe://${TD}/ops/alice`]);
+  });
+
   it('over mTLS (non-loopback deployments): only the listed SPIFFE IDs get in', async () => {
     const issuer = new SvidIssuer({ ca: server.ca, maxTtlSeconds: 3600 });
     // Named like a browser would reach it, so the ordinary host-name check passes.
