@@ -127,6 +127,10 @@ describe('dashboard in Chromium', () => {
     expect(text).toMatch(/location policy eu-only denied/);
     expect(text).toMatch(/outside the allowed area \(in US\)/);
 
+    // The events so far (loaded with the page): the refusal, then the acceptance.
+    expect(await page.locator('#events li').evaluateAll((els) => els.map((e) => e.getAttribute('data-kind')))).toEqual(['attested', 'refused']);
+    expect(await page.locator('#events li[data-kind="attested"] .who').textContent()).toBe(accepted);
+
     expect(await page.locator('#policies tr[data-policy="eu-only"] td').allTextContents()).toEqual(['eu-onlydefault', '1']);
     expect(await page.locator('#policies tr[data-policy="fr-only"] td').allTextContents()).toEqual(['fr-only', '1']);
     await expect.poll(() => page.locator('#live').getAttribute('data-state')).toBe('live');
@@ -174,7 +178,7 @@ describe('dashboard in Chromium', () => {
 describe('dashboard answers', () => {
   it('carry no coordinates, although the audit records of these attestations hold the precise readings', async () => {
     const bodies: unknown[] = [];
-    for (const p of ['/', '/static/app.js', '/api/summary', '/api/policies', '/api/nodes?limit=500', '/api/refusals?limit=200', '/api/map']) {
+    for (const p of ['/', '/static/app.js', '/api/summary', '/api/policies', '/api/nodes?limit=500', '/api/refusals?limit=200', '/api/events?limit=200', '/api/map']) {
       const res = await fetch(`${origin}${p}`);
       expect(res.status, p).toBe(200);
       bodies.push(await res.text());

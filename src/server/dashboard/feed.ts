@@ -170,6 +170,11 @@ export class DashboardFeed implements Auditor {
     return this.events.filter((e) => e.id > afterId);
   }
 
+  /** The last `limit` events, newest first. */
+  recentEvents(limit = this.maxEvents): DashboardEvent[] {
+    return this.events.slice(-limit).reverse();
+  }
+
   factsFor(spiffeId: string): NodeFacts | undefined {
     return this.facts.get(spiffeId);
   }

@@ -59,7 +59,7 @@ export const PAGE_JS = `'use strict';
   var PAGE = 100;
   var LEVELS = ['self-reported', 'operator-witnessed', 'latency-bounded'];
   var COLORS = { 'self-reported': [37, 99, 235], 'operator-witnessed': [13, 148, 136], 'latency-bounded': [22, 163, 74], unknown: [100, 116, 139] };
-  var state = { offset: 0, q: '', country: '', total: 0 };
+  var state = { offset: 0, q: '', country: '', total: 0, lastId: 0 };
   var paths = new Map();
   var names = new Map();
 
@@ -197,11 +197,13 @@ export const PAGE_JS = `'use strict';
     var empty = list.querySelector('.empty');
     if (empty) empty.remove();
   }
-  function renderRefusals(r) {
-    var list = $('refusals');
+  function renderList(list, items, emptyText) {
     var frag = document.createDocumentFragment();
-    r.refusals.forEach(function (e) { frag.appendChild(eventItem(e)); });
-    if (r.refusals.length === 0) frag.appendChild(el('li', 'empty', 'none since the server started'));
+    items.forEach(function (e) {
+      frag.appendChild(eventItem(e));
+      if (e.id > state.lastId) state.lastId = e.id;
+    });
+    if (items.length === 0) frag.appendChild(el('li', 'empty', emptyText));
     list.replaceChildren(frag);
   }
 
@@ -225,13 +227,16 @@ export const PAGE_JS = `'use strict';
   function showError(err) { var live = $('live'); live.setAttribute('data-state', 'error'); text(live, String(err.message || err)); }
 
   function follow() {
-    var es = new EventSource('/events');
+    // Events after the newest one the lists already show are replayed first: none falls in between.
+    var es = new EventSource('/events?after=' + state.lastId);
     var live = $('live');
     es.onopen = function () { live.setAttribute('data-state', 'live'); text(live, 'live'); };
     es.onerror = function () { live.setAttribute('data-state', 'reconnecting'); text(live, 'reconnecting…'); };
     ['attested', 'refused', 'revoked', 'withdrawn', 'untrusted', 'relocated'].forEach(function (kind) {
       es.addEventListener(kind, function (m) {
         var e = JSON.parse(m.data);
+        if (e.id <= state.lastId) return;
+        state.lastId = e.id;
         prepend($('events'), eventItem(e), 50);
         if (kind !== 'attested' && kind !== 'relocated') prepend($('refusals'), eventItem(e), 50);
         scheduleRefresh();
@@ -248,16 +253,16 @@ export const PAGE_JS = `'use strict';
     $('prev').addEventListener('click', function () { state.offset = Math.max(0, state.offset - PAGE); loadNodes(); });
     $('next').addEventListener('click', function () { state.offset += PAGE; loadNodes(); });
     $('clear-country').addEventListener('click', function () { setCountry(''); });
-    $('events').appendChild(el('li', 'empty', 'waiting for events…'));
   }
 
   wire();
-  Promise.all([getJson('/api/map'), getJson('/api/summary'), getJson(nodesQuery()), getJson('/api/refusals?limit=50')])
+  Promise.all([getJson('/api/map'), getJson('/api/summary'), getJson(nodesQuery()), getJson('/api/refusals?limit=50'), getJson('/api/events?limit=50')])
     .then(function (r) {
       drawMap(r[0]);
       renderSummary(r[1]);
       renderNodes(r[2]);
-      renderRefusals(r[3]);
+      renderList($('refusals'), r[3].refusals, 'none since the server started');
+      renderList($('events'), r[4].events, 'none since the server started');
       // First render done: tests and the benchmark wait for this mark.
       document.body.setAttribute('data-ready', '1');
       if (window.performance && performance.mark) performance.mark('dashboard-ready');
@@ -277,7 +282,7 @@ header .totals { color: #cbd2d9; flex: 1; }
 .live { padding: .1rem .6rem; border-radius: 1rem; background: #52606d; font-size: .8rem; }
 .live[data-state=live] { background: #16a34a; }
 .live[data-state=reconnecting], .live[data-state=error] { background: #b91c1c; }
-main { display: grid; grid-template-columns: minmax(0, 2.2fr) minmax(18rem, 1fr); gap: 1rem; padding: 1rem 1.2rem; }
+main { display: grid; grid-template-columns: minmax(0, 2.2fr) minmax(18rem, 1fr); gap: 1rem; padding: 1rem 1.2rem; align-items: start; }
 section { background: var(--panel); border: 1px solid var(--line); border-radius: 6px; padding: .8rem 1rem; min-width: 0; }
 .nodes-panel { grid-column: 1 / -1; }
 h2 { font-size: 1rem; margin: .2rem 0 .6rem; }
@@ -305,7 +310,7 @@ td.empty, li.empty { color: var(--muted); font-style: italic; }
 .badge { margin-left: .4rem; padding: 0 .4rem; border-radius: .6rem; background: #e0e7ff; color: #3730a3; font-size: .75rem; }
 .feed { list-style: none; margin: 0; padding: 0; max-height: 16rem; overflow: auto; }
 .feed li { padding: .35rem 0; border-bottom: 1px solid var(--line); }
-.feed .kind { display: inline-block; min-width: 5.5rem; font-weight: 600; text-transform: uppercase; font-size: .75rem; }
+.feed .kind { display: inline-block; min-width: 6.4rem; margin-right: .3rem; font-weight: 600; text-transform: uppercase; font-size: .75rem; }
 .feed .ev.attested .kind, .feed .ev.relocated .kind { color: #15803d; }
 .feed .ev.refused .kind, .feed .ev.revoked .kind, .feed .ev.withdrawn .kind, .feed .ev.untrusted .kind { color: #b91c1c; }
 .feed time { color: var(--muted); font-size: .8rem; margin-right: .5rem; font-variant-numeric: tabular-nums; }

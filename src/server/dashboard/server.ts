@@ -183,6 +183,10 @@ export async function startDashboard(o: DashboardOptions): Promise<DashboardServ
           'cache-control': 'private, max-age=3600', vary: 'accept-encoding', ...(gz ? { 'content-encoding': 'gzip' } : {}),
         });
       }
+      case '/api/events': {
+        const limit = Math.min(MAX_REFUSALS_ANSWER, Math.max(1, intParam(url.searchParams.get('limit'), 50)));
+        return json(200, { events: o.feed.recentEvents(limit) });
+      }
       case '/events':
         return openStream(req, res);
       case '/favicon.ico':
@@ -205,8 +209,10 @@ export async function startDashboard(o: DashboardOptions): Promise<DashboardServ
     if (req.method === 'HEAD') { res.end(); return; }
     const write = (e: DashboardEvent): void => { res.write(`id: ${e.id}\nevent: ${e.kind}\ndata: ${JSON.stringify(e)}\n\n`); };
     res.write('retry: 2000\n\n');
-    // A reconnecting EventSource says what it saw last: replay what it missed (bounded by the feed's ring).
-    const last = intParam(String(req.headers['last-event-id'] ?? ''), -1);
+    // A reconnecting EventSource says what it saw last (Last-Event-ID), a page that just loaded the
+    // lists says it with ?after=: replay what it missed (bounded by the feed's ring).
+    const afterParam = new URL(req.url ?? '/', 'http://dashboard.invalid').searchParams.get('after');
+    const last = intParam(String(req.headers['last-event-id'] ?? afterParam ?? ''), -1);
     if (last >= 0) for (const e of o.feed.eventsAfter(last)) write(e);
     const unsubscribe = o.feed.subscribe(write);
     const beat = setInterval(() => res.write(': keep-alive\n\n'), heartbeatMs);
