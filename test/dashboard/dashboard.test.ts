@@ -37,6 +37,7 @@ let page: Page;
 let origin: string;
 let accepted: string;
 const shots = tempDir('terroir-dashboard-shots-');
+const gpsDir = tempDir('terroir-dashboard-gps-');
 const requests: string[] = [];
 
 async function launchChromium(): Promise<Browser> {
@@ -50,8 +51,16 @@ async function launchChromium(): Promise<Browser> {
 beforeAll(async () => {
   // Fail, not skip, without a browser: checked before the heavier deployment starts.
   if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: the dashboard test needs Debian's chromium package (bash scripts/setup.sh installs it)`);
-  d = await startUnifiedDeployment();
-  paris = await startGpsfake(liveNmeaLog(d.dir, 'paris.nmea', PARIS, 1200, 0.3), 0.1);
+  // The deployment (swtpm, Keylime test verifier, gpsd), the Paris gpsd and Chromium start together.
+  const started = await Promise.allSettled([
+    startUnifiedDeployment(),
+    startGpsfake(liveNmeaLog(gpsDir.dir, 'paris.nmea', PARIS, 1200, 0.3), 0.1),
+    launchChromium(),
+  ]);
+  if (started[0].status === 'fulfilled') d = started[0].value;
+  if (started[1].status === 'fulfilled') paris = started[1].value;
+  if (started[2].status === 'fulfilled') browser = started[2].value;
+  for (const r of started) if (r.status === 'rejected') throw r.reason;
   const cfg = parseServerConfig({
     trustDomain: TD,
     dataDir: path.join(d.dir, 'dashboard-server'),
@@ -85,7 +94,6 @@ beforeAll(async () => {
   expect(refused).toBeInstanceOf(NodeAttestationError);
   accepted = (await d.attest(server, d.provider(paris))).spiffeId;
 
-  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
   page.on('request', (r) => requests.push(r.url()));
   await page.goto(`${origin}/`);
@@ -97,6 +105,7 @@ afterAll(async () => {
   await server?.stop();
   await paris?.stop();
   await d?.stop();
+  gpsDir.cleanup();
   // The screenshots stay for a look (their directory is printed); the OS tmp cleaner removes them.
 });
 
@@ -255,6 +264,38 @@ describe('dashboard answers', () => {
   });
 });
 
+describe('a server configured with dashboard.remote', () => {
+  it('serves the dashboard over mTLS with its own SVID, named for the host, to the listed IDs only', async () => {
+    const port = await freePort();
+    const cfg = parseServerConfig({
+      trustDomain: TD,
+      dataDir: path.join(d.dir, 'remote-server'),
+      logLevel: 'silent',
+      dataStore: { type: 'sqlite', path: path.join(d.dir, 'remote-server', 'ds.sqlite3') },
+      ca: { keyStore: 'memory' },
+      agentApi: { bindAddress: '127.0.0.1', port: await freePort(), dnsNames: ['localhost'] },
+      health: { enabled: false },
+      dashboard: { enabled: true, bindAddress: '127.0.0.1', port, remote: { allowedSpiffeIds: [`spiffe://${TD}/ops/alice`] } },
+    }, d.dir, {});
+    const remote = await startServer(cfg, { logger: d.logger });
+    try {
+      const issuer = new SvidIssuer({ ca: remote.ca, maxTtlSeconds: 3600 });
+      const client = (id: string): { cert: string; key: string } => {
+        const { privateKey, publicKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+        const m = issuer.mintX509(SpiffeId.parse(id), publicKey, 600);
+        return { cert: m.certChain.map((c) => new crypto.X509Certificate(c).toString()).join(''), key: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string };
+      };
+      const ca = remote.ca.x509Roots().map((r) => new crypto.X509Certificate(r).toString()).join('');
+      // The ordinary host-name check (localhost, from agentApi.dnsNames) passes.
+      expect(await httpsGet(port, ca, client(`spiffe://${TD}/ops/alice`), 'localhost')).toBe(200);
+      await expect(httpsGet(port, ca, client(`spiffe://${TD}/ops/mallory`), 'localhost')).rejects.toThrow();
+      await expect(fetch(`http://127.0.0.1:${port}/api/summary`)).rejects.toThrow();
+    } finally {
+      await remote.stop();
+    }
+  });
+});
+
 /** The event stream's text from `lastEventId` on (replayed from the feed's ring), read for a moment. */
 async function eventStreamText(lastEventId: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -274,10 +315,10 @@ async function rawGet(port: number, p: string, host: string): Promise<number> {
   });
 }
 
-async function httpsGet(port: number, ca: string, id: { cert: string; key: string } | undefined): Promise<number> {
+async function httpsGet(port: number, ca: string, id: { cert: string; key: string } | undefined, host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = https.get({
-      host: '127.0.0.1', port, path: '/api/summary', ca, ...(id ?? {}), agent: false,
+      host, port, path: '/api/summary', ca, ...(id ?? {}), agent: false,
     }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)); });
     req.on('error', reject);
     req.setTimeout(5000, () => req.destroy(new Error('timeout')));
