@@ -122,18 +122,22 @@ function ringContains(ring: Ring, lat: number, lon: number): boolean {
   return inside;
 }
 
-function extractPolygons(g: unknown, name: string): PolygonCoords[] {
+function extractPolygons(g: unknown, name: string, parent: 'root' | 'Feature' | 'FeatureCollection' = 'root'): PolygonCoords[] {
   const fail = (what: string): never => {
     throw new GeofenceError(`geofence ${name}: ${what}`);
   };
   if (g === null || typeof g !== 'object') fail('GeoJSON must be an object');
   const obj = g as { type?: unknown; coordinates?: unknown; geometry?: unknown; features?: unknown };
+  // GeoJSON nests at most FeatureCollection → Feature → geometry; deeper would recurse without bound.
+  if ((obj.type === 'Feature' && parent === 'Feature') || (obj.type === 'FeatureCollection' && parent !== 'root')) {
+    fail(`a ${obj.type} inside a ${parent} is nested too deep; GeoJSON nests at most FeatureCollection → Feature → Polygon/MultiPolygon`);
+  }
   switch (obj.type) {
     case 'Feature':
-      return extractPolygons(obj.geometry, name);
+      return extractPolygons(obj.geometry, name, 'Feature');
     case 'FeatureCollection': {
       if (!Array.isArray(obj.features) || obj.features.length === 0) fail('FeatureCollection needs a non-empty "features" array');
-      return (obj.features as unknown[]).flatMap((f) => extractPolygons(f, name));
+      return (obj.features as unknown[]).flatMap((f) => extractPolygons(f, name, 'FeatureCollection'));
     }
     case 'Polygon':
       return [checkPolygon(obj.coordinates, name, 'coordinates')];

@@ -74,6 +74,8 @@ export async function verifyMeasurement(jws: string, o: VerifyMeasurementOptions
   } catch (e) {
     throw new MeasurementError('measurement header is not JSON', { cause: e });
   }
+  // JSON.parse gives null, numbers or arrays too: only an object is a header.
+  if (!isJsonObject(header)) throw new MeasurementError('measurement header is not a JSON object');
   if (header.typ !== MEASUREMENT_TYPE) throw new MeasurementError(`measurement typ must be ${MEASUREMENT_TYPE}`);
   if (!Array.isArray(header.x5c) || header.x5c.length === 0 || header.x5c.length > 8 || !header.x5c.every((c) => typeof c === 'string')) {
     throw new MeasurementError('measurement x5c must list the landmark\'s certificate chain');
@@ -95,6 +97,7 @@ export async function verifyMeasurement(jws: string, o: VerifyMeasurementOptions
   } catch (e) {
     throw new MeasurementError(`measurement signature does not verify: ${(e as Error).message}`, { cause: e });
   }
+  if (!isJsonObject(payload)) throw new MeasurementError('measurement payload is not a JSON object');
   const str = (k: string): string => {
     const v = payload[k];
     if (typeof v !== 'string') throw new MeasurementError(`measurement field ${k} must be a string`);
@@ -120,4 +123,8 @@ export async function verifyMeasurement(jws: string, o: VerifyMeasurementOptions
   const skew = Math.abs((o.now ?? new Date()).getTime() - measuredAt.getTime()) / 1000;
   if (skew > (o.maxSkewS ?? 60)) throw new MeasurementError(`measurement was taken ${Math.round(skew)} s from now; check the landmark's clock`);
   return { landmark: o.landmark, node: o.node, strength: o.strength, rounds, rttMinS, rttP50S, measuredAt, request: o.request };
+}
+
+function isJsonObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
