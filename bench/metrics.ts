@@ -29,7 +29,7 @@ function verdict(ok: boolean): string {
 
 async function fillNodes(ts: TestServer, n: number): Promise<void> {
   const countries = ['FR', 'DE', 'IT', 'ES', 'NL', 'BE', 'PL', 'US', 'CA', 'JP'];
-  const assurances = ['self_reported', 'attested', 'operator_witnessed'];
+  const assurances = ['self-reported', 'operator-witnessed', 'latency-bounded'];
   const expires = new Date(Date.now() + 3600_000);
   for (let i = 0; i < n; i++) {
     await ts.server.store.createNode({
