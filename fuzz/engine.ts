@@ -214,7 +214,7 @@ export function mutateJsonValue(r: Rng, doc: unknown, dict: readonly string[] = 
       case 3: next = undefined; break; // delete
       case 4: next = typeof cur === 'number' ? pick(r, [cur + 1, cur - 1, -cur, cur * 1e6, cur / 3, Math.trunc(cur) + 0.5]) : typeof cur === 'string' ? mutateText(r, cur, dict) : pick(r, INTERESTING_JSON); break;
       case 5: next = Array.isArray(cur) ? [...cur, ...cur] : cur !== null && typeof cur === 'object' ? { ...cur, [dict.length > 0 ? pick(r, dict) : 'extra']: pick(r, INTERESTING_JSON) } : [cur]; break;
-      case 6: next = chance(r, 0.1) ? nest(cur, 50) : typeof cur === 'string' ? Number(cur) || 0 : String(cur); break;
+      case 6: next = chance(r, 0.15) ? (chance(r, 0.5) ? nest(cur, 50) : DEEP_MARKER) : typeof cur === 'string' ? Number(cur) || 0 : String(cur); break;
       case 7: next = Array.isArray(cur) ? [] : cur !== null && typeof cur === 'object' ? {} : null; break;
       default: next = Array.isArray(cur) ? Array.from({ length: pick(r, [2, 17, 101, 1001]) }, () => cur[0] ?? null) as Json : pick(r, INTERESTING_JSON);
     }
@@ -228,6 +228,12 @@ export function mutateJsonValue(r: Rng, doc: unknown, dict: readonly string[] = 
   return holder[0];
 }
 
+/**
+ * Stands for a value nested thousands deep: mutateJsonText swaps it for the nested text after
+ * serialising (JSON.stringify cannot build such a value, but JSON.parse reads it back fine).
+ */
+export const DEEP_MARKER = '\u0000deep-nest\u0000';
+
 function nest(v: Json, depth: number): Json {
   for (let i = 0; i < depth; i++) v = [v];
   return v;
@@ -237,7 +243,9 @@ function nest(v: Json, depth: number): Json {
 export function mutateJsonText(r: Rng, seeds: readonly unknown[], dict: readonly string[] = []): string {
   if (chance(r, 0.05)) return mutateText(r, JSON.stringify(pick(r, seeds)), dict);
   const v = mutateJsonValue(r, pick(r, seeds), dict);
-  const text = JSON.stringify(v) ?? 'null';
+  let text = JSON.stringify(v) ?? 'null';
+  const marker = JSON.stringify(DEEP_MARKER);
+  if (text.includes(marker)) text = text.replace(marker, deepNestText(r, '0'));
   if (chance(r, 0.01)) return deepNestText(r, text);
   return chance(r, 0.15) ? mutateText(r, text, dict) : text;
 }
@@ -266,8 +274,13 @@ export interface FuzzInstance {
   close?(): Promise<void>;
 }
 
-/** Default per-input time bound. Re-checked once before reporting, so a GC pause is not a hang. */
+/**
+ * Default per-input time bound, plus HANG_MS_PER_KIB for every KiB of input (a parser may take time
+ * linear in its input, up to its size limit: a hang is slower than ~4 MB/s, or stuck). A slow input is
+ * timed twice more before it is reported, so a GC pause or a busy machine is not a hang.
+ */
 export const HANG_MS = 100;
+export const HANG_MS_PER_KIB = 0.25;
 
 /**
  * The bound for configuration files (policies, the landmark's config): read once at start, from the
@@ -383,11 +396,12 @@ export async function runTarget(target: FuzzTarget, inst: FuzzInstance, opts: Ru
       throw new Error(`the generator of ${target.name} failed at input #${i} (a harness bug, not a finding)`, { cause: err });
     }
     opts.beforeInput?.(i, input);
-    let out = await once(inst, input, hangMs);
-    if (out.ms > hangMs) {
-      // Once more before calling it a hang: a GC pause or a busy machine is not the parser's fault.
-      const again = await once(inst, input, hangMs);
-      if (again.ms <= hangMs) out = again;
+    const bound = hangMs + (input.length / 1024) * HANG_MS_PER_KIB;
+    let out = await once(inst, input, bound);
+    for (let k = 0; k < 2 && out.ms > bound; k++) {
+      // Again before calling it a hang: a GC pause or a busy machine is not the parser's fault.
+      const again = await once(inst, input, bound);
+      if (again.ms < out.ms) out = again;
     }
     res.inputs++;
     res.slowestMs = Math.max(res.slowestMs, out.ms);
@@ -396,8 +410,8 @@ export async function runTarget(target: FuzzTarget, inst: FuzzInstance, opts: Ru
     else if (out.err instanceof AsyncHang) finding = { kind: 'hang', index: i, input, error: out.err.message, signature: 'async-hang', ms: out.ms };
     else if (inst.expected(out.err)) res.rejected++;
     else finding = { kind: 'crash', index: i, input, error: describeError(out.err), signature: signatureOf(out.err) };
-    if (finding === undefined && out.ms > hangMs) {
-      finding = { kind: 'hang', index: i, input, error: `input took ${out.ms.toFixed(1)} ms (bound ${hangMs} ms) twice`, signature: 'slow', ms: out.ms };
+    if (finding === undefined && out.ms > bound) {
+      finding = { kind: 'hang', index: i, input, error: `input of ${input.length} bytes took at least ${out.ms.toFixed(1)} ms in three runs (bound ${bound.toFixed(0)} ms)`, signature: 'slow', ms: out.ms };
     }
     if (finding !== undefined) {
       if (finding.kind === 'crash') res.crashes++;

@@ -11,6 +11,7 @@ import { below, chance, mutateBytes, mutateJsonText, mutateText, pick, type Fuzz
 import { testPki, tpmFile } from './seeds.js';
 
 const STATUSES = [200, 200, 200, 200, 200, 201, 202, 400, 404, 500, 502, 503, 302];
+const LENGTHS = ['0', '10', '1000000000', '-1', 'x'];
 
 interface Canned {
   status: number;
@@ -25,7 +26,7 @@ export const keylimeResponse: FuzzTarget = {
     const pki = testPki();
     const client = new KeylimeVerifierClient({
       url: 'https://verifier.fuzz:8881', ca: derToPem(pki.caDer), cert: derToPem(pki.landmark.chain[0]!), key: pki.landmark.key.export({ format: 'pem', type: 'pkcs8' }),
-      retries: 0, timeoutMs: 2000, allowDevelopmentStandIn: true, maxResponseBytes: 64 * 1024,
+      retries: 0, timeoutMs: 2000, allowDevelopmentStandIn: true,
     });
     const tenant = new KeylimeTenant(client);
     const version = { code: 200, status: 'Success', results: { current_version: '2.3', supported_versions: ['2.0', '2.1', '2.2', '2.3'] } };
@@ -56,22 +57,29 @@ export const keylimeResponse: FuzzTarget = {
     const dict = ['code', 'status', 'results', 'current_version', 'supported_versions', '2.0', '2.3', '2.6', '3.0', 'valid', 'failures', 'type', 'context', 'message',
       'operational_state', 'attestation_count', 'meta_data', 'uuids', 'terroir_development_stand_in'];
     return {
-      // Byte 0: which call; byte 1: whether /version is fuzzed too; then up to two answers separated by a 0 byte.
+      // Layout: call, /version status, answer status, content-length choice (bytes 0..3), /version body
+      // length (u32), /version body, answer body. /version is mostly the real one, sometimes fuzzed too.
       generate(r) {
-        const one = (): Canned => {
-          const text = chance(r, 0.9) ? mutateJsonText(r, bodies, dict) : mutateText(r, JSON.stringify(pick(r, bodies)));
-          return { status: pick(r, STATUSES), headers: chance(r, 0.1) ? { 'content-length': String(pick(r, [0, 10, 1e9, -1])) } : {}, body: Buffer.from(text, 'utf8') };
-        };
-        const a = one();
-        const v = chance(r, 0.3) ? one() : { status: 200, headers: {}, body: Buffer.from(JSON.stringify(version)) };
-        return Buffer.from(JSON.stringify({ call: below(r, 4), v: { ...v, body: v.body.toString('utf8') }, a: { ...a, body: a.body.toString('utf8') } }), 'utf8');
+        const body = (): Buffer => Buffer.from(chance(r, 0.9) ? mutateJsonText(r, bodies, dict) : mutateText(r, JSON.stringify(pick(r, bodies))), 'utf8');
+        const v = chance(r, 0.3) ? body() : Buffer.from(JSON.stringify(version));
+        const head = Buffer.alloc(8);
+        head[0] = below(r, 4);
+        head[1] = v.equals(Buffer.from(JSON.stringify(version))) ? 0 : below(r, STATUSES.length);
+        head[2] = below(r, STATUSES.length);
+        head[3] = chance(r, 0.9) ? 0 : 1 + below(r, LENGTHS.length);
+        head.writeUInt32BE(v.length, 4);
+        return Buffer.concat([head, v, body()]);
       },
       async run(b) {
-        const spec = JSON.parse(b.toString('utf8')) as { call: number; v: Canned & { body: string }; a: Canned & { body: string } };
-        const canned = (c: Canned & { body: string }): Canned => ({ status: c.status, headers: c.headers, body: Buffer.from(c.body, 'utf8') });
-        answers = [canned(spec.v), canned(spec.a)];
+        if (b.length < 8) return;
+        const vLen = Math.min(b.readUInt32BE(4), b.length - 8);
+        const headers: Record<string, string> = b[3] === 0 ? {} : { 'content-length': LENGTHS[(b[3]! - 1) % LENGTHS.length]! };
+        answers = [
+          { status: STATUSES[b[1]! % STATUSES.length]!, headers: {}, body: b.subarray(8, 8 + vLen) },
+          { status: STATUSES[b[2]! % STATUSES.length]!, headers, body: b.subarray(8 + vLen) },
+        ];
         inner.versionPromise = undefined; // negotiate on every input
-        switch (spec.call) {
+        switch (b[0]! & 3) {
           case 0: await client.apiVersion(); break;
           case 1: await verifyEvidence(client, { quote, nonce: 'abc123', akPublic, ekPublic, hashAlg: 'sha256', tpmPolicy: { 16: ['0'.repeat(64)] } }); break;
           case 2: await tenant.getAgentStatus('d432fbb3-d2f1-4a97-9ef7-75bd81c00000'); break;

@@ -492,7 +492,8 @@ function answeredDeviceMismatch(answered: Record<string, unknown>, sent: Record<
   const other = `device names another device than the one asked about (${k})`;
   if (s === undefined) return `device names an identifier that was not sent (${k.slice(0, 40)})`;
   if (k === 'phoneNumber') return a === s ? undefined : other;
-  if (k === 'ipv6Address') return typeof a === 'string' && isIPv6(a) && ipv6Canonical(a) === ipv6Canonical(s as string) ? undefined : other;
+  // A zone index (fe80::1%eth0) passes isIPv6 but not the URL parser; terroir never sends one (buildRequest), so it names another device.
+  if (k === 'ipv6Address') return typeof a === 'string' && !a.includes('%') && isIPv6(a) && ipv6Canonical(a) === ipv6Canonical(s as string) ? undefined : other;
   if (k === 'ipv4Address') {
     const x = (a ?? {}) as Record<string, unknown>;
     const y = s as Record<string, unknown>;

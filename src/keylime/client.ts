@@ -409,9 +409,18 @@ export function keylimeFailures(results: unknown): KeylimeFailure[] {
     const c = f.context;
     // {"message": "..."} alone reads best as its message; anything richer (an "error", "got") stays JSON.
     const onlyMessage = c !== null && typeof c === 'object' && Object.keys(c).length === 1 && typeof (c as { message?: unknown }).message === 'string';
-    const text = typeof c === 'string' ? c : onlyMessage ? (c as { message: string }).message : JSON.stringify(c) ?? '';
+    const text = typeof c === 'string' ? c : onlyMessage ? (c as { message: string }).message : contextJson(c);
     return { type: f.type.slice(0, MAX_FAILURE_TEXT), context: text.slice(0, MAX_FAILURE_TEXT) };
   });
+}
+
+/** A failure context as JSON text. A context nested a few thousand deep overflows JSON.stringify's stack. */
+function contextJson(c: unknown): string {
+  try {
+    return JSON.stringify(c) ?? '';
+  } catch {
+    return '(context not printable as JSON)';
+  }
 }
 
 function retryable(err: KeylimeRequestError): boolean {

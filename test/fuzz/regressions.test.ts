@@ -1,11 +1,13 @@
 /**
- * Crashes the fuzz targets found (fuzz/, docs/fuzzing.md), each reduced to its cause: before the fix
- * these threw TypeError or RangeError instead of the module's own error.
+ * Crashes found with the fuzz targets (fuzz/, docs/fuzzing.md), each reduced to its cause: before the
+ * fix these threw TypeError or RangeError instead of the module's own error.
  */
 import crypto from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { GeofenceError, PolicyError, parsePolicies } from '../../src/geo/index.js';
+import { MockAgent } from 'undici';
+import { CamaraLocationVerifier, CamaraProtocolError, GeofenceError, PolicyError, parsePolicies } from '../../src/geo/index.js';
 import { PolygonFence } from '../../src/geo/geofence.js';
+import { keylimeFailures } from '../../src/keylime/client.js';
 import { MeasurementError, verifyMeasurement } from '../../src/latency/measurement.js';
 import { testPki } from '../../fuzz/targets/seeds.js';
 
@@ -58,5 +60,39 @@ describe('latency measurement: header or payload that is JSON but not an object 
     const now = new Date();
     const payload = JSON.stringify({ v: 1, landmark: opts.landmark, node: opts.node, strength: 'tpm', rounds: 3, rttMinS: 0.002, rttP50S: 0.003, measuredAt: now.toISOString(), request: opts.request });
     await expect(verifyMeasurement(signed(header, payload), { ...opts, now })).resolves.toMatchObject({ rounds: 3, rttMinS: 0.002 });
+  });
+});
+
+describe('keylime: a failure context nested a few thousand deep (fuzz target keylime-response, RangeError from JSON.stringify)', () => {
+  it('is reported as unprintable instead of throwing out of the client', () => {
+    const deep = JSON.parse(`${'['.repeat(5000)}${']'.repeat(5000)}`) as unknown;
+    const failures = keylimeFailures({ failures: [{ type: 'pcr_validation.invalid_pcr_15', context: deep }, { type: 'x', context: { got: 1 } }] });
+    expect(failures).toEqual([
+      { type: 'pcr_validation.invalid_pcr_15', context: '(context not printable as JSON)' },
+      { type: 'x', context: '{"got":1}' },
+    ]);
+  });
+});
+
+describe('CAMARA: an answer naming an IPv6 address with a zone index (found reading the camara target\'s code, TypeError: Invalid URL)', () => {
+  it('is a CamaraProtocolError (another device), not a TypeError', async () => {
+    const verifier = new CamaraLocationVerifier({
+      baseUrl: 'https://operator.test/location-verification/v2', tokenUrl: 'https://operator.test/oauth2/token', clientId: 'c', clientSecret: 's',
+    });
+    const mock = new MockAgent();
+    mock.disableNetConnect();
+    (verifier as unknown as { dispatcher: unknown }).dispatcher = mock;
+    const json = { 'content-type': 'application/json' };
+    const pool = mock.get('https://operator.test');
+    pool.intercept({ path: '/oauth2/token', method: 'POST' }).reply(200, { access_token: 't', token_type: 'Bearer', expires_in: 3600 }, { headers: json });
+    pool.intercept({ path: '/location-verification/v2/verify', method: 'POST' })
+      .reply(200, { verificationResult: 'TRUE', lastLocationTime: new Date().toISOString(), device: { ipv6Address: 'fe80::1%eth0' } }, { headers: json });
+    try {
+      const err = await verifier.verify({ ipv6Address: '2001:db8::1' }, { lat: 48.85, lon: 2.35, radiusM: 1000 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(CamaraProtocolError);
+      expect((err as Error).message).toMatch(/another device/);
+    } finally {
+      await verifier.close();
+    }
   });
 });
