@@ -142,7 +142,9 @@ export class DashboardFeed implements Auditor {
     };
     if (kind !== 'attested' && kind !== 'relocated') push(this.refusals, ev, this.maxRefusals);
     push(this.events, ev, this.maxEvents);
-    this.generation++;
+    // A plain refusal changes no node (a withdrawal comes as its own event): no snapshot rebuild for it,
+    // so a storm of refused attempts costs the dashboard nothing but the ring.
+    if (kind !== 'refused') this.generation++;
     for (const l of [...this.listeners]) {
       try {
         l(ev);

@@ -239,7 +239,7 @@ export const PAGE_JS = `'use strict';
         state.lastId = e.id;
         prepend($('events'), eventItem(e), 50);
         if (kind !== 'attested' && kind !== 'relocated') prepend($('refusals'), eventItem(e), 50);
-        scheduleRefresh();
+        if (kind !== 'refused') scheduleRefresh(); // a plain refusal changes no node
       });
     });
   }
