@@ -71,7 +71,9 @@ export class DashboardFeed implements Auditor {
   private readonly maxEvents: number;
   private readonly maxNodes: number;
   private readonly now: () => Date;
-  private nextId = 1;
+  // Ids start at the clock so they keep growing across server restarts: a page whose event stream
+  // reconnects to a restarted server must not take the new events for ones it has already seen.
+  private nextId: number;
   /** Bumped whenever something the node list shows may have changed (the page's snapshot cache key). */
   generation = 0;
 
@@ -80,6 +82,7 @@ export class DashboardFeed implements Auditor {
     this.maxEvents = o.maxEvents ?? 200;
     this.maxNodes = o.maxNodes ?? 100_000;
     this.now = o.now ?? (() => new Date());
+    this.nextId = Date.now();
   }
 
   /** An auditor that records to `inner` first, then feeds the dashboard; a dashboard bug never loses an audit record. */

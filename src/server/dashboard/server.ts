@@ -212,7 +212,8 @@ export async function startDashboard(o: DashboardOptions): Promise<DashboardServ
     // A reconnecting EventSource says what it saw last (Last-Event-ID), a page that just loaded the
     // lists says it with ?after=: replay what it missed (bounded by the feed's ring).
     const afterParam = new URL(req.url ?? '/', 'http://dashboard.invalid').searchParams.get('after');
-    const last = intParam(String(req.headers['last-event-id'] ?? afterParam ?? ''), -1);
+    const lastText = String(req.headers['last-event-id'] ?? afterParam ?? '');
+    const last = /^\d{1,15}$/.test(lastText) ? Number(lastText) : -1;
     if (last >= 0) for (const e of o.feed.eventsAfter(last)) write(e);
     const unsubscribe = o.feed.subscribe(write);
     const beat = setInterval(() => res.write(': keep-alive\n\n'), heartbeatMs);
