@@ -9,6 +9,7 @@ import type { Agent } from '../../src/agent/agent.js';
 import type { RunningServer } from '../../src/server/run.js';
 import { freePort, waitForPort } from '../support/ports.js';
 import { tempDir } from '../support/tmp.js';
+import { parseMetrics } from './prom-text.js';
 import { startAgent, startUnifiedDeployment, type UnifiedDeployment } from '../unified-identity/fixture.js';
 
 const PROMETHEUS = '/usr/bin/prometheus';
@@ -121,6 +122,18 @@ describe('Prometheus scraping a real server and agent', () => {
     const nodes = await query(p, 'terroir_server_nodes');
     expect(nodes.map((n) => [n.metric['state'], n.metric['country'], n.value])).toEqual([['attested', 'DE', 1]]);
     expect(await value(p, 'terroir_server_ca_expiry_timestamp_seconds{kind="x509"}')).toBe(server.ca.activeX509().notAfter.getTime() / 1000);
+  });
+
+  it('the server\'s exposition, after nodes in Berlin and New York, has no coordinate, SPIFFE ID or free text in a label', async () => {
+    const text = await (await fetch(`http://127.0.0.1:${server.healthPort}/metrics`)).text();
+    expect(text).not.toContain('spiffe://');
+    expect(text).not.toMatch(/\b(lat|lon|latitude|longitude)\b/i);
+    for (const sample of parseMetrics(text)) {
+      for (const [k, v] of Object.entries(sample.labels)) {
+        // No dot outside bucket bounds: a coordinate cannot hide in a label; the values are words of bounded sets.
+        if (k !== 'le') expect(v, `${sample.name}{${k}}`).toMatch(/^[A-Za-z0-9_-]{1,32}$/);
+      }
+    }
   });
 
   it('has the agent\'s view: its attestation, the server reachable, an SVID expiry ahead', async () => {
