@@ -128,7 +128,7 @@ export class ServerMetrics {
       labelNames: ['kind'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers,
     });
     this.keylimeTrustLost = new Counter({
-      name: 'terroir_server_keylime_events_total', help: 'Keylime continuous attestation events: a node lost trust or was removed from the verifier (ok), or the verifier could not be told (error).',
+      name: 'terroir_server_keylime_events_total', help: 'Keylime continuous attestation events by result: denied (the verifier stopped trusting a node), ok (a node removed from the verifier), error (the verifier could not be told).',
       labelNames: ['result'], registers,
     });
     this.policyDecisions = new Counter({
