@@ -116,6 +116,37 @@ describe('server /metrics (join-token server)', () => {
     }
   });
 
+  it('counts the attestation and signing limiters, and an agent SVID renewal', async () => {
+    const tight = await startTestServer({ agentApi: { attestationRateLimit: { perSecond: 0.01, burst: 1 }, signingRateLimit: { perSecond: 0.01, burst: 2 } } });
+    try {
+      const a = await attestWithToken(tight.server);
+      // The source's only token is spent: the next attempt is refused before anything is read.
+      const c = agentClient(tight.server);
+      await expect(attest(c, { params: { joinToken: { token: 'whatever' }, csr: newKey().csr } })).rejects.toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED });
+      c.close();
+      const ac = agentClient(tight.server, a);
+      try {
+        const [e] = await tight.server.store.createEntries([{ spiffeId: `spiffe://${TD}/w`, parentId: a.id, selectors: [{ type: 'unix', value: 'uid:1' }], federatesWith: [] }]);
+        const id = (e as { ok: true; value: { id: string } }).value.id;
+        // The renewal spends one unit of the signing budget (2), the batch the other; its second CSR is refused.
+        await unary(ac, 'RenewAgent', { csr: newKey().csr });
+        const x = await unary<BatchNewX509SvidResponse>(ac, 'BatchNewX509Svid', { params: [{ entryId: id, csr: newKey().csr }, { entryId: id, csr: newKey().csr }] });
+        expect(x.results.map((r) => r.errorCode)).toEqual([0, grpc.status.RESOURCE_EXHAUSTED]);
+      } finally {
+        ac.close();
+      }
+      const m = parseMetrics((await scrape(tight.server.healthPort)).text);
+      expect(sample(m, 'terroir_server_rate_limit_refusals_total', { limiter: 'attestation' })).toBe(1);
+      expect(sample(m, 'terroir_server_node_attestations_total', { method: 'unknown', result: 'denied', reason: 'rate_limited' })).toBe(1);
+      expect(sample(m, 'terroir_server_rate_limit_refusals_total', { limiter: 'signing' })).toBe(1);
+      expect(sample(m, 'terroir_server_svids_issued_total', { type: 'x509', kind: 'workload' })).toBe(1);
+      // The attestation's agent SVID, then the renewal's.
+      expect(sample(m, 'terroir_server_svids_issued_total', { type: 'x509', kind: 'agent' })).toBe(2);
+    } finally {
+      await tight.stop();
+    }
+  });
+
   it('answers 404 on /metrics when metrics are off', async () => {
     const off = await startTestServer({ metrics: { enabled: false } });
     try {
