@@ -72,6 +72,11 @@ describe('server /metrics (join-token server)', () => {
     const m = parseMetrics((await scrape(ts.server.healthPort)).text);
     expect(sample(m, 'terroir_server_datastore_operation_duration_seconds_count', { operation: 'consumeJoinToken', result: 'ok' })).toBe(2);
     expect(sample(m, 'terroir_server_datastore_operation_duration_seconds_count', { operation: 'createNode', result: 'ok' })).toBe(1);
+    // A call that fails (the node exists) is timed as an error and still rejects as before.
+    const node = await ts.server.store.getNode(agent.id);
+    await expect(ts.server.store.createNode({ ...node!, spiffeId: agent.id })).rejects.toMatchObject({ code: 'already_exists' });
+    const after = parseMetrics((await scrape(ts.server.healthPort)).text);
+    expect(sample(after, 'terroir_server_datastore_operation_duration_seconds_count', { operation: 'createNode', result: 'error' })).toBe(1);
   });
 
   it('gauges nodes by state, country and assurance at scrape time, following a ban', async () => {
