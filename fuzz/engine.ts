@@ -225,8 +225,16 @@ export function mutateJsonValue(r: Rng, doc: unknown, dict: readonly string[] = 
       (s.parent as Record<string | number, Json>)[s.key] = next;
     }
   }
-  return holder[0];
+  // Stacked repetitions can grow a document past what JSON.stringify can build (V8's string limit):
+  // such an input would only test the harness, so the unmutated document is returned instead.
+  try {
+    if ((JSON.stringify(holder[0])?.length ?? 0) <= MAX_JSON_CHARS) return holder[0];
+  } catch { /* too large to serialise */ }
+  return structuredClone(doc);
 }
+
+/** Largest mutated JSON document (characters): inputs stay far below V8's string limit. */
+const MAX_JSON_CHARS = 4_000_000;
 
 /**
  * Stands for a value nested thousands deep: mutateJsonText swaps it for the nested text after

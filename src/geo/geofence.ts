@@ -146,7 +146,7 @@ function extractPolygons(g: unknown, name: string, parent: 'root' | 'Feature' | 
       return (obj.coordinates as unknown[]).map((p, i) => checkPolygon(p, name, `coordinates[${i}]`));
     }
     default:
-      return fail(`GeoJSON type must be Polygon, MultiPolygon, Feature or FeatureCollection, got ${JSON.stringify(obj.type)}`);
+      return fail(`GeoJSON type must be Polygon, MultiPolygon, Feature or FeatureCollection, got ${shown(obj.type)}`);
   }
 }
 
@@ -162,10 +162,10 @@ function checkPolygon(p: unknown, name: string, where: string): PolygonCoords {
       if (!Array.isArray(pos) || pos.length < 2) fail(`[${r}][${i}]: a position is [longitude, latitude]`);
       const [lon, lat] = pos as unknown[];
       if (typeof lon !== 'number' || !Number.isFinite(lon) || lon < -180 || lon > 180) {
-        fail(`[${r}][${i}]: longitude must be a finite number in [-180, 180], got ${String(lon)}`);
+        fail(`[${r}][${i}]: longitude must be a finite number in [-180, 180], got ${shown(lon)}`);
       }
       if (typeof lat !== 'number' || !Number.isFinite(lat) || lat < -90 || lat > 90) {
-        fail(`[${r}][${i}]: latitude must be a finite number in [-90, 90], got ${String(lat)}`);
+        fail(`[${r}][${i}]: latitude must be a finite number in [-90, 90], got ${shown(lat)}`);
       }
       return [lon as number, lat as number];
     });
@@ -179,6 +179,16 @@ function checkPolygon(p: unknown, name: string, where: string): PolygonCoords {
     }
     return out;
   });
+}
+
+/**
+ * A value of the document for an error message. Never JSON.stringify or String() of a container: an
+ * array nested thousands deep overflows the stack in either.
+ */
+function shown(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (v === null || typeof v === 'number' || typeof v === 'boolean' || v === undefined) return String(v);
+  return Array.isArray(v) ? 'an array' : typeof v === 'object' ? 'an object' : `a ${typeof v}`;
 }
 
 function signedArea(ring: Ring): number {

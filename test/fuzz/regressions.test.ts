@@ -30,6 +30,14 @@ describe('geojson: Feature nested in Feature (fuzz target geojson, RangeError: M
     expect(new PolygonFence('ok', JSON.parse(nestedFeatures(1))).classify(50.22, 8.65, 10)).toBe('inside');
   });
 
+  it('a type or coordinate that is an array nested thousands deep is a GeofenceError (the error message overflowed the stack)', () => {
+    const deep = JSON.parse(`${'['.repeat(20_000)}${']'.repeat(20_000)}`) as unknown;
+    expect(() => new PolygonFence('t', { type: deep })).toThrow(/got an array/);
+    const ring = [[deep, 0], [1, 0], [1, 1], [0, 0]];
+    expect(() => new PolygonFence('c', { type: 'Polygon', coordinates: [ring] })).toThrow(/longitude .* got an array/);
+    expect(() => new PolygonFence('l', { type: 'Polygon', coordinates: [[[0, deep], [1, 0], [1, 1], [0, 0]]] })).toThrow(/latitude .* got an array/);
+  });
+
   it('through a policy document it is a PolicyError naming the geofence', () => {
     const doc = JSON.stringify({ policies: { p: { area: { geofences: [{ name: 'deep', geojson: JSON.parse(nestedFeatures(3)) }] } } } });
     expect(() => parsePolicies(doc)).toThrow(PolicyError);
