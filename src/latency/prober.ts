@@ -88,8 +88,9 @@ export async function probeNode(o: ProbeOptions): Promise<ProbeResult> {
       const frame = encodeChallenge(o.strength, challenge);
       const t0 = process.hrtime.bigint();
       socket.write(frame);
-      const reply = await frames.next();
-      const rttS = Number(process.hrtime.bigint() - t0) / 1e9;
+      // The arrival time is taken in the data handler, so awaiting the frame adds nothing to the RTT.
+      const { frame: reply, at } = await frames.next();
+      const rttS = Number(at - t0) / 1e9;
       if (reply.type === 'refusal') throw new ProbeError('refused', `node ${o.nodeId} refused the probe: ${reply.reason}`);
       if (reply.type !== 'reply') throw new ProbeError('protocol', `node ${o.nodeId} sent a ${reply.type} frame, not a reply`);
       samples.push({ challenge, payload: reply.payload, rttS });
@@ -127,20 +128,23 @@ export async function probeNode(o: ProbeOptions): Promise<ProbeResult> {
   }
 }
 
-/** Frames from a socket, one await at a time; a bad frame, an error or the end rejects the wait. */
-function frameQueue(socket: tls.TLSSocket): { next(): Promise<ProbeFrame> } {
+interface Arrived { frame: ProbeFrame; at: bigint }
+
+/** Frames from a socket with their arrival times, one await at a time; a bad frame, an error or the end rejects the wait. */
+function frameQueue(socket: tls.TLSSocket): { next(): Promise<Arrived> } {
   const reader = new FrameReader();
-  const ready: ProbeFrame[] = [];
+  const ready: Arrived[] = [];
   let failure: Error | undefined;
-  let waiter: { resolve: (f: ProbeFrame) => void; reject: (e: Error) => void } | undefined;
+  let waiter: { resolve: (f: Arrived) => void; reject: (e: Error) => void } | undefined;
   const fail = (e: Error): void => {
     failure ??= e;
     waiter?.reject(failure);
     waiter = undefined;
   };
   socket.on('data', (chunk: Buffer) => {
+    const at = process.hrtime.bigint();
     try {
-      ready.push(...reader.push(chunk));
+      for (const frame of reader.push(chunk)) ready.push({ frame, at });
     } catch (e) {
       fail(new ProbeError('protocol', `malformed reply: ${(e as Error).message}`));
       socket.destroy();
@@ -149,7 +153,7 @@ function frameQueue(socket: tls.TLSSocket): { next(): Promise<ProbeFrame> } {
     if (waiter !== undefined && ready.length > 0) {
       const w = waiter;
       waiter = undefined;
-      w.resolve(ready.shift() as ProbeFrame);
+      w.resolve(ready.shift() as Arrived);
     }
   });
   socket.on('error', (e) => fail(e instanceof ProbeError ? e : new ProbeError('protocol', `probe connection failed: ${e.message}`, { cause: e })));
