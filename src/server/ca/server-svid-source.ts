@@ -19,7 +19,14 @@ export class ServerSvidSource implements X509SourceLike {
   private readonly unsubscribe: () => void;
   private readonly td: TrustDomain;
 
-  constructor(private readonly issuer: SvidIssuer, private readonly ca: CaManager, private readonly ttlSeconds = 3600, private readonly now: () => Date = () => new Date()) {
+  constructor(
+    private readonly issuer: SvidIssuer,
+    private readonly ca: CaManager,
+    private readonly ttlSeconds = 3600,
+    private readonly now: () => Date = () => new Date(),
+    /** DNS names and IP addresses the certificate also carries (for clients that check a host name). */
+    private readonly names: { dnsNames: string[]; ipAddresses: string[] } = { dnsNames: [], ipAddresses: [] },
+  ) {
     this.td = TrustDomain.parse(ca.trustDomain);
     this.unsubscribe = ca.onBundleChange(() => { for (const l of [...this.listeners]) l(); });
   }
@@ -28,7 +35,7 @@ export class ServerSvidSource implements X509SourceLike {
     const t = this.now().getTime();
     const s = this.svid;
     if (s === undefined || this.ca.activeX509().id !== this.signedBy || t >= this.issuedAt + (s.expiresAt.getTime() - this.issuedAt) / 2) {
-      const m = this.issuer.mintServerSvid([], [], this.ttlSeconds);
+      const m = this.issuer.mintServerSvid(this.names.dnsNames, this.names.ipAddresses, this.ttlSeconds);
       const chain = m.certChainPem.split(/(?=-----BEGIN CERTIFICATE-----)/).map((p) => Buffer.from(new crypto.X509Certificate(p).raw));
       this.svid = { id: SpiffeId.fromPath(this.td, '/spire/server'), certificatesDer: chain, privateKey: crypto.createPrivateKey(m.keyPem), expiresAt: m.notAfter };
       this.issuedAt = t;
