@@ -45,7 +45,14 @@ unified_identity_flag() {
 }
 
 # free_port: prints a TCP port on 127.0.0.1 that is free right now (for scripts starting local services).
-free_port() { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
+# A random free port below the kernel's ephemeral range (32768+), where outgoing connections cannot take it
+# between this check and the real listen (test/support/ports.ts says why).
+free_port() { node -e "
+const net=require('net');
+const tryOne=(n)=>{ if(n===0){console.error('no free port between 20000 and 31999');process.exit(1);}
+  const p=20000+Math.floor(Math.random()*12000);
+  const s=net.createServer().once('error',()=>tryOne(n-1)).listen(p,'127.0.0.1',()=>{console.log(p);s.close();});};
+tryOne(200);"; }
 
 # swtpm_port_pair: prints a port P with P+1 free too (swtpm serves the TPM on P and its control
 # channel on P+1); fails after 20 tries.

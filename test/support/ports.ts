@@ -1,17 +1,18 @@
 import net from 'node:net';
 
-/** A free TCP port on 127.0.0.1, found by binding port 0 and releasing it. */
+/**
+ * A free TCP port on 127.0.0.1, chosen at random below the kernel's ephemeral range (32768-60999 here)
+ * and checked by binding it. A port the kernel hands out for port 0 comes from the ephemeral range,
+ * where any outgoing connection of a parallel test may take it as its local port between our check and
+ * the real listen (seen: EADDRINUSE with three vitest workers); below the range only another test's
+ * choice can collide, one chance in thousands.
+ */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      if (addr === null || typeof addr === 'string') return reject(new Error('no port assigned'));
-      srv.close(() => resolve(addr.port));
-    });
-  });
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (await isFree(port)) return port;
+  }
+  throw new Error('no free TCP port found on 127.0.0.1 between 20000 and 31999');
 }
 
 /** Two consecutive free ports (swtpm wants server port N and control port N+1). */
