@@ -28,6 +28,8 @@ Usage: terroir-server <command> [flags]
 Commands:
   run -c server.yaml                 run the server
   landmark run -c landmark.yaml      run a latency landmark (docs/latency-witness.md)
+  datastore backup|restore -c …      back up / restore the server's state (docs/backup.md)
+  audit key|export|verify            the evidence log: audit key, export, offline check (docs/evidence-log.md)
   entry create|show|update|delete    manage registration entries
   agent list|show|ban|evict          manage attested agents
   token generate                     create a join token
@@ -511,6 +513,8 @@ export async function main(argv: string[], io: Io = {
   try {
     if (cmd === 'run') return await run(argv.slice(1), io);
     if (cmd === 'landmark') return await landmark(argv.slice(1), io);
+    if (cmd === 'audit') return await (await import('./audit-cmd.js')).auditCommand(argv.slice(1), io);
+    if (cmd === 'datastore') return await (await import('./datastore-cmd.js')).datastoreCommand(argv.slice(1), io);
     const verbs = COMMANDS[cmd];
     if (verbs === undefined) {
       io.err(`terroir-server: unknown command "${cmd}"; run "terroir-server help" for the list\n`);
