@@ -387,6 +387,29 @@ const unifiedIdentitySchema = z.object({
   latency: latencySchema.optional(),
 }).strict();
 
+/** The evidence log (docs/evidence-log.md): on unless `enabled: false`. */
+const evidenceLogSchema = z.object({
+  enabled: z.boolean().default(true),
+  /** The log's name in its checkpoints (C2SP origin) and the audit key's name. Default: `<trustDomain>/terroir/evidence`. */
+  origin: z.string().regex(/^[!-*,-~]{1,200}$/, 'printable ASCII without spaces or "+", at most 200 characters').optional(),
+  /** The audit signing key (Ed25519, C2SP signer key string), apart from the CA. Default: <dataDir>/audit-key; created 0600 when absent. */
+  keyFile: z.string().min(1).optional(),
+  /** Names this server in the records it writes. Default: the host name. */
+  serverName: z.string().min(1).max(200).optional(),
+  /** How often a new checkpoint is signed when the log grew, seconds. */
+  checkpointInterval: duration.default(10),
+  /** Retention: evidence bodies older than this many days may be pruned (leaf hashes and checkpoints stay). Absent: kept forever. */
+  retentionDays: z.number().int().min(1).max(36500).optional(),
+  /** The evidence API (proofs, entries, EARs) over mTLS: callers present an X.509-SVID of this trust domain. */
+  api: z.object({
+    enabled: z.boolean().default(false),
+    bindAddress: z.string().min(1).default('127.0.0.1'),
+    port: port.default(8445),
+    /** SPIFFE IDs allowed to call it; absent: any SVID of this trust domain. */
+    allowedIds: z.array(z.string().startsWith('spiffe://')).optional(),
+  }).strict().prefault({}),
+}).strict();
+
 const serverSchema = z.object({
   trustDomain: trustDomainName,
   dataDir: z.string().min(1).default('./data'),
@@ -421,14 +444,16 @@ const serverSchema = z.object({
   }).strict().optional(),
   /** The operator's read-only dashboard (docs/observability.md "Dashboard"): off by default, loopback unless remote mTLS is configured. */
   dashboard: dashboardSchema.prefault({}),
+  evidenceLog: evidenceLogSchema.prefault({}),
   featureFlags: z.record(z.string(), z.boolean()).optional(),
 }).strict();
 
 type Parsed = z.output<typeof serverSchema>;
 
 /** The validated configuration, paths resolved against the config file's directory. */
-export type ServerConfig = Omit<Parsed, 'dataStore' | 'adminApi'> & {
+export type ServerConfig = Omit<Parsed, 'dataStore' | 'adminApi' | 'evidenceLog'> & {
   dataStore: NonNullable<Parsed['dataStore']>;
+  evidenceLog: Parsed['evidenceLog'] & { origin: string; keyFile: string };
   adminApi: { socketPath: string };
   /** The resolved feature flags (environment > featureFlags > default), set by parseServerConfig. */
   flags?: { flags: FeatureFlags; sources: FeatureFlagSources };
@@ -507,6 +532,11 @@ export function parseServerConfig(input: unknown, baseDir: string, env: NodeJS.P
       ? (c.dataStore.type === 'sqlite' ? { ...c.dataStore, path: abs(c.dataStore.path) } : c.dataStore)
       : { type: 'sqlite', path: path.join(dataDir, 'datastore.sqlite3') },
     adminApi: { socketPath: abs(c.adminApi.socketPath ?? path.join(dataDir, 'admin.sock')) },
+    evidenceLog: {
+      ...c.evidenceLog,
+      origin: c.evidenceLog.origin ?? `${c.trustDomain}/terroir/evidence`,
+      keyFile: abs(c.evidenceLog.keyFile ?? path.join(dataDir, 'audit-key')),
+    },
     ca: {
       ...c.ca,
       keyDir: abs(c.ca.keyDir ?? path.join(dataDir, 'keys')),

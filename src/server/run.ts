@@ -2,6 +2,7 @@
 // the periodic housekeeping (CA rotation, server SVID renewal, pruning used nonces and join tokens).
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { Bundle } from '../spiffe/bundle.js';
@@ -29,6 +30,11 @@ import { BundleFetcher } from './federation/fetcher.js';
 import { startHealthServer, type HealthServer } from './health.js';
 import { ServerMetrics } from './metrics.js';
 import { createAdminService, startAdminServer } from './admin/index.js';
+import { EvidenceLog } from './evidence/log.js';
+import { earFromAttestation, signEar } from '../evidence/ear.js';
+import type { AttestationRecord } from '../evidence/record.js';
+import { evidenceAuditor } from './evidence/auditor.js';
+import { loadOrCreateAuditKey, type AuditKey } from './evidence/key.js';
 import { DashboardFeed, DashboardSvidSource, DashboardView, isLoopbackAddress, startDashboard, type DashboardServer } from './dashboard/index.js';
 
 export interface StartServerOptions {
@@ -51,6 +57,8 @@ export interface RunningServer {
   readonly ca: CaManager;
   readonly agentService: AgentService;
   readonly auditor: Auditor;
+  /** The evidence log, when evidenceLog.enabled. */
+  readonly evidenceLog?: EvidenceLog;
   /** The Prometheus registry behind /metrics (absent when metrics.enabled is false). */
   readonly metrics?: ServerMetrics;
   /** Keylime continuous attestation, when configured (the `keylime` section). */
@@ -101,7 +109,18 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
     const dashboardFeed = config.dashboard.enabled ? new DashboardFeed({ now }) : undefined;
     const logged = dashboardFeed ? DashboardFeed.tee(pinoAuditor(logger), dashboardFeed) : pinoAuditor(logger);
     // Audit records are also counted for the metrics on their way to the log.
-    const auditor = metrics ? metrics.auditor(logged) : logged;
+    const counted = metrics ? metrics.auditor(logged) : logged;
+    // The evidence log (docs/evidence-log.md): its own key, apart from the CA's.
+    let evidenceLog: EvidenceLog | undefined;
+    let auditKey: AuditKey | undefined;
+    if (config.evidenceLog.enabled) {
+      auditKey = loadOrCreateAuditKey(config.evidenceLog.keyFile, config.evidenceLog.origin);
+      evidenceLog = new EvidenceLog({
+        store: store.evidence, origin: config.evidenceLog.origin, serverName: config.evidenceLog.serverName ?? os.hostname(),
+        signer: auditKey.signer, logger, now,
+      });
+    }
+    const auditor = evidenceLog ? evidenceAuditor(counted, evidenceLog) : counted;
 
     let upstream: LoadedUpstream | undefined;
     if (config.ca.upstream) {
@@ -181,6 +200,31 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       keylime.start();
     }
 
+    let evidence: { log: EvidenceLog; policy?: { index: number; sha256: string }; ear: (record: AttestationRecord, index: number) => Promise<string> } | undefined;
+    if (evidenceLog) {
+      const log = evidenceLog;
+      // Attestation records cite the policy set they were decided under; the auditor recomputes with it.
+      const policy = unifiedIdentity
+        ? await log.ensurePolicy({ document: unifiedIdentity.policyDocument, defaultPolicy: unifiedIdentity.defaultPolicy, pcrs: [...unifiedIdentity.pcrs] })
+        : undefined;
+      const key = auditKey as AuditKey;
+      // EARs for relying parties, signed with the audit key (docs/ear.md); kept in the issuance record.
+      const ear = async (record: AttestationRecord, index: number): Promise<string> =>
+        signEar(earFromAttestation(record, { logIndex: index, logOrigin: log.origin, issuedAt: now(), verifierBuild: 'terroir-server' }), key.privateKey, key.kid);
+      evidence = { log, ear, ...(policy ? { policy } : {}) };
+      const signCheckpoint = async (): Promise<void> => {
+        try {
+          await log.checkpoint();
+        } catch (err) {
+          logger.error({ err }, 'the evidence log checkpoint could not be signed; retrying at the next interval');
+        }
+      };
+      const cpTimer = setInterval(() => void signCheckpoint(), config.evidenceLog.checkpointInterval * 1000);
+      cpTimer.unref();
+      // Stopping: what was appended is committed and covered by a checkpoint.
+      cleanups.push(async () => { clearInterval(cpTimer); await log.close(); await signCheckpoint(); });
+    }
+
     metrics?.bind({ store, ca, unifiedIdentity: unifiedIdentity !== undefined });
     const limited = (l: RateLimiter, name: 'attestation' | 'rpc' | 'signing'): RateLimiter => (metrics ? metrics.countRefusals(l, name) : l);
     const agentService = createAgentService({
@@ -193,6 +237,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       keylime,
       unifiedIdentity,
       ...(latencyWitness ? { latencyWitness } : {}),
+      ...(evidence ? { evidence } : {}),
       rateLimiter: limited(new RateLimiter(config.agentApi.attestationRateLimit), 'attestation'),
       rpcRateLimiter: limited(new RateLimiter(config.agentApi.rpcRateLimit), 'rpc'),
       signingRateLimiter: limited(new RateLimiter(config.agentApi.signingRateLimit), 'signing'),
@@ -329,6 +374,11 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
         refreshEndpointSvid();
         await store.pruneNonces(now());
         await store.pruneJoinTokens(now());
+        const days = config.evidenceLog.retentionDays;
+        if (evidenceLog && days !== undefined) {
+          const pruned = await evidenceLog.prune(new Date(now().getTime() - days * 86_400_000));
+          if (pruned > 0) logger.info({ pruned, retentionDays: days }, 'evidence bodies past the retention horizon pruned (leaf hashes and checkpoints kept)');
+        }
       } catch (err) {
         logger.error({ err }, 'housekeeping failed; retrying at the next interval');
       }
@@ -350,6 +400,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       ca,
       agentService,
       auditor,
+      ...(evidenceLog ? { evidenceLog } : {}),
       ...(metrics ? { metrics } : {}),
       keylime,
       unifiedIdentity,

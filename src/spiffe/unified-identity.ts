@@ -146,7 +146,7 @@ export function unifiedIdentityFromCertificate(der: Buffer): UnifiedIdentityClai
  * extensions: this runs on every TLS handshake of a consumer, and a full certificate decode costs
  * several times more than the rest of the claims check (the chain itself is validated elsewhere).
  */
-function extensionValues(der: Buffer, oid: string): Buffer[] {
+export function extensionValues(der: Buffer, oid: string): Buffer[] {
   if (!Buffer.isBuffer(der) || der.length > MAX_CERTIFICATE_BYTES) {
     throw new UnifiedIdentityError('malformed-extension', `certificate must be DER bytes of at most ${MAX_CERTIFICATE_BYTES} bytes`);
   }

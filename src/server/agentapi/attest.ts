@@ -16,10 +16,14 @@ import type { PendingTpmAttestation } from '../attestation/tpm.js';
 import type { AttestationOutcome } from '../attestation/types.js';
 import type { AgentApiContext } from './context.js';
 import { witnessLatency } from './latency.js';
+import { AttestationRecorder } from '../evidence/attestation.js';
+import { evidenceRefExtension, type EvidenceRef } from '../../spiffe/evidence-ref.js';
+import type { ExtraExtension } from '../../spiffe/x509svid.js';
+import type { AttestationRecord } from '../../evidence/record.js';
 import { parseCsr } from './sign.js';
 import { rpcError, toRpcError } from './status.js';
 
-async function finalizeAttestation(ctx: AgentApiContext, out: AttestationOutcome, csrKey: CsrPublicKey, claims?: UnifiedIdentityClaims): Promise<api.AttestationResult> {
+async function finalizeAttestation(ctx: AgentApiContext, out: AttestationOutcome, csrKey: CsrPublicKey, claims?: UnifiedIdentityClaims, evidence?: EvidenceRef): Promise<{ result: api.AttestationResult; serial: string; notAfter: Date }> {
   const { o, entries } = ctx;
   const agentId = out.agentId.toString();
   const existing = await o.store.getNode(agentId);
@@ -28,13 +32,17 @@ async function finalizeAttestation(ctx: AgentApiContext, out: AttestationOutcome
   }
   // An agent SVID carrying claims ends when they do: the agent re-attests (TPM nodes renew by attesting) before that.
   const ttl = claims && o.unifiedIdentity ? o.unifiedIdentity.clampTtl(claims, o.x509SvidTtl) : o.x509SvidTtl;
-  const svid = o.issuer.mintX509(out.agentId, csrKey, ttl, [], claims ? [unifiedIdentityExtension(claims)] : undefined);
+  const extensions: ExtraExtension[] = [];
+  if (claims) extensions.push(unifiedIdentityExtension(claims));
+  if (evidence) extensions.push(evidenceRefExtension(evidence));
+  const svid = o.issuer.mintX509(out.agentId, csrKey, ttl, [], extensions.length > 0 ? extensions : undefined);
   const fields = {
     attestationType: out.attestationType,
     selectors: out.selectors,
     serialNumber: svid.serialHex,
     expiresAt: svid.notAfter,
-    attestationData: out.attestationData,
+    // The workload SVIDs signed through this node carry the same evidence reference.
+    attestationData: evidence ? { ...out.attestationData, evidence } : out.attestationData,
   };
   // Flag on: the claims of this attestation replace any earlier ones (none for join-token nodes).
   const claimsUpdate = o.unifiedIdentity ? { claims: claims ?? null } : {};
@@ -52,13 +60,37 @@ async function finalizeAttestation(ctx: AgentApiContext, out: AttestationOutcome
   entries.forget(agentId);
   if (claims) ctx.claimExpiry.schedule(agentId, claims);
   return {
-    spiffeId: agentId,
-    svidChain: svid.certChain,
-    selectors: out.selectors,
-    bundle: Buffer.from(o.ca.bundle().bundleJson),
-    canRenew: out.canRenew,
-    unifiedIdentityClaims: claims ? canonicalUnifiedIdentity(claims) : Buffer.alloc(0),
+    result: {
+      spiffeId: agentId,
+      svidChain: svid.certChain,
+      selectors: out.selectors,
+      bundle: Buffer.from(o.ca.bundle().bundleJson),
+      canRenew: out.canRenew,
+      unifiedIdentityClaims: claims ? canonicalUnifiedIdentity(claims) : Buffer.alloc(0),
+    },
+    serial: svid.serialHex,
+    notAfter: svid.notAfter,
   };
+}
+
+/**
+ * Records what was issued on an attestation (and the EAR for relying parties). Not awaited: the
+ * SVID already names its attestation record, which was committed before it was minted.
+ */
+function recordIssuance(ctx: AgentApiContext, attestation: { index: number; record: AttestationRecord }, agentId: string, serial: string, notAfter: Date): void {
+  const ev = ctx.o.evidence;
+  if (!ev) return;
+  void (async () => {
+    let ear: string | undefined;
+    if (ev.ear) {
+      try {
+        ear = await ev.ear(attestation.record, attestation.index);
+      } catch (err) {
+        ctx.log.error({ err, agentId }, 'the EAR for an attestation could not be signed');
+      }
+    }
+    ev.log.appendLater({ kind: 'issuance', attestation: attestation.index, agentId, svid: { serial, notAfter: notAfter.toISOString() }, ...(ear !== undefined ? { ear } : {}) }, agentId);
+  })();
 }
 
 /**
@@ -94,6 +126,8 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
     const started = performance.now();
     // One SERVER span per exchange, child of the agent's (traceparent in the metadata); the steps below
     // run in its context so the TPM, pipeline and Keylime spans hang under it.
+    // What the evidence log keeps of this exchange (evidenceLog.enabled).
+    const recorder = o.evidence ? new AttestationRecorder(source, o.evidence.policy) : undefined;
     const span = tracer().startSpan('terroir.server.attest', { kind: SpanKind.SERVER, attributes: { 'terroir.source': source } }, contextFromMetadata(call.metadata));
     const traced = trace.setSpan(contextFromMetadata(call.metadata), span);
     const step = <T>(name: string, fn: () => Promise<T>): Promise<T> => context.with(traced, () => inSpan(name, fn));
@@ -106,6 +140,7 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
       span.setAttribute('terroir.attestation.method', method);
       endSpan(span, e);
       if (e.code === grpc.status.INTERNAL) log.error({ err, source }, 'attestation failed with an internal error');
+      if (recorder && o.evidence) o.evidence.log.appendLater(recorder.refused(e.message), recorder.agentId);
       o.auditor.record({ action: 'attest_agent', caller: source, subject, result: e.code === grpc.status.INTERNAL ? 'error' : 'denied', reason: e.message, details: { method, code: grpc.status[e.code], durationMs: performance.now() - started } });
       call.emit('error', { code: e.code, details: e.message });
     };
@@ -115,7 +150,15 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
       timer.unref();
     };
     const succeed = async (out: AttestationOutcome, csrKey: CsrPublicKey, unified?: { claims: UnifiedIdentityClaims; audit: Record<string, unknown> }): Promise<void> => {
-      const result = await finalizeAttestation(ctx, out, csrKey, unified?.claims);
+      // Nothing is issued on evidence the log does not hold: the record is committed first, and the
+      // SVID names its index.
+      let attestation: { index: number; record: AttestationRecord } | undefined;
+      if (recorder && o.evidence) {
+        attestation = await o.evidence.log.appendRecord(recorder.accepted(out.agentId.toString()), out.agentId.toString());
+      }
+      const ref = attestation && o.evidence ? { log: o.evidence.log.origin, index: attestation.index } : undefined;
+      const { result, serial, notAfter } = await finalizeAttestation(ctx, out, csrKey, unified?.claims, ref);
+      if (attestation) recordIssuance(ctx, attestation, result.spiffeId, serial, notAfter);
       if (state === 'done') return;
       state = 'done';
       clearTimeout(timer);
@@ -145,6 +188,7 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
           const csrKey = parseCsr(p.csr, 'params.csr');
           if (p.data === 'joinToken' && p.joinToken) {
             method = 'join_token';
+            recorder?.joinToken(p.joinToken.token);
             if (!o.joinTokens) throw rpcError(grpc.status.FAILED_PRECONDITION, 'join token attestation is disabled on this server (nodeAttestation.joinToken.enabled)');
             const out = await attestJoinToken(o.store, o.trustDomain, p.joinToken.token, now());
             await succeed(out, csrKey);
@@ -157,6 +201,7 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
             // Flag on without a verifier no node can be vouched for: refuse before any TPM work.
             o.unifiedIdentity?.assertReady();
             const tpm = o.tpm.begin(p.tpm);
+            recorder?.tpmChallenge(p.tpm, tpm);
             pending = { tpm, csrKey, params: p.tpm };
             if (clientEnded) { endedEarly(); return; }
             state = 'challenge';
@@ -181,6 +226,7 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
         state = 'busy';
         const { tpm, csrKey, params } = pending;
         pending = undefined;
+        recorder?.response(msg.challengeResponse);
         void (async () => {
           // Secret, PCR-selector quote (when asked for), then the nonce.
           const out = await step('terroir.server.tpm.verify', () => o.tpm!.finish(tpm, msg.challengeResponse!.activatedSecret, msg.challengeResponse!.pcrQuote));
@@ -192,6 +238,10 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
               evidence: msg.challengeResponse!.unifiedIdentity,
             })).catch((err: unknown) => withdrawOnFailure(ctx, out.agentId.toString(), err))
             : undefined;
+          if (recorder) {
+            recorder.agentId = out.agentId.toString();
+            if (unified) recorder.verified(unified);
+          }
           // Keylime must have verified a quote from this TPM before anything is issued.
           if (o.keylime) {
             const existing = await o.store.getNode(out.agentId.toString());

@@ -14,6 +14,7 @@ import type { TpmAttestor } from '../attestation/tpm.js';
 import type { KeylimeGate } from '../attestation/keylime.js';
 import type { UnifiedIdentityPipeline } from '../attestation/unified.js';
 import type { LatencyWitness } from '../attestation/latency-witness.js';
+import type { EvidenceLog } from '../evidence/log.js';
 import type { UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
 import type { AgentAuthenticator, AuthenticatedAgent } from './auth.js';
 import type { AuthorizedEntriesCache } from './entries.js';
@@ -33,6 +34,12 @@ export interface AgentServiceOptions {
   unifiedIdentity?: UnifiedIdentityPipeline;
   /** Landmarks that probe Unified Identity nodes after attestation (unifiedIdentity.latency). */
   latencyWitness?: LatencyWitness;
+  /**
+   * The evidence log (evidenceLog.enabled): every attestation is recorded before anything is issued
+   * on it, and SVIDs carry the index of the record they rest on. `policy`: the log index and digest
+   * of the location policy set's record (flag on).
+   */
+  evidence?: { log: EvidenceLog; policy?: { index: number; sha256: string }; ear?: (record: import('../../evidence/record.js').AttestationRecord, index: number) => Promise<string> };
   rateLimiter: RateLimiter;
   /** Per agent: authenticated calls (default AGENT_RPC_RATE_DEFAULT). */
   rpcRateLimiter?: RateLimiter;

@@ -5,6 +5,8 @@ import type * as api from '../../api/agent-api.js';
 import { authed, gate, spend, type AgentApiContext } from './context.js';
 import { parseCsr, x509ToWire } from './sign.js';
 import { rpcError } from './status.js';
+import { nodeEvidenceRef } from '../evidence/attestation.js';
+import { evidenceRefExtension } from '../../spiffe/evidence-ref.js';
 
 export function renewAgent(ctx: AgentApiContext): grpc.handleUnaryCall<api.RenewAgentRequest, api.RenewAgentResponse> {
   const { o } = ctx;
@@ -17,9 +19,11 @@ export function renewAgent(ctx: AgentApiContext): grpc.handleUnaryCall<api.Renew
     }
     spend(ctx, 'signing', agentId);
     const key = parseCsr(req.csr, 'csr');
-    const svid = o.issuer.mintX509(agent.id, key, o.x509SvidTtl);
+    // The renewed SVID still rests on the node's attestation: it keeps naming that record.
+    const evidence = nodeEvidenceRef(agent.node);
+    const svid = o.issuer.mintX509(agent.id, key, o.x509SvidTtl, [], evidence ? [evidenceRefExtension(evidence)] : undefined);
     await o.store.updateNode(agentId, { newSerialNumber: svid.serialHex, expiresAt: svid.notAfter });
-    o.auditor.record({ action: 'renew_agent', caller: agentId, subject: agentId, result: 'ok', details: { serial: svid.serialHex } });
+    o.auditor.record({ action: 'renew_agent', caller: agentId, subject: agentId, result: 'ok', details: { serial: svid.serialHex, ...(evidence ? { attestation: evidence.index } : {}) } });
     return { svid: x509ToWire(svid) };
   });
 }

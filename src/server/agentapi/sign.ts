@@ -16,6 +16,8 @@ import type { ExtraExtension } from '../../spiffe/x509svid.js';
 import type { RegistrationEntry } from '../datastore/types.js';
 import type { IssuedX509 } from '../ca/issuer.js';
 import { claimsOfNode } from '../attestation/unified.js';
+import { nodeEvidenceRef } from '../evidence/attestation.js';
+import { EVIDENCE_REF_JWT_CLAIM, evidenceRefExtension } from '../../spiffe/evidence-ref.js';
 import type { AuthenticatedAgent } from './auth.js';
 import { authed, budgetExhausted, gate, spend, type AgentApiContext } from './context.js';
 import { csrRequestedNames } from './csr-names.js';
@@ -107,7 +109,13 @@ export function batchNewX509Svid(ctx: AgentApiContext): grpc.handleUnaryCall<api
     const ids = new Map<string, SpiffeId>();
     // Every SVID of this batch carries the claims of the node it is issued through.
     const claims = nodeClaims(ctx, agent);
-    const extensions: ExtraExtension[] | undefined = claims ? [unifiedIdentityExtension(claims)] : undefined;
+    // ... and the reference to the attestation record they rest on (docs/evidence-log.md).
+    const evidence = nodeEvidenceRef(agent.node);
+    const list: ExtraExtension[] = [];
+    if (claims) list.push(unifiedIdentityExtension(claims));
+    if (evidence) list.push(evidenceRefExtension(evidence));
+    const extensions = list.length > 0 ? list : undefined;
+    const serials: string[] = [];
     let sliceStart = performance.now();
     for (const p of params) {
       if (performance.now() - sliceStart >= SLICE_MS) {
@@ -142,6 +150,7 @@ export function batchNewX509Svid(ctx: AgentApiContext): grpc.handleUnaryCall<api
         }
         const svid = o.issuer.mintX509(id, key, ttlFor(ctx, claims, entry.x509SvidTtl ?? o.x509SvidTtl), entry.dnsNames ?? [], extensions);
         results.push({ entryId: p.entryId, svid: x509ToWire(svid), errorCode: 0, errorMessage: '' });
+        serials.push(svid.serialHex);
         ok++;
       } catch (err) {
         const e = err instanceof RpcError ? err : toRpcError(err);
@@ -152,7 +161,10 @@ export function batchNewX509Svid(ctx: AgentApiContext): grpc.handleUnaryCall<api
     }
     o.auditor.record({
       action: 'sign_x509_svid', caller: agentId, result: ok === params.length ? 'ok' : ok === 0 ? 'denied' : 'ok',
-      details: { requested: params.length, issued: ok, failed: params.length - ok, entries: params.map((p) => p.entryId), ...(denied.length ? { denied } : {}) },
+      details: {
+        requested: params.length, issued: ok, failed: params.length - ok, entries: params.map((p) => p.entryId), serials,
+        ...(evidence ? { attestation: evidence.index } : {}), ...(denied.length ? { denied } : {}),
+      },
     });
     return { results };
   });
@@ -182,8 +194,13 @@ export function newJwtSvid(ctx: AgentApiContext): grpc.handleUnaryCall<api.NewJw
     }
     const id = SpiffeId.parse(entry.spiffeId);
     const claims = nodeClaims(ctx, agent);
-    const jwt = await o.issuer.mintJwt(id, aud, ttlFor(ctx, claims, entry.jwtSvidTtl ?? o.jwtSvidTtl), claims ? { [UNIFIED_IDENTITY_JWT_CLAIM]: unifiedIdentityJwtClaim(claims) } : undefined);
-    o.auditor.record({ action: 'sign_jwt_svid', caller: agentId, subject: entry.spiffeId, result: 'ok', details: { entry: entry.id, audience: aud } });
+    const evidence = nodeEvidenceRef(agent.node);
+    const extra = {
+      ...(claims ? { [UNIFIED_IDENTITY_JWT_CLAIM]: unifiedIdentityJwtClaim(claims) } : {}),
+      ...(evidence ? { [EVIDENCE_REF_JWT_CLAIM]: evidence } : {}),
+    };
+    const jwt = await o.issuer.mintJwt(id, aud, ttlFor(ctx, claims, entry.jwtSvidTtl ?? o.jwtSvidTtl), Object.keys(extra).length > 0 ? extra : undefined);
+    o.auditor.record({ action: 'sign_jwt_svid', caller: agentId, subject: entry.spiffeId, result: 'ok', details: { entry: entry.id, audience: aud, expiresAt: jwt.expiresAt.toISOString(), ...(evidence ? { attestation: evidence.index } : {}) } });
     return { spiffeId: entry.spiffeId, token: jwt.token, expiresAt: Math.floor(jwt.expiresAt.getTime() / 1000) };
   });
 }

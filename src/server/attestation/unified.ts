@@ -45,9 +45,21 @@ export interface PipelineStages {
   policy: number;
 }
 
+/** What the evidence log keeps of a verification, beyond the quote and claims document (docs/evidence-log.md). */
+export interface VerificationFacts {
+  keylime: { verifier: string; valid: boolean; failures: unknown[]; apiVersion?: string };
+  /** The operator's answer as the policy counted it (times as ISO strings). */
+  operator?: Record<string, unknown>;
+  /** The landmark disks that counted (times as ISO strings). */
+  latencyDisks?: Record<string, unknown>[];
+  decision: { decision: string; reasons: string[] };
+  policyName: string;
+}
+
 export interface VerifiedUnifiedIdentity {
   /** What the SVIDs carry (coarse: never coordinates). */
   claims: UnifiedIdentityClaims;
+  facts: VerificationFacts;
   /** Precise readings and verdicts, for the audit log only. */
   audit: Record<string, unknown>;
   stages: PipelineStages;
@@ -84,7 +96,7 @@ export interface UnifiedIdentityObserver {
   stages?(stages: PipelineStages): void;
 }
 
-function loadPolicies(s: UnifiedIdentitySettings): PolicySet {
+function loadPolicies(s: UnifiedIdentitySettings): { set: PolicySet; text: string } {
   const lp = s.locationPolicies;
   let text: string;
   if (lp.file !== undefined) {
@@ -105,7 +117,7 @@ function loadPolicies(s: UnifiedIdentitySettings): PolicySet {
   if (!set.has(s.defaultPolicy)) {
     throw new ConfigError(`unifiedIdentity.defaultPolicy "${s.defaultPolicy}" is not among the location policies (${set.names().join(', ')})`);
   }
-  return set;
+  return { set, text };
 }
 
 /** Claims stored on a node: the SVID claims; `attestedAt` and `satisfiedPolicies` drive the signing checks. */
@@ -140,6 +152,8 @@ const MAX_REMEMBERED_NODES = 100_000;
 
 export class UnifiedIdentityPipeline {
   readonly policies: PolicySet;
+  /** The policy set as configured (YAML text): the evidence log records it, auditors recompute decisions under it. */
+  readonly policyDocument: string;
   readonly pcrs: readonly number[];
   readonly reattestIntervalS: number;
   /**
@@ -165,7 +179,9 @@ export class UnifiedIdentityPipeline {
     this.log = o.logger.child({ component: 'unified-identity' });
     this.observer = o.observer;
     this.now = o.now ?? (() => new Date());
-    this.policies = loadPolicies(o.settings);
+    const loaded = loadPolicies(o.settings);
+    this.policies = loaded.set;
+    this.policyDocument = loaded.text;
     this.defaultPolicy = o.settings.defaultPolicy;
     this.pcrs = [...new Set(o.settings.pcrs)].sort((a, b) => a - b);
     this.reattestIntervalS = o.settings.reattestInterval;
@@ -327,8 +343,16 @@ export class UnifiedIdentityPipeline {
     const stages = { claims: claimsMs, quote: quoteMs, keylime: keylimeMs, operator: operatorMs, policy: policyMs };
     this.lastStages = stages;
     this.observer?.stages?.(stages);
+    const verifierName = claims['verifier'] as string;
     return {
       claims,
+      facts: {
+        keylime: { verifier: verifierName, valid: keylimeVerdict.valid, failures: keylimeVerdict.failures as unknown[], ...(keylimeVerdict.apiVersion !== undefined ? { apiVersion: String(keylimeVerdict.apiVersion) } : {}) },
+        ...(op.result ? { operator: jsonOf(op.result) as Record<string, unknown> } : {}),
+        ...(disks ? { latencyDisks: disks.map((d) => jsonOf(d) as Record<string, unknown>) } : {}),
+        decision: { decision: decision.decision, reasons: decision.reasons },
+        policyName: this.defaultPolicy,
+      },
       audit: {
         readings: readings.map((r) => ({ kind: r.kind, sensorId: r.sensorId, time: r.time.toISOString(), lat: r.lat, lon: r.lon, horizontalErrorM: r.horizontalErrorM, attested: r.attested })),
         policyReasons: decision.reasons,
@@ -560,6 +584,11 @@ function freshestAttestedGnss(readings: LocationReading[]): LocationReading | un
   return best;
 }
 
+/** A plain-JSON copy (Dates as ISO strings, undefined members dropped) for the evidence log. */
+function jsonOf(v: unknown): unknown {
+  return JSON.parse(JSON.stringify(v)) as unknown;
+}
+
 /** Parses the agent's claims document strictly: size, UTF-8, JSON, canonical form, shape, readings. */
 export function parseClaimsDocument(doc: Buffer): LocationReading[] {
   const bad = (m: string): AttestationError => new AttestationError('invalid_argument', `unified_identity.claims_document ${m}`);
@@ -611,10 +640,10 @@ function unproducible(r: LocationReading): string | undefined {
   return undefined;
 }
 
-const PLACE_FIELDS = new Set(['country', 'region', 'policy', 'sensorKinds', 'assurance', 'witnesses', 'latency', 'readingTime']);
+export const PLACE_FIELDS = new Set(['country', 'region', 'policy', 'sensorKinds', 'assurance', 'witnesses', 'latency', 'readingTime']);
 
 /** The place part of the claims from an allowing decision: coarse, with how it was established. */
-function placeClaims(decision: PolicyDecision): UnifiedIdentityClaims {
+export function placeClaims(decision: PolicyDecision): UnifiedIdentityClaims {
   const c = decision.claims as NonNullable<PolicyDecision['claims']>;
   return {
     country: c.country,

@@ -70,13 +70,42 @@ function baseSchema(t: { int: string; blob: string }): string[] {
   ];
 }
 
+/**
+ * Version 2: the evidence log (docs/evidence-log.md). Leaves are append-only (index = position in
+ * the Merkle tree); `body` is NULL once retention pruned it, `leaf_hash` stays forever. `tag` is a
+ * lookup key (a node's SPIFFE ID, a policy digest). evidence_nodes holds every complete subtree
+ * hash, so proofs and roots read O(log n) rows.
+ */
+function evidenceSchema(t: { int: string; blob: string }): string[] {
+  return [
+    `CREATE TABLE evidence_leaves (
+      idx ${t.int} PRIMARY KEY,
+      kind TEXT NOT NULL,
+      tag TEXT,
+      time ${t.int} NOT NULL,
+      leaf_hash ${t.blob} NOT NULL,
+      body ${t.blob}
+    )`,
+    'CREATE INDEX evidence_leaves_tag ON evidence_leaves (kind, tag, idx)',
+    'CREATE INDEX evidence_leaves_time ON evidence_leaves (time)',
+    `CREATE TABLE evidence_nodes (level SMALLINT NOT NULL, idx ${t.int} NOT NULL, hash ${t.blob} NOT NULL, PRIMARY KEY (level, idx))`,
+    `CREATE TABLE evidence_checkpoints (size ${t.int} PRIMARY KEY, root ${t.blob} NOT NULL, note TEXT NOT NULL, created_at ${t.int} NOT NULL)`,
+  ];
+}
+
 const MIGRATIONS: Record<SqlDriver['dialect'], Migration[]> = {
-  sqlite: [{ version: 1, statements: baseSchema({ int: 'INTEGER', blob: 'BLOB' }) }],
-  postgres: [{ version: 1, statements: baseSchema({ int: 'BIGINT', blob: 'BYTEA' }) }],
+  sqlite: [
+    { version: 1, statements: baseSchema({ int: 'INTEGER', blob: 'BLOB' }) },
+    { version: 2, statements: evidenceSchema({ int: 'INTEGER', blob: 'BLOB' }) },
+  ],
+  postgres: [
+    { version: 1, statements: baseSchema({ int: 'BIGINT', blob: 'BYTEA' }) },
+    { version: 2, statements: evidenceSchema({ int: 'BIGINT', blob: 'BYTEA' }) },
+  ],
 };
 
 /** The schema version this build writes and understands. */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 async function currentVersion(conn: SqlConn): Promise<number> {
   const rows = await conn.query('SELECT MAX(version) AS v FROM schema_version');

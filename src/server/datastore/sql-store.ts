@@ -1,6 +1,7 @@
 // One DataStore over any SqlDriver: the SQL is portable between SQLite (>= 3.35) and PostgreSQL,
 // so both backends behave the same and one test suite checks both.
 import { createHash, randomUUID } from 'node:crypto';
+import { EvidenceTables } from './evidence.js';
 import { canonicalSelectors, selectorSetKey, selectorsMatch } from './selectors.js';
 import type { SqlConn, SqlDriver, SqlRow, SqlValue } from './sql-driver.js';
 import {
@@ -166,7 +167,10 @@ function applyUpdate(cur: RegistrationEntry, u: RegistrationEntryUpdate): Regist
 class Aborted extends Error {}
 
 export class SqlDataStore implements DataStore {
-  constructor(private readonly db: SqlDriver) {}
+  readonly evidence: EvidenceTables;
+  constructor(private readonly db: SqlDriver) {
+    this.evidence = new EvidenceTables(db);
+  }
 
   // --- registration entries ---
 

@@ -191,7 +191,54 @@ export function serverSpiffeId(trustDomain: string): string {
   return `spiffe://${trustDomain}/spire/server`;
 }
 
+/** A leaf to append to the evidence log (docs/evidence-log.md). */
+export interface NewEvidenceLeaf {
+  /** The record's kind (attestation, policy, issuance, event). */
+  kind: string;
+  /** Lookup key: the node's SPIFFE ID, a policy digest; absent for none. */
+  tag?: string;
+  time: Date;
+  /** RFC 9162 leaf hash of `body`. */
+  leafHash: Buffer;
+  /** The record's canonical bytes. */
+  body: Buffer;
+}
+
+/** A stored leaf; `body` is absent once retention pruned it (its hash stays in the tree). */
+export interface EvidenceLeaf extends Omit<NewEvidenceLeaf, 'body'> {
+  index: number;
+  body?: Buffer;
+}
+
+/** A signed checkpoint (C2SP tlog-checkpoint note) of the evidence log at `size` leaves. */
+export interface EvidenceCheckpoint {
+  size: number;
+  root: Buffer;
+  note: string;
+  createdAt: Date;
+}
+
+/** The evidence log's storage: append-only leaves, the Merkle tree's complete nodes, checkpoints. */
+export interface EvidenceStore {
+  /** Appends in order at the end of the log (all or nothing); returns the first leaf's index. */
+  append(leaves: readonly NewEvidenceLeaf[]): Promise<number>;
+  size(): Promise<number>;
+  /** Complete-subtree hashes (level 0 = leaf hashes), in the order asked. */
+  nodes(nodes: readonly { level: number; index: number }[]): Promise<Buffer[]>;
+  /** Leaves [from, to) in index order. */
+  leaves(from: number, to: number): Promise<EvidenceLeaf[]>;
+  latest(kind: string, tag: string): Promise<EvidenceLeaf | undefined>;
+  addCheckpoint(c: EvidenceCheckpoint): Promise<void>;
+  checkpoints(): Promise<EvidenceCheckpoint[]>;
+  latestCheckpoint(): Promise<EvidenceCheckpoint | undefined>;
+  /** Drops bodies of these kinds written before `before`; returns how many. */
+  pruneBodies(before: Date, kinds: readonly string[]): Promise<number>;
+}
+
 export interface DataStore {
+  /** The evidence log (append-only, shared by every server on this database). */
+  readonly evidence: EvidenceStore;
+
   // --- registration entries ---
   createEntries(entries: NewRegistrationEntry[], options?: BatchOptions): Promise<BatchResult<RegistrationEntry>[]>;
   updateEntries(updates: RegistrationEntryUpdate[], options?: BatchOptions): Promise<BatchResult<RegistrationEntry>[]>;

@@ -30,9 +30,9 @@ describe('PostgreSQL datastore specifics', () => {
     const stores = await Promise.all([1, 2, 3].map(() => openDataStore({ type: 'postgres', connectionString: url, poolSize: 2 })));
     const c = new pg.Client({ connectionString: url });
     await c.connect();
-    const rows = (await c.query('SELECT version FROM schema_version')).rows;
+    const rows = (await c.query('SELECT version FROM schema_version ORDER BY version')).rows;
     await c.end();
-    expect(rows).toEqual([{ version: 1 }]);
+    expect(rows).toEqual([{ version: 1 }, { version: 2 }]);
     await Promise.all(stores.map((s) => s.close()));
   });
 
