@@ -26,6 +26,7 @@ export default tseslint.config(
   boundary(['src/spiffe/**', 'src/tpm/**', 'src/keylime/**', 'src/geo/**', 'src/api/**', 'native/**', 'feature-flags/**'],
     ['server', 'agent', 'workload', 'cli', 'test'],
     'shared layers (spiffe/tpm/keylime/geo/api/native) must not depend on server, agent, workload, cli or test code'),
+  boundary(['src/translog/**'], ['server', 'agent', 'workload', 'cli', 'landmark', 'test'], 'src/translog (transparency-log toolkit) is a shared layer: it imports no server, agent, workload, cli, landmark or test code'),
   boundary(['src/server/**'], ['agent', 'workload', 'landmark', 'test'], 'the server never imports the agent, the workload library, the landmark or test code (the latency probe reaches SPIFFE mTLS through src/latency)'),
   // The latency probe protocol: shared by agent, landmark and server; builds on spiffe, tpm and the
   // workload library's SPIFFE mTLS helpers (the one mTLS implementation for node:tls).
