@@ -11,7 +11,7 @@ const sha256: (data: Uint8Array) => Buffer = oneShot
   ? (data) => oneShot('sha256', data, 'buffer')
   : (data) => crypto.createHash('sha256').update(data).digest();
 
-/** The root of the empty tree (RFC 9162 §2.1.1): SHA-256 of the empty string. */
+/** The root of the empty tree (RFC 9162 §2.1.1): SHA-256 of the empty string. Shared: never write into it. */
 export const EMPTY_ROOT: Buffer = sha256(new Uint8Array(0));
 
 /** RFC 9162 §2.1.1 leaf hash: SHA-256(0x00 || data). */

@@ -42,9 +42,11 @@ export function rootOf(leafHashes: readonly Uint8Array[]): Buffer {
   return b.root();
 }
 
-/** MTH from a compact range (subtree roots, largest first): fold from the right. */
+/** MTH from a compact range (subtree roots, largest first): fold from the right. Always a fresh buffer. */
 export function foldRange(range: readonly Buffer[]): Buffer {
   if (range.length === 0) return Buffer.from(EMPTY_ROOT);
+  // A one-node range is returned as a copy, so a caller cannot write into a builder's state.
+  if (range.length === 1) return Buffer.from(range[0] as Buffer);
   let acc = range[range.length - 1] as Buffer;
   for (let i = range.length - 2; i >= 0; i--) acc = nodeHash(range[i] as Buffer, acc);
   return acc;

@@ -5,8 +5,9 @@ import { checkPosition, consistencyRanges, floorPow2, inclusionRanges } from './
 /**
  * Proof verification, RFC 9162 §2.1.3.2 and §2.1.4.2, as written there (bit walks over fn/sn), so it can
  * be checked line by line against the RFC. Pure and synchronous; every failure throws a TranslogError.
- * Input shape is checked first, before any hashing, so a hostile proof costs at most its expected length
- * in hashes: a tree of at most 2^53 leaves has proofs of at most 53 (inclusion) or 2·53 (consistency).
+ * Input shape is checked first, before any hashing (array of at most MAX_PROOF_HASHES 32-byte hashes,
+ * exactly as many as the sizes call for), so a hostile proof costs at most ~54 hashes: that is the
+ * longest proof in a tree of up to 2^53 leaves.
  */
 
 /** Upper bound on proof length accepted from anyone, checked before anything else. */

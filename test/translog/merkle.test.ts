@@ -345,6 +345,17 @@ describe('edge cases and hostile input', () => {
     expect(code(() => completedNodes(7, leaves[7] as Buffer, () => undefined as unknown as Buffer))).toBe('storage');
   });
 
+  it('TreeBuilder refuses non-hashes and keeps its state to itself', () => {
+    const b = new TreeBuilder();
+    expect(code(() => b.append(Buffer.alloc(31)))).toBe('malformed');
+    const leaf = Buffer.from(leaves[0] as Buffer);
+    b.append(leaf);
+    leaf.fill(0);
+    b.root().fill(0);
+    expect(hex(b.root())).toBe(ROOTS[1]);
+    expect(b.size).toBe(1);
+  });
+
   it('node addressing stays exact up to 2^53 - 1 leaves', () => {
     const big = 2 ** 53 - 1;
     const root: NodeId[] = nodesForRoot(big);
