@@ -76,6 +76,7 @@ describe('datastore backup and restore (SQLite)', () => {
   let agent: Agent | undefined;
   let agentId: string;
   let early: Awaited<ReturnType<typeof attestWithToken>>;
+  let renewedLater: { id: string; chain: Buffer[]; key: crypto.KeyObject };
   let late: Awaited<ReturnType<typeof attestWithToken>>;
   let before: string[];
   let during: string[];
@@ -120,6 +121,7 @@ describe('datastore backup and restore (SQLite)', () => {
     await agent.syncOnce();
     expect(agent.cache.svid(before[0]!)).toBeDefined();
     early = await attestWithToken(serverA);
+    renewedLater = await attestWithToken(serverA);
   });
 
   afterAll(async () => {
@@ -170,8 +172,16 @@ describe('datastore backup and restore (SQLite)', () => {
     // One self-contained file: no WAL beside it.
     expect(fs.readdirSync(backupDir).sort()).toEqual(['audit-key', 'datastore.sqlite3', 'keys', 'manifest.json']);
 
-    // What the restored server must match, and a node it will not know.
+    // What the restored server must match, a node it will not know, and one whose SVID it will not know.
     late = await attestWithToken(serverA!);
+    const k = newKey();
+    const c = agentClient(serverA!, renewedLater);
+    const renewed = await unary<RenewAgentResponse>(c, 'RenewAgent', { csr: k.csr });
+    c.close();
+    renewedLater = { id: renewedLater.id, chain: renewed.svid!.certChain, key: k.privateKey };
+    const c2 = agentClient(serverA!, renewedLater); // first use: the renewed SVID becomes the node's current one
+    await unary(c2, 'SyncEntries', { knownRevision: '' });
+    c2.close();
     ca.roots = serverA!.ca.x509Roots().map((d) => d.toString('base64')).sort();
     ca.active = serverA!.ca.activeX509().id;
     ca.jwt = serverA!.ca.authorities().jwt.map((a) => a.kid).sort();
@@ -183,7 +193,7 @@ describe('datastore backup and restore (SQLite)', () => {
     const run = await spawnCli('datastore', 'restore', '-c', configB, '--from', backupDir);
     expect(run.err).toBe('');
     expect(run.code).toBe(0);
-    expect(run.out).toMatch(/registration entries, 2 attested nodes\n/);
+    expect(run.out).toMatch(/registration entries, 3 attested nodes\n/);
     const data = path.join(tmp.dir, 'b', 'data');
     expect(mode(path.join(data, 'datastore.sqlite3'))).toBe(0o600);
     expect(mode(path.join(data, 'keys'))).toBe(0o700);
@@ -198,7 +208,7 @@ describe('datastore backup and restore (SQLite)', () => {
     const restoredDuring = ids.filter((id) => !before.includes(id)).sort();
     expect(restoredDuring).toEqual(during.slice(0, restoredDuring.length).sort());
     const nodes = (await serverB.store.listNodes()).map((x) => x.spiffeId).sort();
-    expect(nodes).toEqual([agentId, early.id].sort());
+    expect(nodes).toEqual([agentId, early.id, renewedLater.id].sort());
     expect(serverB.ca.x509Roots().map((d) => d.toString('base64')).sort()).toEqual(ca.roots);
     expect(serverB.ca.activeX509().id).toBe(ca.active);
     expect(serverB.ca.authorities().jwt.map((a) => a.kid).sort()).toEqual(ca.jwt);
@@ -235,6 +245,14 @@ describe('datastore backup and restore (SQLite)', () => {
       code: grpc.status.PERMISSION_DENIED, details: expect.stringContaining('join token is unknown'),
     });
     c2.close();
+  });
+
+  it('an SVID renewed after the backup is not the current one in the restored datastore: refused', async () => {
+    const c = agentClient(serverB!, renewedLater);
+    await expect(unary(c, 'SyncEntries', { knownRevision: '' })).rejects.toMatchObject({
+      code: grpc.status.UNAUTHENTICATED, details: expect.stringContaining('presented an SVID that is no longer its current one'),
+    });
+    c.close();
   });
 
   it('refuses a backup with a changed byte or a truncated file, naming the file, and writes nothing', async () => {
