@@ -405,8 +405,13 @@ const evidenceLogSchema = z.object({
     enabled: z.boolean().default(false),
     bindAddress: z.string().min(1).default('127.0.0.1'),
     port: port.default(8445),
-    /** SPIFFE IDs allowed to call it; absent: any SVID of this trust domain. */
+    /** SPIFFE IDs allowed to read checkpoints, proofs and EARs; absent: any SVID of this trust domain. */
     allowedIds: z.array(z.string().startsWith('spiffe://')).optional(),
+    /**
+     * SPIFFE IDs that may also read record bodies (which hold nodes' precise readings and evidence).
+     * Default none: bodies leave the server only through `terroir-server audit export` on its host.
+     */
+    auditorIds: z.array(z.string().startsWith('spiffe://')).default([]),
   }).strict().prefault({}),
 }).strict();
 

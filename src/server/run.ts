@@ -31,6 +31,7 @@ import { startHealthServer, type HealthServer } from './health.js';
 import { ServerMetrics } from './metrics.js';
 import { createAdminService, startAdminServer } from './admin/index.js';
 import { EvidenceLog } from './evidence/log.js';
+import { startEvidenceApi, type EvidenceApi } from './evidence/api.js';
 import { earFromAttestation, signEar } from '../evidence/ear.js';
 import type { AttestationRecord } from '../evidence/record.js';
 import { evidenceAuditor } from './evidence/auditor.js';
@@ -59,6 +60,10 @@ export interface RunningServer {
   readonly auditor: Auditor;
   /** The evidence log, when evidenceLog.enabled. */
   readonly evidenceLog?: EvidenceLog;
+  /** The evidence API's port, when evidenceLog.api.enabled. */
+  readonly evidenceApiPort?: number;
+  /** The audit public key (C2SP verifier key), when the evidence log is on. */
+  readonly auditVerifierKey?: string;
   /** The Prometheus registry behind /metrics (absent when metrics.enabled is false). */
   readonly metrics?: ServerMetrics;
   /** Keylime continuous attestation, when configured (the `keylime` section). */
@@ -345,6 +350,18 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       cleanups.push(() => h.close());
     }
 
+    let evidenceApi: EvidenceApi | undefined;
+    if (evidenceLog && auditKey && config.evidenceLog.api.enabled) {
+      const a = config.evidenceLog.api;
+      const identity = new ServerSvidSource(issuer, ca, config.ca.x509SvidTtl, now, { dnsNames: config.agentApi.dnsNames, ipAddresses: config.agentApi.ipAddresses });
+      const api = await startEvidenceApi({
+        host: a.bindAddress, port: a.port, log: evidenceLog, verifierKey: auditKey.verifierKey, identity, trustDomain: td,
+        ...(a.allowedIds ? { allowedIds: a.allowedIds } : {}), auditorIds: a.auditorIds, logger: logger.child({ component: 'evidence-api' }),
+      });
+      evidenceApi = api;
+      cleanups.push(async () => { await api.close(); identity.close(); });
+    }
+
     let dashboard: DashboardServer | undefined;
     if (dashboardFeed) {
       const dc = config.dashboard;
@@ -401,6 +418,8 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       agentService,
       auditor,
       ...(evidenceLog ? { evidenceLog } : {}),
+      ...(evidenceApi ? { evidenceApiPort: evidenceApi.port } : {}),
+      ...(auditKey ? { auditVerifierKey: auditKey.verifierKey } : {}),
       ...(metrics ? { metrics } : {}),
       keylime,
       unifiedIdentity,

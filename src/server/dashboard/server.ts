@@ -4,16 +4,11 @@
 // Loopback listeners speak plain HTTP and refuse foreign Host headers (a web page elsewhere cannot use
 // DNS rebinding to read the fleet); any other listener speaks mTLS with the server's own SVID and
 // admits only the configured SPIFFE IDs.
-import crypto from 'node:crypto';
 import http from 'node:http';
-import https from 'node:https';
+import type https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import tls from 'node:tls';
 import type { Logger } from 'pino';
-import type { Bundle } from '../../spiffe/bundle.js';
-import type { TrustDomain } from '../../spiffe/id.js';
-import type { X509Svid } from '../../spiffe/svid-source.js';
-import { verifyX509Svid } from '../../spiffe/x509svid.js';
+import { createSpiffeHttpsServer, type ServerTlsIdentity } from '../spiffe-https.js';
 import { isLoopbackAddress } from './config.js';
 import type { DashboardEvent, DashboardFeed } from './feed.js';
 import { worldMapBody } from './map.js';
@@ -21,12 +16,7 @@ import { PAGE_CSS, PAGE_HTML, PAGE_JS } from './page.js';
 import { DashboardView, MAX_PAGE } from './view.js';
 
 /** The server's own SVID and bundles (ServerSvidSource), for the remote listener's mTLS. */
-export interface DashboardIdentity {
-  getX509Svid(): X509Svid;
-  getX509Bundles(): readonly Bundle[];
-  getX509BundleForTrustDomain(td: TrustDomain): Bundle | undefined;
-  onUpdate(fn: () => void): () => void;
-}
+export type DashboardIdentity = ServerTlsIdentity;
 
 export interface DashboardOptions {
   host: string;
@@ -81,33 +71,6 @@ const MAX_REFUSALS_ANSWER = 200;
 function intParam(v: string | null, dflt: number): number {
   if (v === null || !/^\d{1,9}$/.test(v)) return dflt;
   return Number(v);
-}
-
-/** The chain a TLS client presented, leaf first, without a trust anchor OpenSSL may have appended. */
-function presentedChain(cert: tls.DetailedPeerCertificate | undefined): Buffer[] {
-  const out: Buffer[] = [];
-  let c = cert;
-  while (c !== undefined && c.raw !== undefined && out.length < 16) {
-    const issuer = c.issuerCertificate as tls.DetailedPeerCertificate | undefined;
-    const selfIssued = issuer === undefined || issuer === c || issuer.raw?.equals(c.raw) === true;
-    if (selfIssued && out.length > 0) break;
-    out.push(c.raw);
-    if (selfIssued) break;
-    c = issuer;
-  }
-  return out;
-}
-
-function tlsOptions(identity: DashboardIdentity): tls.SecureContextOptions {
-  const svid = identity.getX509Svid();
-  return {
-    key: svid.privateKey.export({ type: 'pkcs8', format: 'pem' }),
-    cert: svid.certificatesDer.map((d) => new crypto.X509Certificate(d).toString()).join(''),
-    ca: identity.getX509Bundles().map((b) => b.x509AuthoritiesPem()).join(''),
-    minVersion: 'TLSv1.2',
-    // No session tickets: a resumed session would skip the SPIFFE check below.
-    secureOptions: crypto.constants.SSL_OP_NO_TICKET,
-  };
 }
 
 export async function startDashboard(o: DashboardOptions): Promise<DashboardServer> {
@@ -231,40 +194,11 @@ export async function startDashboard(o: DashboardOptions): Promise<DashboardServ
   let server: http.Server | https.Server;
   let stopRefresh = (): void => undefined;
   if (o.remote !== undefined) {
-    const { identity } = o.remote;
     const allowed = new Set(o.remote.allowedSpiffeIds);
-    let current = tlsOptions(identity);
-    const s = https.createServer({ ...current, requestCert: true, rejectUnauthorized: true }, handler);
-    // Rotation: the SVID is re-minted at half-life and after a CA rotation; new handshakes get the new one.
-    const refresh = (): void => {
-      try {
-        const next = tlsOptions(identity);
-        if (next.cert !== current.cert || next.ca !== current.ca) {
-          current = next;
-          s.setSecureContext(next);
-        }
-      } catch (err) {
-        log?.error({ err }, 'dashboard: cannot refresh the TLS identity');
-      }
-    };
-    const off = identity.onUpdate(refresh);
-    const timer = setInterval(refresh, 60_000);
-    timer.unref();
-    stopRefresh = () => { off(); clearInterval(timer); };
-    // OpenSSL checked the chain against our roots; this checks the SPIFFE rules and the allow list
-    // before the request handler ever sees the socket.
-    s.prependListener('secureConnection', (socket: tls.TLSSocket) => {
-      try {
-        const svid = verifyX509Svid(presentedChain(socket.getPeerCertificate(true)), identity);
-        const id = svid.id.toString();
-        if (!allowed.has(id)) throw new Error(`${id} is not in dashboard.remote.allowedSpiffeIds`);
-      } catch (err) {
-        log?.warn({ err: (err as Error).message, remote: socket.remoteAddress }, 'dashboard client refused');
-        socket.destroy();
-      }
-    });
-    s.on('tlsClientError', () => undefined);
-    server = s;
+    const created = createSpiffeHttpsServer(o.remote.identity,
+      (id) => (allowed.has(id.toString()) ? undefined : `${id.toString()} is not in dashboard.remote.allowedSpiffeIds`), handler, log, 'dashboard');
+    stopRefresh = created.stopRefresh;
+    server = created.server;
   } else {
     server = http.createServer(handler);
   }
