@@ -410,7 +410,7 @@ function checkCompatible(state: ServerState, m: BackupManifest): void {
     throw new BackupError('schema_too_new', `the backup's datastore schema is at version ${m.schemaVersion} (made by terroir ${m.terroirVersion}) but this terroir-server `
       + `(${terroirVersion()}) knows versions up to ${SCHEMA_VERSION}; restore it with terroir ${m.terroirVersion} or newer`);
   }
-  if (m.files.some((f) => f.path.startsWith(`${KEYS}/`)) && state.ca.keyStore !== 'disk') {
+  if (m.files.some((f) => f.path.startsWith(`${KEYS}/`)) && (state.ca.keyStore !== 'disk' || state.ca.keyDir === undefined)) {
     throw new BackupError('incompatible', 'the backup holds CA keys but the config has ca.keyStore: memory, where they would be lost; set ca.keyStore: disk (and ca.keyDir if you like)');
   }
 }
