@@ -279,6 +279,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       store,
       trustDomain: td,
       logger,
+      auditor,
       bundleProvider: () => Bundle.parse(td, ca.bundle().bundleJson),
       // Banned or evicted: the agent's watch streams get DROP_SVIDS at once, not at the next poll.
       onNodeEvicted: (id) => {

@@ -97,6 +97,24 @@ describe('the log on a running server', () => {
   });
 });
 
+describe('admin changes and revocations', () => {
+  it('an operator eviction becomes an event record in the log', async () => {
+    const { AdminClient } = await import('../../src/api/admin-api.js');
+    const c = new AdminClient(t.server.adminSocketPath!);
+    const victim = await attestWithToken(t.server);
+    try {
+      await c.call('EvictAgent', { spiffeId: victim.id });
+    } finally {
+      c.close();
+    }
+    const log = t.server.evidenceLog!;
+    await log.flush();
+    const leaves = await log.leaves(0, await log.size());
+    const events = leaves.map((l) => decodeRecord(l.body!)).filter((r) => r.kind === 'event');
+    expect(events).toContainEqual(expect.objectContaining({ action: 'admin', subject: victim.id, result: 'ok' }));
+  });
+});
+
 describe('from an SVID to its evidence', () => {
   it('the agent SVID names its attestation record, which the log proves it holds', async () => {
     const a = agents[0]!;
@@ -247,6 +265,15 @@ describe('the auditor (audit verify) on the export', () => {
 });
 
 describe('retention', () => {
+  it('an issuance whose attestation body was pruned still verifies (pruning goes by age)', async () => {
+    const k = lines.findIndex((l) => isLeaf(l) && recordOf(l).kind === 'attestation' && (recordOf(l) as AttestationRecord).result === 'accepted');
+    const pruned = [...lines];
+    pruned[k] = JSON.stringify({ ...leafOf(lines[k]!), body: null });
+    const r = await verify(pruned);
+    expect(r.failure).toBeUndefined();
+    expect(r).toMatchObject({ ok: true, pruned: 1, attestations: { accepted: 2 } });
+  });
+
   it('pruned bodies leave a log that still verifies (hashes and checkpoints kept)', async () => {
     const log = t.server.evidenceLog!;
     const pruned = await log.prune(new Date(Date.now() + 1000));
@@ -276,7 +303,7 @@ describe('the CLI', () => {
     const keyFile = path.join(t.dir, 'audit.pub');
     fs.writeFileSync(keyFile, `${verifierKey}\n`);
     out.length = 0;
-    expect(await main(['audit', 'verify', '--export', file, '--key', `@${keyFile}`], io)).toBe(0);
+    expect(await main(['audit', 'verify', '--export', file, '--key', `@${keyFile}`], io), err.join('')).toBe(0);
     expect(out.join('')).toMatch(/^OK: example.org\/terroir\/evidence — \d+ records/);
     const text = fs.readFileSync(file, 'utf8').split('\n');
     const k = text.findIndex((l) => l.startsWith('{"i":3,'));

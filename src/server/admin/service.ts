@@ -40,6 +40,8 @@ export interface AdminServiceDeps {
   store: DataStore;
   trustDomain: TrustDomain;
   logger: Logger;
+  /** Where audit records go (the server's auditor: log, metrics, evidence log); default: the logger. */
+  auditor?: Auditor;
   /** The server's own trust bundle, as the CA currently publishes it. */
   bundleProvider: () => Bundle;
   /** Called after any entry change (so caches/sync notice at once). */
@@ -133,7 +135,7 @@ export interface AdminService {
 
 export function createAdminService(deps: AdminServiceDeps): AdminService {
   const { store, trustDomain: td } = deps;
-  const auditor: Auditor = pinoAuditor(deps.logger);
+  const auditor: Auditor = deps.auditor ?? pinoAuditor(deps.logger);
   const maxBatch = (n: number, what: string): void => {
     if (n === 0) throw new InvalidInputError(`${what}: the batch is empty`);
     if (n > ADMIN_API_MAX_BATCH) throw new InvalidInputError(`${what}: at most ${ADMIN_API_MAX_BATCH} items per batch, got ${n}`);

@@ -128,6 +128,7 @@ async function run(lines: AsyncIterable<string> | Iterable<string>, opts: Verify
       }
     } else {
       report.pruned++;
+      state.prunedLeaf(leaf.i);
     }
     tree.append(hash);
     report.size++;
@@ -192,6 +193,12 @@ class AuditState {
   private readonly nonces = new Set<string>();
   private readonly tokens = new Set<string>();
   private readonly accepted = new Map<number, string>();
+  /** Leaves whose bodies retention removed: what cites them cannot be checked against them. */
+  private readonly pruned = new Set<number>();
+
+  prunedLeaf(index: number): void {
+    this.pruned.add(index);
+  }
 
   check(index: number, r: EvidenceRecord, report: VerifyReport): void {
     switch (r.kind) {
@@ -213,6 +220,8 @@ class AuditState {
         report.attestations.reverified++;
         return;
       case 'issuance': {
+        // Retention prunes by age: an issuance can outlive its attestation's body by a moment.
+        if (this.pruned.has(r.attestation) && r.attestation < index) return;
         const agent = this.accepted.get(r.attestation);
         if (agent === undefined) throw new Error(`it cites record ${r.attestation}, which is no accepted attestation before it`);
         if (agent !== r.agentId) throw new Error(`it issues to ${r.agentId} on the attestation of ${agent}`);
