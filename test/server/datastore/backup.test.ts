@@ -20,6 +20,8 @@ import { loadServerConfig } from '../../../src/server/config.js';
 import type { BackupManifest } from '../../../src/server/datastore/backup.js';
 import { openDataStore, SCHEMA_VERSION } from '../../../src/server/datastore/index.js';
 import { startServer, type RunningServer } from '../../../src/server/run.js';
+import { exportLog } from '../../../src/server/evidence/export.js';
+import { verifyExport } from '../../../src/server/evidence/verify.js';
 import { freePort } from '../../support/ports.js';
 import { PG_BIN, startPostgres, type TestPostgres } from '../../support/postgres.js';
 import { tempDir } from '../../support/tmp.js';
@@ -212,6 +214,13 @@ describe('datastore backup and restore (SQLite)', () => {
     expect(serverB.ca.x509Roots().map((d) => d.toString('base64')).sort()).toEqual(ca.roots);
     expect(serverB.ca.activeX509().id).toBe(ca.active);
     expect(serverB.ca.authorities().jwt.map((a) => a.kid).sort()).toEqual(ca.jwt);
+    // The evidence log came along: the restored server's export still verifies with the same audit key.
+    const lines: string[] = [];
+    const { size } = await exportLog(serverB.evidenceLog!, (c) => { lines.push(...c.split('\n').filter((l) => l !== '')); });
+    expect(size).toBeGreaterThan(0);
+    const report = await verifyExport(lines, { verifierKeys: [serverB.auditVerifierKey!] });
+    expect(report.failure).toBeUndefined();
+    expect(report.attestations.accepted).toBeGreaterThanOrEqual(3);
   });
 
   it('an agent attested before the backup keeps syncing and renewing against the restored server', async () => {
