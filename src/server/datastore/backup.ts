@@ -10,7 +10,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import pino from 'pino';
 import { openDataStore } from './index.js';
+import { EvidenceLog } from '../evidence/log.js';
+import { loadOrCreateAuditKey } from '../evidence/key.js';
 import { SCHEMA_VERSION } from './schema.js';
 import type { DataStoreConfig } from './types.js';
 
@@ -41,7 +44,7 @@ export interface ServerState {
   dataStore: DataStoreConfig;
   ca: { keyStore: 'memory' | 'disk'; keyDir?: string | undefined };
   /** The evidence log's settings, in builds that have one. */
-  evidenceLog?: { enabled?: boolean; keyFile?: string | undefined } | undefined;
+  evidenceLog?: { enabled?: boolean; keyFile?: string | undefined; origin?: string | undefined } | undefined;
 }
 
 /** Where the server keeps the evidence log's audit key. */
@@ -324,6 +327,7 @@ export async function restoreServer(state: ServerState, fromDir: string, opts: T
       if (!await store.getBundle(state.trustDomain)) {
         warnings.push(`the restored datastore holds no bundle for ${state.trustDomain}; the server publishes a new one at start`);
       }
+      await markRestore(state, store, manifest, warnings);
       return { manifest, written, entries, nodes, warnings };
     } finally {
       await store.close();
@@ -338,6 +342,29 @@ export async function restoreServer(state: ServerState, fromDir: string, opts: T
     }
     throw err;
   }
+}
+
+/**
+ * The evidence log rolls back with the datastore: checkpoints signed after the backup describe leaves
+ * the restored log no longer has, and its next ones will disagree with them (auditors see a fork).
+ * Say so in the log itself, signed, so the fork is explained where auditors look.
+ */
+async function markRestore(state: ServerState, store: Awaited<ReturnType<typeof openDataStore>>, manifest: BackupManifest, warnings: string[]): Promise<void> {
+  const ev = state.evidenceLog;
+  const keyFile = auditKeyFile(state);
+  if (ev?.enabled === false || ev?.origin === undefined || !fs.existsSync(keyFile)) return;
+  const log = new EvidenceLog({
+    store: store.evidence, origin: ev.origin, serverName: 'datastore-restore', signer: loadOrCreateAuditKey(keyFile, ev.origin).signer,
+    logger: pino({ level: 'silent' }),
+  });
+  const size = await log.size();
+  await log.append({
+    kind: 'event', action: 'datastore_restore', caller: 'terroir-server datastore restore', result: 'ok',
+    details: { backupCreatedAt: manifest.createdAt, logSizeAtBackup: size },
+  });
+  await log.close();
+  await log.checkpoint();
+  warnings.push(`the evidence log is back at ${size} records (the backup's): checkpoints signed after the backup no longer match it; a datastore_restore record at index ${size} says so to auditors`);
 }
 
 function readManifest(dir: string): BackupManifest {

@@ -193,7 +193,7 @@ describe('datastore backup and restore (SQLite)', () => {
 
   it('restores into a fresh data dir: the same entries, nodes and CA keys', async () => {
     const run = await spawnCli('datastore', 'restore', '-c', configB, '--from', backupDir);
-    expect(run.err).toBe('');
+    expect(run.err).toMatch(/^Warning: the evidence log is back at \d+ records \(the backup's\): checkpoints signed after the backup no longer match it; a datastore_restore record at index \d+ says so to auditors\n$/);
     expect(run.code).toBe(0);
     expect(run.out).toMatch(/registration entries, 3 attested nodes\n/);
     const data = path.join(tmp.dir, 'b', 'data');
@@ -221,6 +221,7 @@ describe('datastore backup and restore (SQLite)', () => {
     const report = await verifyExport(lines, { verifierKeys: [serverB.auditVerifierKey!] });
     expect(report.failure).toBeUndefined();
     expect(report.attestations.accepted).toBeGreaterThanOrEqual(3);
+    expect(lines.some((l) => l.startsWith('{"i":') && Buffer.from((JSON.parse(l) as { body: string }).body, 'base64').toString().includes('"action":"datastore_restore"'))).toBe(true);
   });
 
   it('an agent attested before the backup keeps syncing and renewing against the restored server', async () => {
@@ -385,7 +386,7 @@ describe('datastore backup and restore (PostgreSQL: pg_dump, pg_restore)', () =>
     const dst = await pgs.createDatabase('backup_dst');
     const configQ = writeConfig(path.join(tmp.dir, 'q', 'server.yaml'), serverDoc(path.join(tmp.dir, 'q', 'data'), dst));
     const restored = await spawnCli('datastore', 'restore', '-c', configQ, '--from', out, '--pg-bin-dir', PG_BIN);
-    expect(restored.err).toBe('');
+    expect(restored.err).toMatch(/^Warning: the evidence log is back at \d+ records \(the backup's\): checkpoints signed after the backup no longer match it; a datastore_restore record at index \d+ says so to auditors\n$/);
     expect(restored.code).toBe(0);
     expect(restored.out).toContain('3 registration entries, 1 attested node');
 
