@@ -327,18 +327,20 @@ async function timeVerify({ lines, verifierKey, policy, quotesPerRecord }: Built
   const decodeUs = each(() => { for (const b of bodies) decodeRecord(b); });
   const hashUs = each(() => { for (const b of bodies) leafHash(b); });
   const aks = records.map((r) => parseTpm2bPublic(Buffer.from(r.tpm!.akPublic, 'base64')));
+  // verifyExport parses each EK and AK once (cached by their bytes, with the AK's KeyObject): what a
+  // record costs after the first of its node is the cache lookup. Shown: the one-off cost per key.
   const ekUs = each(() => {
     records.forEach((r, i) => {
       ekHash(parseTpm2bPublic(Buffer.from(r.tpm!.ekPublic, 'base64')));
       checkAkAttributes(aks[i]!);
     });
   });
-  // The AK is parsed anew for every record (as verifyExport does), so its KeyObject is imported anew:
-  // the KeyObject cache is per parsed structure.
   const akKeyUs = each(() => { for (const r of records) publicKeyFromTpmPublic(parseTpm2bPublic(Buffer.from(r.tpm!.akPublic, 'base64'))); });
+  for (const ak of aks.slice(0, 1)) publicKeyFromTpmPublic(ak);
+  const cachedAk = aks[0]!;
   const quoteUs = each(() => {
     records.forEach((r) => {
-      const ak = parseTpm2bPublic(Buffer.from(r.tpm!.akPublic, 'base64'));
+      const ak = cachedAk;
       const nonce = Buffer.from(r.tpm!.nonce, 'base64');
       const check = (q: RecordedQuote, expected: Buffer): void => {
         verifyQuote({
@@ -364,14 +366,14 @@ async function timeVerify({ lines, verifierKey, policy, quotesPerRecord }: Built
     }
   });
   const share = (x: number): string => `${x.toFixed(0)} µs = ${(100 * x / totalUs).toFixed(0)} %`;
-  figure(`  quote verification (${quotesPerRecord} quote${quotesPerRecord > 1 ? 's' : ''}: AK key, signature, nonce, PCRs)`, share(quoteUs));
-  figure('    of which AK parse + KeyObject import (JWK)', share(akKeyUs));
+  figure(`  quote verification (${quotesPerRecord} quote${quotesPerRecord > 1 ? 's' : ''}: signature, nonce, PCRs; AK cached)`, share(quoteUs));
   figure('  policy recomputation (claims parse, every policy)', share(policyUs));
   figure('  decodeRecord (JSON.parse + RFC 8785 re-encode check)', share(decodeUs));
-  figure('  EK TPM2B_PUBLIC parse + EK hash, AK attributes', share(ekUs));
   figure('  export line JSON.parse + base64 body decode', share(lineUs));
   figure('  leaf hash (SHA-256)', share(hashUs));
-  figure('  rest (tree, nonce set, claims checks, GC)', share(totalUs - quoteUs - policyUs - decodeUs - ekUs - lineUs - hashUs));
+  figure('  rest (tree, nonce set, key cache lookups, claims checks, GC)', share(totalUs - quoteUs - policyUs - decodeUs - lineUs - hashUs));
+  figure('  once per node key (not per record): AK parse + KeyObject import', `${akKeyUs.toFixed(0)} µs`);
+  figure('  once per node key (not per record): EK parse + hash, AK attributes', `${ekUs.toFixed(0)} µs`);
 
   // The floor: one ECDSA P-256 / SHA-256 verification (the AK's signature), one per quote.
   const { publicKey, privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });

@@ -358,6 +358,7 @@ export async function startServer(config: ServerConfig, opts: StartServerOptions
       const api = await startEvidenceApi({
         host: a.bindAddress, port: a.port, log: evidenceLog, verifierKey: auditKey.verifierKey, identity, trustDomain: td,
         ...(a.allowedIds ? { allowedIds: a.allowedIds } : {}), auditorIds: a.auditorIds, logger: logger.child({ component: 'evidence-api' }),
+        ear: (evidence as NonNullable<typeof evidence>).ear,
       });
       evidenceApi = api;
       cleanups.push(async () => { await api.close(); identity.close(); });

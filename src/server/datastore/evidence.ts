@@ -111,6 +111,12 @@ export class EvidenceTables {
     return rows[0] === undefined ? undefined : rowToLeaf(rows[0]);
   }
 
+  async after(kind: string, tag: string, index: number, limit: number): Promise<EvidenceLeaf[]> {
+    const rows = await this.db.transaction((conn) => conn.query(
+      'SELECT idx, kind, tag, time, leaf_hash, body FROM evidence_leaves WHERE kind = ? AND tag = ? AND idx > ? ORDER BY idx LIMIT ?', [kind, tag, index, limit]), 'read');
+    return rows.map(rowToLeaf);
+  }
+
   /** Stores a signed checkpoint; a second one for the same size is kept out (the first stays). */
   async addCheckpoint(c: EvidenceCheckpoint): Promise<void> {
     await this.db.transaction(async (conn) => {

@@ -228,6 +228,8 @@ export interface EvidenceStore {
   /** Leaves [from, to) in index order. */
   leaves(from: number, to: number): Promise<EvidenceLeaf[]>;
   latest(kind: string, tag: string): Promise<EvidenceLeaf | undefined>;
+  /** Leaves of this kind and tag after `index`, oldest first, at most `limit`. */
+  after(kind: string, tag: string, index: number, limit: number): Promise<EvidenceLeaf[]>;
   addCheckpoint(c: EvidenceCheckpoint): Promise<void>;
   checkpoints(): Promise<EvidenceCheckpoint[]>;
   latestCheckpoint(): Promise<EvidenceCheckpoint | undefined>;

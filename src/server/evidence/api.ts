@@ -12,7 +12,7 @@ import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { EAR_MEDIA_TYPE } from '../../evidence/ear.js';
-import { decodeRecord, type IssuanceRecord } from '../../evidence/record.js';
+import { decodeRecord, type AttestationRecord, type EventRecord } from '../../evidence/record.js';
 import type { TrustDomain } from '../../spiffe/id.js';
 import { callerOf, createSpiffeHttpsServer, type ServerTlsIdentity } from '../spiffe-https.js';
 import type { EvidenceLog } from './log.js';
@@ -28,6 +28,8 @@ export interface EvidenceApiOptions {
   allowedIds?: readonly string[];
   /** Readers who also get record bodies. */
   auditorIds: readonly string[];
+  /** Signs an EAR for an attestation record (the audit key). */
+  ear: (record: AttestationRecord, index: number) => Promise<string>;
   logger?: Logger;
 }
 
@@ -50,6 +52,33 @@ function index(v: string | null | undefined, name: string): number {
     throw new HttpError(400, `${name} must be a non-negative decimal integer`);
   }
   return Number(v);
+}
+
+/** Why an event took back what an attestation established (undefined: it did not). */
+function withdrawal(e: EventRecord): string | undefined {
+  const why = e.reason ?? e.action;
+  if (e.details?.['withdrawn'] === true) return why;
+  if (e.action === 'keylime' && e.result === 'denied') return `Keylime: ${why}`;
+  const rpc = e.details?.['rpc'];
+  if (e.action === 'admin' && e.result === 'ok' && (rpc === 'BanAgent' || rpc === 'EvictAgent')) return `an operator ${rpc === 'BanAgent' ? 'banned' : 'evicted'} the node`;
+  return undefined;
+}
+
+/** The attestation record as it stands now: refused if an event after it withdrew the node's trust. */
+async function standing(log: EvidenceLog, id: string, index: number, record: AttestationRecord): Promise<AttestationRecord> {
+  if (record.result !== 'accepted') return record;
+  // Bounded: a node's events between two attestations are a handful (signing events are not tagged with it).
+  for (const leaf of await log.after('event', id, index, 1000)) {
+    if (leaf.body === undefined) continue;
+    const why = withdrawal(decodeRecord(leaf.body) as EventRecord);
+    if (why !== undefined) {
+      const { unified, ...rest } = record;
+      // The claims the attestation established no longer hold: they are not restated.
+      const kept = unified ? { unified: { ...unified, claims: undefined } } : {};
+      return JSON.parse(JSON.stringify({ ...rest, ...kept, result: 'refused', reason: `trust withdrawn after attestation record ${index} (event ${leaf.index}): ${why}` })) as AttestationRecord;
+    }
+  }
+  return record;
 }
 
 export async function startEvidenceApi(o: EvidenceApiOptions): Promise<EvidenceApi> {
@@ -103,10 +132,11 @@ export async function startEvidenceApi(o: EvidenceApiOptions): Promise<EvidenceA
       const [att, iss] = await Promise.all([o.log.latest('attestation', id), o.log.latest('issuance', id)]);
       if (att === undefined) throw new HttpError(404, `no attestation of ${id} in the log`);
       if (nodeMatch[1] === 'nodes') return json({ node: id, attestation: att.index, ...(iss ? { issuance: iss.index } : {}) });
-      if (iss === undefined || iss.body === undefined) throw new HttpError(404, `no EAR for ${id}: no issuance record (or it was pruned)`);
-      const rec = decodeRecord(iss.body) as IssuanceRecord;
-      if (rec.ear === undefined) throw new HttpError(404, `no EAR was signed for ${id}'s latest attestation`);
-      return { type: EAR_MEDIA_TYPE, body: rec.ear };
+      if (att.body === undefined) throw new HttpError(404, `${id}'s latest attestation record (${att.index}) was pruned: no EAR can be made from it`);
+      // Signed now, from the node's latest attestation as it stands: trust withdrawn since (Keylime,
+      // the latency witness, an operator) makes it a refusal, never a stale "affirming".
+      const record = await standing(o.log, id, att.index, decodeRecord(att.body) as AttestationRecord);
+      return { type: EAR_MEDIA_TYPE, body: await o.ear(record, att.index) };
     }
     throw new HttpError(404, `no such evidence endpoint: ${p.slice(0, 100)}`);
   };

@@ -174,6 +174,11 @@ export class EvidenceLog {
     return this.store.latest(kind, tag);
   }
 
+  /** Leaves of `kind` tagged `tag` after `index`, oldest first (at most `limit`). */
+  after(kind: string, tag: string, index: number, limit: number): Promise<EvidenceLeaf[]> {
+    return this.store.after(kind, tag, index, limit);
+  }
+
   /**
    * The log index of the policy record for this policy set: the newest one with the same digest,
    * or a new record. Attestation records cite it, so an auditor recomputes decisions under it.

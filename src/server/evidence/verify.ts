@@ -196,6 +196,30 @@ class AuditState {
   /** Leaves whose bodies retention removed: what cites them cannot be checked against them. */
   private readonly pruned = new Set<number>();
 
+  // A node attests with the same EK and (usually) AK for months: parse each key once, and keep its
+  // key object, rather than once per record (half the per-record cost otherwise).
+  private readonly eks = new Map<string, string>();
+  private readonly aks = new Map<string, ReturnType<typeof parseTpm2bPublic>>();
+
+  private ekHashOf(b64: string): string {
+    let h = this.eks.get(b64);
+    if (h === undefined) {
+      h = ekHash(parseTpm2bPublic(Buffer.from(b64, 'base64')));
+      remember(this.eks, b64, h);
+    }
+    return h;
+  }
+
+  private akOf(b64: string): ReturnType<typeof parseTpm2bPublic> {
+    let ak = this.aks.get(b64);
+    if (ak === undefined) {
+      ak = parseTpm2bPublic(Buffer.from(b64, 'base64'));
+      checkAkAttributes(ak);
+      remember(this.aks, b64, ak);
+    }
+    return ak;
+  }
+
   prunedLeaf(index: number): void {
     this.pruned.add(index);
   }
@@ -242,12 +266,10 @@ class AuditState {
     }
     if (r.method !== 'tpm' || r.tpm === undefined) throw new Error(`an accepted attestation by ${r.method} without TPM evidence`);
     const t = r.tpm;
-    const ek = parseTpm2bPublic(Buffer.from(t.ekPublic, 'base64'));
-    const hash = ekHash(ek);
+    const hash = this.ekHashOf(t.ekPublic);
     if (hash !== t.ekHash) throw new Error(`the recorded EK hashes to ${hash}, not the recorded ${t.ekHash}`);
     if (!r.agentId.endsWith(`/agent/tpm/${hash}`)) throw new Error(`node ${r.agentId} is not the SPIFFE ID of EK ${hash}`);
-    const ak = parseTpm2bPublic(Buffer.from(t.akPublic, 'base64'));
-    checkAkAttributes(ak);
+    const ak = this.akOf(t.akPublic);
     const nonce = Buffer.from(t.nonce, 'base64');
     if (this.nonces.has(t.nonce)) throw new Error('its nonce was already used by an earlier accepted attestation (replay)');
     this.nonces.add(t.nonce);
@@ -289,6 +311,13 @@ class AuditState {
       throw new Error(`the claims' satisfiedPolicies ${JSON.stringify(claims['satisfiedPolicies'])} are not the recomputed ${JSON.stringify(satisfied)}`);
     }
   }
+}
+
+/** Bounded caches: a fleet's keys, not every key ever seen. */
+const MAX_CACHED_KEYS = 100_000;
+function remember<V>(m: Map<string, V>, k: string, v: V): void {
+  if (m.size >= MAX_CACHED_KEYS) m.delete(m.keys().next().value as string);
+  m.set(k, v);
 }
 
 function checkQuote(ak: ReturnType<typeof parseTpm2bPublic>, q: RecordedQuote, expected: Buffer, what: string): { pcrDigest: Buffer } {
