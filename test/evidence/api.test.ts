@@ -125,6 +125,24 @@ describe('what a reader gets', () => {
     expect((claims as unknown as Record<string, unknown>)['terroir_evidence']).toEqual({ log: `${TD}/terroir/evidence`, index: node.attestation });
   });
 
+  it('an EAR is never a stale "affirming": after an operator evicts the node it says contraindicated', async () => {
+    const victim = await attestAs();
+    const pub = crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(t.server.auditVerifierKey!.split('+').slice(2).join('+'), 'base64').subarray(1).toString('base64url') }, format: 'jwk' });
+    const before = await verifyEar((await get(`/v1/evidence/ear/${encodeURIComponent(victim.id)}`, reader)).body, pub);
+    expect(before.submods[victim.id]!.ear_status).not.toBe('contraindicated');
+    const { AdminClient } = await import('../../src/api/admin-api.js');
+    const c = new AdminClient(t.server.adminSocketPath!);
+    try {
+      await c.call('EvictAgent', { spiffeId: victim.id });
+    } finally {
+      c.close();
+    }
+    await t.server.evidenceLog!.flush();
+    const after = await verifyEar((await get(`/v1/evidence/ear/${encodeURIComponent(victim.id)}`, reader)).body, pub);
+    expect(after.submods[victim.id]!.ear_status).toBe('contraindicated');
+    expect(JSON.stringify(after)).toMatch(/trust withdrawn after attestation record \d+.*evicted/);
+  });
+
   it('an auditor also gets record bodies', async () => {
     const ref = evidenceRefFromCertificate(reader.chain[0]!)!;
     const leaf = JSON.parse((await get(`/v1/evidence/leaves/${ref.index}`, auditor)).body) as { leafHash: string; body: string };
