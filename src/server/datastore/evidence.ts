@@ -117,12 +117,14 @@ export class EvidenceTables {
     return rows.map(rowToLeaf);
   }
 
-  /** Stores a signed checkpoint; a second one for the same size is kept out (the first stays). */
+  /**
+   * Stores a signed checkpoint; a second one for the same size is kept out (the first stays). Two
+   * servers sign the same size at the same moment: one statement, no read-then-write race.
+   */
   async addCheckpoint(c: EvidenceCheckpoint): Promise<void> {
-    await this.db.transaction(async (conn) => {
-      const have = await conn.query('SELECT size FROM evidence_checkpoints WHERE size = ?', [c.size]);
-      if (have.length === 0) await conn.run('INSERT INTO evidence_checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)', [c.size, c.root, c.note, c.createdAt.getTime()]);
-    });
+    await this.db.transaction((conn) => conn.run(
+      'INSERT INTO evidence_checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (size) DO NOTHING',
+      [c.size, c.root, c.note, c.createdAt.getTime()]));
   }
 
   async checkpoints(): Promise<EvidenceCheckpoint[]> {
