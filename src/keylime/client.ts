@@ -7,7 +7,9 @@
  *
  * Connections are kept alive and reused (a sequence of calls costs one TLS handshake). Responses are
  * size-limited before parsing and validated with zod. Idempotent calls are retried a bounded number
- * of times with exponential backoff; everything else fails on the first error.
+ * of times with exponential backoff; everything else fails on the first error. With
+ * maxConcurrentRequests, requests beyond the bound wait in a bounded queue (their wait counts against
+ * their deadline) and beyond that are refused at once as `busy` (limiter.ts).
  */
 import crypto from 'node:crypto';
 import { inSpan, SpanKind, traceHeaders } from '../api/tracing.js';
@@ -17,6 +19,7 @@ import type { Logger } from 'pino';
 import { Pool, buildConnector, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import { KeylimeConfigError, KeylimeRequestError, type KeylimeFailure, type KeylimeFailureKind } from './errors.js';
+import { LimiterRefusal, RequestLimiter, type LimiterLoad } from './limiter.js';
 
 /** Keylime REST API versions this client speaks (agent management + one-shot evidence). */
 export const CLIENT_API_VERSIONS = ['2.0', '2.1', '2.2', '2.3', '2.4', '2.5', '2.6'] as const;
@@ -50,6 +53,16 @@ export interface KeylimeClientOptions {
    * handshake). With more, undici opens a second connection even for back-to-back calls.
    */
   connections?: number;
+  /**
+   * At most this many requests in flight to the verifier at once (retries included); unset: no bound
+   * beyond the pool's queue. Give the pool as many `connections`, or they wait on fewer sockets.
+   */
+  maxConcurrentRequests?: number;
+  /**
+   * With maxConcurrentRequests: at most this many requests wait for a slot (default 0); one more is
+   * refused at once with kind `busy`. A waiting request's wait counts against its timeoutMs.
+   */
+  maxQueuedRequests?: number;
   /**
    * Accept a verifier that says it is terroir's development stand-in (the test double under test/,
    * which marks its `/version` answer). Default false: such a verifier is refused on every call.
@@ -125,11 +138,12 @@ export class KeylimeVerifierClient {
   private readonly logger: Logger | undefined;
   private readonly onRequest: ((e: KeylimeRequestReport) => void) | undefined;
   private versionPromise: Promise<string> | undefined;
+  private readonly limiter: RequestLimiter | undefined;
   private readonly stats: KeylimeClientCounters = {
     requests: 0,
     handshakes: 0,
     retries: 0,
-    failures: { connect: 0, tls: 0, timeout: 0, http: 0, refused: 0, oversized: 0, malformed: 0, version: 0, stand_in: 0 },
+    failures: { connect: 0, tls: 0, timeout: 0, http: 0, refused: 0, oversized: 0, malformed: 0, version: 0, stand_in: 0, busy: 0 },
   };
 
   constructor(opts: KeylimeClientOptions) {
@@ -160,6 +174,11 @@ export class KeylimeVerifierClient {
     this.allowDevelopmentStandIn = opts.allowDevelopmentStandIn === true;
     this.logger = opts.logger?.child({ component: 'keylime-client', verifier: this.origin });
     this.onRequest = opts.onRequest;
+    if (opts.maxConcurrentRequests !== undefined) {
+      this.limiter = new RequestLimiter(positiveInt(opts.maxConcurrentRequests, 'maxConcurrentRequests'), nonNegativeInt(opts.maxQueuedRequests ?? 0, 'maxQueuedRequests'));
+    } else if (opts.maxQueuedRequests !== undefined) {
+      throw new KeylimeConfigError('maxQueuedRequests needs maxConcurrentRequests: the queue is for requests waiting for one of those slots');
+    }
 
     const connectTls = buildConnector({
       ca,
@@ -196,6 +215,16 @@ export class KeylimeVerifierClient {
   /** A snapshot of the counters (for metrics). */
   counters(): KeylimeClientCounters {
     return { ...this.stats, failures: { ...this.stats.failures } };
+  }
+
+  /** In-flight and waiting requests now and at their peaks; undefined without maxConcurrentRequests. */
+  load(): LimiterLoad | undefined {
+    return this.limiter?.load();
+  }
+
+  /** Forgets the load peaks (a benchmark measuring one phase at a time). */
+  resetLoadPeaks(): void {
+    this.limiter?.resetPeaks();
   }
 
   /**
@@ -301,8 +330,33 @@ export class KeylimeVerifierClient {
   }
 
   private async attemptUntraced<T>(fullPath: string, opts: CallOptions<T>): Promise<CallResult<T>> {
-    this.stats.requests++;
+    // One deadline from here: time spent waiting for a slot is part of this attempt's timeout.
     const signal = AbortSignal.timeout(this.timeoutMs);
+    const release = await this.slot(signal, opts.method, fullPath);
+    try {
+      return await this.exchange(fullPath, opts, signal);
+    } finally {
+      release();
+    }
+  }
+
+  /** A request slot, or `busy` (queue full) / `timeout` (no slot before the deadline). */
+  private async slot(signal: AbortSignal, method: string, path: string): Promise<() => void> {
+    if (this.limiter === undefined) return () => undefined;
+    try {
+      return await this.limiter.acquire(signal);
+    } catch (err) {
+      if (!(err instanceof LimiterRefusal)) throw err;
+      if (err.reason === 'full') {
+        throw this.fail('busy', `${method} ${path}: verifier busy, retry later: ${err.message} (keylime.maxConcurrentRequests ${this.limiter.maxConcurrent}, `
+          + `keylime.maxQueuedRequests ${this.limiter.maxQueued}); the request was not sent`);
+      }
+      throw this.fail('timeout', `${method} ${path}: waited ${this.timeoutMs} ms for a verifier request slot: ${err.message}; the request was not sent`);
+    }
+  }
+
+  private async exchange<T>(fullPath: string, opts: CallOptions<T>, signal: AbortSignal): Promise<CallResult<T>> {
+    this.stats.requests++;
     const body = opts.body === undefined ? undefined : JSON.stringify(opts.body);
     let res: Dispatcher.ResponseData;
     try {

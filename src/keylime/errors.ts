@@ -14,6 +14,7 @@ export type KeylimeErrorCode =
   | 'KEYLIME_MALFORMED'
   | 'KEYLIME_VERSION'
   | 'KEYLIME_DEVELOPMENT_STAND_IN'
+  | 'KEYLIME_BUSY'
   | 'KEYLIME_EVIDENCE_REJECTED'
   | 'KEYLIME_QUOTE_FORMAT'
   | 'KEYLIME_NODE_UNTRUSTED'
@@ -37,7 +38,7 @@ export class KeylimeConfigError extends KeylimeError {
 }
 
 /** Kinds of transport/protocol failure, also used as counter labels. */
-export type KeylimeFailureKind = 'connect' | 'tls' | 'timeout' | 'http' | 'refused' | 'oversized' | 'malformed' | 'version' | 'stand_in';
+export type KeylimeFailureKind = 'connect' | 'tls' | 'timeout' | 'http' | 'refused' | 'oversized' | 'malformed' | 'version' | 'stand_in' | 'busy';
 
 /**
  * The verifier could not be reached, answered something unusable, or (kind `refused`) refused the
@@ -75,6 +76,7 @@ function codeForKind(kind: KeylimeFailureKind): KeylimeErrorCode {
     case 'malformed': return 'KEYLIME_MALFORMED';
     case 'version': return 'KEYLIME_VERSION';
     case 'stand_in': return 'KEYLIME_DEVELOPMENT_STAND_IN';
+    case 'busy': return 'KEYLIME_BUSY';
   }
 }
 

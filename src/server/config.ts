@@ -224,6 +224,16 @@ const keylimeSchema = z.object({
   removeAfter: duration.default(86_400),
   /** Per-request timeout towards the verifier. */
   requestTimeoutMs: z.number().int().min(100).max(120_000).default(5000),
+  /**
+   * Unified Identity's one-shot checks: at most this many requests in flight to the verifier (and as
+   * many kept-alive connections). Continuous mode's status polls are not limited (one per node).
+   */
+  maxConcurrentRequests: z.number().int().min(1).max(1024).default(16),
+  /**
+   * One-shot checks waiting for one of those slots (the wait counts against requestTimeoutMs); one
+   * more is refused at once with UNAVAILABLE "verifier busy, retry", never queued without bound.
+   */
+  maxQueuedRequests: z.number().int().min(0).max(100_000).default(64),
   /** Default PCR policy for TPM nodes no `policies` item matches; absent: such nodes are refused. */
   tpmPolicy: tpmPolicySchema.optional(),
   /** PCR policies per node group: the first item whose selectors the node has (all of them) applies. */

@@ -80,7 +80,7 @@ export interface ServerMetricsSources {
 }
 
 const KEYLIME_KINDS = new Set(['version', 'verify_evidence', 'add_agent', 'get_agent', 'list_agents', 'delete_agent', 'other']);
-const KEYLIME_RESULTS = new Set(['ok', 'connect', 'tls', 'timeout', 'http', 'refused', 'oversized', 'malformed', 'version', 'stand_in', 'error']);
+const KEYLIME_RESULTS = new Set(['ok', 'connect', 'tls', 'timeout', 'http', 'refused', 'oversized', 'malformed', 'version', 'stand_in', 'busy', 'error']);
 const POLICY_RESULTS = new Set(['allow', 'deny', 'undecided']);
 const COUNTRY = /^[A-Z]{2}$/;
 

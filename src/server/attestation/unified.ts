@@ -20,6 +20,7 @@ import {
 } from '../../keylime/index.js';
 import type { UnifiedIdentityClaims } from '../../spiffe/unified-identity.js';
 import type { KeylimeRequestReport } from '../../keylime/client.js';
+import type { LimiterLoad } from '../../keylime/limiter.js';
 import { canonicalUnifiedIdentity, DEVELOPMENT_STAND_IN_VERIFIER } from '../../spiffe/unified-identity.js';
 import { TpmQuoteError, verifyQuote, type TpmPublic } from '../../tpm/index.js';
 import type { ServerConfig } from '../config.js';
@@ -212,6 +213,7 @@ export class UnifiedIdentityPipeline {
           url: o.keylime.verifierUrl, caFile: o.keylime.caFile, certFile: o.keylime.certFile, keyFile: o.keylime.keyFile,
           ...(o.keylime.servername !== undefined ? { servername: o.keylime.servername } : {}),
           timeoutMs: o.keylime.requestTimeoutMs, allowDevelopmentStandIn: o.keylime.allowDevelopmentStandIn, logger: this.log,
+          maxConcurrentRequests: o.keylime.maxConcurrentRequests, maxQueuedRequests: o.keylime.maxQueuedRequests, connections: o.keylime.maxConcurrentRequests,
           ...(o.observer?.keylimeRequest ? { onRequest: (e: KeylimeRequestReport) => o.observer?.keylimeRequest?.(e) } : {}),
         });
       } catch (err) {
@@ -244,6 +246,13 @@ export class UnifiedIdentityPipeline {
 
   async close(): Promise<void> {
     await Promise.all([this.client?.close(), this.operator?.client.close()]);
+  }
+
+  /** Verifier requests in flight and waiting, now and at their peaks (then reset when asked): metrics, the load bench. */
+  keylimeLoad(resetPeaks = false): LimiterLoad | undefined {
+    const load = this.client?.load();
+    if (resetPeaks) this.client?.resetLoadPeaks();
+    return load;
   }
 
   /** Throws unless a verdict is possible at all (Keylime configured). */
@@ -531,6 +540,9 @@ function keylimeRefusal(err: unknown): AttestationError {
   if (err instanceof KeylimeRequestError && !err.unreachable) {
     return new AttestationError('failed_precondition', `Keylime refused the request (HTTP ${err.status ?? 400}: ${err.failures.map((f) => `${f.type}: ${f.context}`).join('; ') || 'no failures named'}): `
       + 'a configuration or protocol error between this server and its verifier, not an outage; attestation refused (fail closed). Check the verifier\'s version and the server\'s log', { cause: err });
+  }
+  if (err instanceof KeylimeRequestError && err.kind === 'busy') {
+    return new AttestationError('unavailable', `Keylime verifier busy, retry: this server's verifier requests are all in use (fail closed): ${err.message}`, { cause: err });
   }
   if (err instanceof KeylimeRequestError) {
     return new AttestationError('unavailable', `Keylime verifier unreachable or failing, attestation refused (fail closed): ${err.message}`, { cause: err });
