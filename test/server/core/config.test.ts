@@ -27,6 +27,18 @@ describe('server config', () => {
     expect(() => parseServerConfig({ trustDomain: 'example.org', dataDir: '/tmp/x', agentApi: { signingRateLimit: { perSecond: 0 } } }, '/tmp', {})).toThrow(ConfigError);
   });
 
+  it('evidenceLog: on by default, origin and key file derived; the example states the defaults; a bad origin is refused', () => {
+    const d = parseServerConfig({ trustDomain: 'example.org', dataDir: '/tmp/x' }, '/tmp', {});
+    expect(d.evidenceLog).toMatchObject({ enabled: true, origin: 'example.org/terroir/evidence', keyFile: '/tmp/x/audit-key', checkpointInterval: 10, api: { enabled: false, port: 8445, auditorIds: [] } });
+    const example = loadServerConfig(path.resolve('examples/server.yaml'), {});
+    expect(example.evidenceLog.checkpointInterval).toBe(d.evidenceLog.checkpointInterval);
+    expect(example.evidenceLog.api).toEqual(d.evidenceLog.api);
+    for (const origin of ['has space', 'a+b', '']) {
+      expect(() => parseServerConfig({ trustDomain: 'example.org', dataDir: '/tmp/x', evidenceLog: { origin } }, '/tmp', {})).toThrow(/evidenceLog\.origin/);
+    }
+    expect(() => parseServerConfig({ trustDomain: 'example.org', dataDir: '/tmp/x', evidenceLog: { retentionDays: 0 } }, '/tmp', {})).toThrow(/retentionDays/);
+  });
+
   it('applies defaults and resolves relative paths against the config file', () => {
     const { dir, cleanup } = tempDir();
     cleanups.push(cleanup);
