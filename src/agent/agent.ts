@@ -234,8 +234,7 @@ export class Agent {
     if (!this.client) {
       const state = this.ctx.state as StoredAgentState;
       this.client = connectToServer({
-        address: this.config.serverAddress,
-        port: this.config.serverPort,
+        servers: this.config.servers,
         trustDomain: this.config.trustDomain,
         roots: this.ctx.bundles.ownRoots(),
         identity: { chain: state.chain, key: state.key },

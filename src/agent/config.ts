@@ -1,6 +1,7 @@
 // agent.yaml: parsed with `yaml`, validated with zod, then environment overrides. Every problem is
 // reported with the path of the offending key and what is expected.
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
@@ -62,11 +63,29 @@ const k8sAttestor = z.object({
 }).strict().refine((k) => k.kubeletUrl !== undefined || k.nodeName !== undefined,
   'set workloadAttestors.k8s.nodeName (the kubelet is then https://<nodeName>:10250) or kubeletUrl');
 
+/** A DNS name (letters, digits, "-", "." between labels) or an IP literal, without port or brackets. */
+function isHost(s: string): boolean {
+  return net.isIP(s) !== 0 || /^(?=.{1,253}$)[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)*\.?$/.test(s);
+}
+
+const port = z.number().int().min(1).max(65535);
+
+/** One terroir server of an HA group (servers sharing one datastore). */
+const serverEndpoint = z.object({
+  address: z.string().min(1).superRefine((a, ctx) => {
+    if (!isHost(a)) ctx.addIssue({ code: 'custom', message: `"${a}" is not a host name or IP address (write the port in "port", and IPv6 addresses without brackets)` });
+  }),
+  /** Default: serverPort (8081). */
+  port: port.optional(),
+}).strict();
+
 const schema = z.object({
   trustDomain,
-  /** Host name or IP of the terroir server's agent API. */
-  serverAddress: z.string().min(1),
-  serverPort: z.number().int().min(1).max(65535).default(8081),
+  /** Host name or IP of the terroir server's agent API (one server; a name may resolve to several). */
+  serverAddress: z.string().min(1).optional(),
+  serverPort: port.default(8081),
+  /** Several servers sharing one datastore (HA): the agent uses one and fails over to the others. */
+  servers: z.array(serverEndpoint).min(1, 'list at least one server, or use serverAddress').max(32).optional(),
   /** Where the agent keeps its SVID, key and last bundle (created 0700). */
   dataDir: z.string().min(1),
   /** Workload API socket (absolute path); SPIFFE_ENDPOINT_SOCKET overrides it. */
@@ -129,13 +148,47 @@ const schema = z.object({
   }).strict().default({ unix: { sha256: true, maxBinaryBytes: 1024 * 1024 * 1024 } }),
 }).strict();
 
-export type AgentConfig = z.infer<typeof schema> & {
+/** Where a terroir server's agent API listens. */
+export interface ServerEndpoint {
+  address: string;
+  port: number;
+}
+
+export type AgentConfig = Omit<z.infer<typeof schema>, 'serverAddress' | 'servers'> & {
+  /** The first server and its port (insecure bootstrap, which trusts one server's CA, uses them). */
+  serverAddress: string;
+  /** Every server, in the configured order: `servers`, or the one `serverAddress`/`serverPort`. */
+  servers: ServerEndpoint[];
   /** Resolved feature flags (environment > featureFlags > default), set by parseAgentConfig. */
   flags?: { flags: FeatureFlags; sources: FeatureFlagSources };
 };
 export type UnifiedIdentityAgentConfig = NonNullable<z.infer<typeof schema>['unifiedIdentity']>;
 export type TpmAttestorConfig = z.infer<typeof tpm>;
 export type QuoteEndpointConfig = z.infer<typeof quoteEndpoint>;
+
+/** `servers`, or the single `serverAddress`; exactly one of them, and no server twice. */
+function serverList(c: z.infer<typeof schema>): { serverAddress: string; serverPort: number; servers: ServerEndpoint[] } {
+  if (c.serverAddress !== undefined && c.servers !== undefined) {
+    throw new AgentConfigError('invalid agent config:\n  servers: set serverAddress (one server) or servers (several), not both; ' +
+      'to fail over between servers, list every one of them under servers');
+  }
+  if (c.servers === undefined) {
+    if (c.serverAddress === undefined) {
+      throw new AgentConfigError('invalid agent config:\n  serverAddress: required: the host name or IP of the terroir server ' +
+        '(or list several under servers: [{address, port}])');
+    }
+    return { serverAddress: c.serverAddress, serverPort: c.serverPort, servers: [{ address: c.serverAddress, port: c.serverPort }] };
+  }
+  const servers = c.servers.map((s) => ({ address: s.address, port: s.port ?? c.serverPort }));
+  const seen = new Set<string>();
+  for (const [i, s] of servers.entries()) {
+    const key = `${s.address.toLowerCase()}:${s.port}`;
+    if (seen.has(key)) throw new AgentConfigError(`invalid agent config:\n  servers.${i}: ${s.address} port ${s.port} is listed twice`);
+    seen.add(key);
+  }
+  const first = servers[0] as ServerEndpoint;
+  return { serverAddress: first.address, serverPort: first.port, servers };
+}
 
 function formatIssues(err: z.ZodError): string {
   return err.issues.map((i) => `  ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`).join('\n');
@@ -149,7 +202,11 @@ function formatIssues(err: z.ZodError): string {
 export function parseAgentConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env, baseDir = process.cwd()): AgentConfig {
   const doc = structuredClone((raw ?? {}) as Record<string, unknown>);
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new AgentConfigError('agent config must be a YAML mapping');
-  if (env['TERROIR_AGENT_SERVER_ADDRESS']) doc['serverAddress'] = env['TERROIR_AGENT_SERVER_ADDRESS'];
+  if (env['TERROIR_AGENT_SERVER_ADDRESS']) {
+    // The environment names the one server to use: it replaces a configured list too.
+    doc['serverAddress'] = env['TERROIR_AGENT_SERVER_ADDRESS'];
+    delete doc['servers'];
+  }
   if (env['TERROIR_AGENT_SERVER_PORT']) doc['serverPort'] = Number(env['TERROIR_AGENT_SERVER_PORT']);
   if (env['TERROIR_AGENT_LOG_LEVEL']) doc['logLevel'] = env['TERROIR_AGENT_LOG_LEVEL'];
   if (env['TERROIR_AGENT_DATA_DIR']) doc['dataDir'] = env['TERROIR_AGENT_DATA_DIR'];
@@ -167,7 +224,7 @@ export function parseAgentConfig(raw: unknown, env: NodeJS.ProcessEnv = process.
   }
   const res = schema.safeParse(doc);
   if (!res.success) throw new AgentConfigError(`invalid agent config:\n${formatIssues(res.error)}`);
-  const cfg: AgentConfig = res.data;
+  const cfg: AgentConfig = { ...res.data, ...serverList(res.data) };
   try {
     cfg.flags = loadFeatureFlags(cfg.featureFlags, env);
   } catch (e) {

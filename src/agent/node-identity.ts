@@ -136,7 +136,7 @@ export class NodeIdentity {
   private async attestNow(roots: Buffer[]): Promise<void> {
     const { config, log } = this.ctx;
     const keys = generateKeyPair();
-    const client = connectToServer({ address: config.serverAddress, port: config.serverPort, trustDomain: config.trustDomain, roots });
+    const client = connectToServer({ servers: config.servers, trustDomain: config.trustDomain, roots });
     const quoteEndpoint = this.deps.quoteEndpoint();
     const probeEndpoint = advertisedProbeEndpoint(this.ctx);
     const unifiedIdentity = this.deps.unifiedIdentity();

@@ -6,6 +6,7 @@ import crypto from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { AGENT_API_CHANNEL_OPTIONS, agentServiceClient } from '../api/agent-api.js';
 import { derToPem } from '../spiffe/index.js';
+import { serverChannelOptions, serverTarget, type ServerAddress } from './server-target.js';
 import type { PeerCertificate as TlsPeerCertificate } from 'node:tls';
 
 export class ServerIdentityError extends Error {
@@ -51,15 +52,27 @@ export interface AgentIdentity {
   key: Buffer;
 }
 
-export interface ServerConnOptions {
-  address: string;
-  port: number;
+interface ConnCommon {
   trustDomain: string;
   /** CA certificates (DER) the server's SVID must chain to. */
   roots: Buffer[];
   /** Present the agent SVID (every RPC but AttestAgent needs it). */
   identity?: AgentIdentity;
 }
+
+/**
+ * One server (`address`, `port`), or several sharing one datastore (`servers`): the channel uses the
+ * first that answers and moves to another when its connection breaks (server-target.ts).
+ */
+export type ServerConnOptions = ConnCommon & ({ address: string; port: number } | { servers: readonly ServerAddress[] });
+
+/**
+ * How quickly a dead connection is noticed. A server process that dies is seen at once (its kernel
+ * resets the connection); a host that vanishes (power, partition) answers no ping, and the watch
+ * stream — always open, so pings always run — fails after keepalive time + timeout (10 + 5 s).
+ */
+const KEEPALIVE_TIME_MS = 10_000;
+const KEEPALIVE_TIMEOUT_MS = 5_000;
 
 /** An untyped grpc-js client for terroir.agent.v1.Agent. */
 export type AgentClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -73,13 +86,15 @@ export function connectToServer(opts: ServerConnOptions): AgentClient {
     checkServerIdentity: spiffeServerIdentityCheck(opts.trustDomain),
   });
   const Ctor = agentServiceClient();
-  const host = opts.address.includes(':') && !opts.address.startsWith('[') ? `[${opts.address}]` : opts.address;
-  return new Ctor(`${host}:${opts.port}`, creds, {
+  const servers = 'servers' in opts ? opts.servers : [{ address: opts.address, port: opts.port }];
+  return new Ctor(serverTarget(servers), creds, {
     ...AGENT_API_CHANNEL_OPTIONS,
+    ...serverChannelOptions(servers),
     // TLS SNI must be a name, not an IP (RFC 6066); the server is authenticated by SPIFFE ID anyway.
     'grpc.ssl_target_name_override': 'terroir-server',
     'grpc.default_authority': 'terroir-server',
-    'grpc.keepalive_time_ms': 30_000,
+    'grpc.keepalive_time_ms': KEEPALIVE_TIME_MS,
+    'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
     'grpc.initial_reconnect_backoff_ms': 500,
     'grpc.max_reconnect_backoff_ms': 10_000,
   }) as unknown as AgentClient;
