@@ -287,6 +287,23 @@ describe('retention', () => {
   });
 });
 
+describe('what an outsider can add to the log', () => {
+  it('a refused attempt is one record; a rate-limited one is none (the per-source budget bounds the log too)', async () => {
+    const log = t.server.evidenceLog!;
+    await log.flush();
+    const count = async (): Promise<number> => (await log.leaves(0, await log.size())).filter((l) => l.kind === 'attestation').length;
+    const before = await count();
+    const c = agentClient(t.server);
+    const outcomes = await Promise.all(Array.from({ length: 30 }, () =>
+      attest(c, { params: { joinToken: { token: crypto.randomBytes(8).toString('hex') }, csr: newKey().csr } }).then(() => 'ok', (e: { code?: number }) => e.code)));
+    c.close();
+    await log.flush();
+    const limited = outcomes.filter((o) => o === 8 /* RESOURCE_EXHAUSTED */).length;
+    expect(limited).toBeGreaterThan(0);
+    expect(await count() - before).toBe(30 - limited);
+  });
+});
+
 describe('the CLI', () => {
   it('audit key / export / verify work from the config file, offline for verify', async () => {
     const cfg = path.join(t.dir, 'server.yaml');

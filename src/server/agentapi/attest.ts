@@ -140,7 +140,9 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
       span.setAttribute('terroir.attestation.method', method);
       endSpan(span, e);
       if (e.code === grpc.status.INTERNAL) log.error({ err, source }, 'attestation failed with an internal error');
-      if (recorder && o.evidence) o.evidence.log.appendLater(recorder.refused(e.message), recorder.agentId);
+      // Only exchanges that got past their first message: rate-limited, timed-out or malformed openings
+      // cost an outsider nothing, and must not buy it log records (the pino audit line has them).
+      if (recorder && o.evidence && recorder.method !== 'unknown') o.evidence.log.appendLater(recorder.refused(e.message), recorder.agentId);
       o.auditor.record({ action: 'attest_agent', caller: source, subject, result: e.code === grpc.status.INTERNAL ? 'error' : 'denied', reason: e.message, details: { method, code: grpc.status[e.code], durationMs: performance.now() - started } });
       call.emit('error', { code: e.code, details: e.message });
     };
@@ -194,6 +196,7 @@ export function attestAgent(ctx: AgentApiContext): grpc.handleBidiStreamingCall<
             await succeed(out, csrKey);
           } else if (p.data === 'tpm' && p.tpm) {
             method = 'tpm';
+            if (recorder) recorder.method = 'tpm';
             if (!o.tpm) throw rpcError(grpc.status.FAILED_PRECONDITION, 'TPM attestation is disabled on this server (nodeAttestation.tpm.enabled)');
             if (o.keylime && !p.tpm.keylimeQuoteEndpoint) {
               throw rpcError(grpc.status.FAILED_PRECONDITION, 'this server requires Keylime continuous attestation for TPM nodes: configure keylime.quoteEndpoint on the agent');
