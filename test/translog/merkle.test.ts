@@ -369,13 +369,13 @@ describe('edge cases and hostile input', () => {
     expect(code(() => nodesForRoot(2 ** 53))).toBe('range');
   });
 
-  it('rootOf handles a million leaves in one pass', () => {
-    const n = 1_000_000;
+  // 2^17 + 3 leaves: past every power of two a small test reaches, with a ragged right edge; the
+  // million-leaf figures are bench/evidence.ts's (a test with a time bound would measure the machine's load).
+  it('rootOf handles a large, ragged tree in one pass', () => {
+    const n = 131_075;
     const pool = crypto.randomBytes(32 * n);
     const list = Array.from({ length: n }, (_, i) => pool.subarray(32 * i, 32 * i + 32));
-    const t0 = performance.now();
     const got = rootOf(list);
-    const ms = performance.now() - t0;
     // Reference: level by level, carrying an odd last node up (equivalent to the RFC split).
     let level: Buffer[] = list;
     while (level.length > 1) {
@@ -385,6 +385,5 @@ describe('edge cases and hostile input', () => {
       level = next;
     }
     expect(hex(got)).toBe(hex(level[0] as Buffer));
-    expect(ms).toBeLessThan(15_000);
   });
 });
