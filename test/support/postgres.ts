@@ -23,6 +23,14 @@ export interface TestPostgres {
   createDatabase(name: string): Promise<string>;
   /** Fast shutdown (SIGINT) by PID, SIGKILL after a grace period, then the data dir is removed. */
   stop(): Promise<void>;
+  /**
+   * Stops the postmaster but keeps its data dir and port, for outage tests: `fast` (SIGINT, clients
+   * disconnected, clean shutdown), `immediate` (SIGQUIT, crash recovery at the next start) or `kill`
+   * (SIGKILL of the postmaster alone, as a crash; its backends exit once they notice).
+   */
+  halt(how?: 'fast' | 'immediate' | 'kill'): Promise<void>;
+  /** Starts it again on the same data dir and port after halt(); resolves once it accepts connections. */
+  resume(): Promise<void>;
 }
 
 function postgresUser(): { uid: number; gid: number } {
@@ -67,14 +75,18 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Test
   const port = await freePort();
   const args = ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=50'];
   if (!options.durable) args.push('-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off');
-  const child = spawn(path.join(PG_BIN, 'postgres'), args, { ...asPostgres, stdio: ['ignore', 'pipe', 'pipe'] });
-  // If the test process dies without running its afterAll, do not leave a postmaster behind.
-  const killOnExit = (): void => { if (child.exitCode === null) child.kill('SIGKILL'); };
-  process.once('exit', killOnExit);
-  child.once('exit', () => process.off('exit', killOnExit));
   let out = '';
-  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
+  const launch = (): ChildProcess => {
+    const c = spawn(path.join(PG_BIN, 'postgres'), args, { ...asPostgres, stdio: ['ignore', 'pipe', 'pipe'] });
+    // If the test process dies without running its afterAll, do not leave a postmaster behind.
+    const killOnExit = (): void => { if (c.exitCode === null) c.kill('SIGKILL'); };
+    process.once('exit', killOnExit);
+    c.once('exit', () => process.off('exit', killOnExit));
+    c.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
+    c.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
+    return c;
+  };
+  let child = launch();
   const url = (database = 'postgres'): string => `postgres://postgres@127.0.0.1:${port}/${database}`;
   const stop = async (): Promise<void> => {
     if (child.exitCode === null && child.signalCode === null) {
@@ -85,6 +97,30 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Test
       clearTimeout(timer);
     }
     fs.rmSync(dir, { recursive: true, force: true });
+  };
+  const halt = async (how: 'fast' | 'immediate' | 'kill' = 'fast'): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill(how === 'fast' ? 'SIGINT' : how === 'immediate' ? 'SIGQUIT' : 'SIGKILL');
+    await exited;
+    if (how === 'kill') {
+      // Orphaned backends keep the shared memory (and so the data dir) busy until they notice.
+      const pidFile = path.join(data, 'postmaster.pid');
+      const deadline = Date.now() + 10_000;
+      while (fs.existsSync(pidFile) && Date.now() < deadline) {
+        try {
+          execFileSync(path.join(PG_BIN, 'pg_ctl'), ['status', '-D', data], { ...asPostgres, stdio: 'pipe' });
+        } catch {
+          break; // pg_ctl: no server running (the stale pid file is fine for the next start)
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  };
+  const resume = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) throw new Error('postgres is running: halt() it first');
+    child = launch();
+    await waitForReady(url(), child, () => out);
   };
   try {
     await waitForReady(url(), child, () => out);
@@ -107,5 +143,7 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Test
       return url(name);
     },
     stop,
+    halt,
+    resume,
   };
 }

@@ -26,6 +26,22 @@ function toPgParams(params: SqlValue[]): unknown[] {
 
 type Queryable = pg.Pool | pg.PoolClient;
 
+/** Errors that mean the database is out of reach (down, restarting, connection cut), not that the request was wrong. */
+const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', '57P01', '57P02', '57P03']);
+function connectionLost(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  const code = typeof e?.code === 'string' ? e.code : '';
+  if (CONNECTION_CODES.has(code) || code.startsWith('08')) return true;
+  return typeof e?.message === 'string' && /Connection terminated|connection timeout|Client has encountered a connection error/i.test(e.message);
+}
+
+/** A lost connection as the datastore's `unavailable` (UNAVAILABLE to callers); anything else unchanged. */
+function unavailable(err: unknown): unknown {
+  if (!connectionLost(err)) return err;
+  return new DataStoreError('unavailable', `PostgreSQL is unreachable (${(err as Error).message}): the request failed; retry once the database is back `
+    + '(a write cut off at its commit may have been applied)', { cause: err });
+}
+
 function connOf(q: Queryable): SqlConn {
   return {
     query: async (sql, params = []) => (await q.query(toPg(sql), toPgParams(params))).rows as SqlRow[],
@@ -38,8 +54,17 @@ class PostgresDriver implements SqlDriver {
   constructor(private readonly pool: pg.Pool) {}
 
   async transaction<T>(fn: (conn: SqlConn) => Promise<T>, mode: 'write' | 'read' = 'write'): Promise<T> {
-    const client = await this.pool.connect();
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw unavailable(err);
+    }
     let broken = false;
+    // A checked-out client whose connection drops between queries emits 'error': unheard, that is an
+    // uncaught exception (the server would crash). The failing query reports it; the client is dropped.
+    const onError = (): void => { broken = true; };
+    client.on('error', onError);
     try {
       await client.query(mode === 'write' ? 'BEGIN' : 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       try {
@@ -51,13 +76,20 @@ class PostgresDriver implements SqlDriver {
         await client.query('ROLLBACK').catch(() => { broken = true; });
         throw err;
       }
+    } catch (err) {
+      throw unavailable(err);
     } finally {
+      client.off('error', onError);
       client.release(broken);
     }
   }
 
-  connection<T>(fn: (conn: SqlConn) => Promise<T>): Promise<T> {
-    return fn(connOf(this.pool));
+  async connection<T>(fn: (conn: SqlConn) => Promise<T>): Promise<T> {
+    try {
+      return await fn(connOf(this.pool));
+    } catch (err) {
+      throw unavailable(err);
+    }
   }
 
   isUniqueViolation(err: unknown): boolean {
