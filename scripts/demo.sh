@@ -229,7 +229,17 @@ agent_cli api fetch jwt -audience demo-service >"$W/jwt.out"
 TOKEN=$(awk '/^token\(/ { getline; gsub(/[ \t]/, ""); print; exit }' "$W/jwt.out")
 [ -n "$TOKEN" ] || { echo "demo: no JWT-SVID in the agent's answer:" >&2; cat "$W/jwt.out" >&2; exit 1; }
 echo "${TOKEN:0:60}..."
-agent_cli api validate jwt -audience demo-service -svid "$TOKEN"
+agent_cli api validate jwt -audience demo-service -svid "$TOKEN" | tee "$W/jwt-validate.out"
+
+step "the evidence behind the identity: the SVID names its attestation record; an auditor checks the log offline"
+echo "The JWT-SVID names the log and the index of its node's attestation record (the X.509-SVID too, extension 2.25.305423284964344341615238004651143903300):"
+grep -o '"terroir_evidence":{[^}]*}' "$W/jwt-validate.out"
+openssl x509 -in "$W/svid/svid.0.pem" -noout -text | grep -c '2\.25\.305423284964344341615238004651143903300' >/dev/null \
+  || { echo "demo: the X.509-SVID carries no evidence reference" >&2; exit 1; }
+terroir_cli terroir-server audit key -c "$W/server.yaml" >"$W/audit.pub"
+echo "audit public key: $(cat "$W/audit.pub")"
+terroir_cli terroir-server audit export -c "$W/server.yaml" --out "$W/evidence.jsonl"
+terroir_cli terroir-server audit verify --export "$W/evidence.jsonl" --key "@$W/audit.pub"
 
 step "done"
 if [ -n "$UI" ]; then

@@ -111,7 +111,7 @@ export async function auditCommand(argv: string[], io: Io): Promise<number> {
     } else if (report.ok) {
       io.out(`OK: ${report.origin} — ${report.size} records (${report.attestations.accepted} accepted and ${report.attestations.refused} refused attestations, `
         + `${report.records.issuance} issuances, ${report.records.policy} policies, ${report.records.event} events, ${report.pruned} pruned bodies), `
-        + `${report.checkpoints} checkpoints; ${report.attestations.reverified} attestations re-verified in ${seconds.toFixed(2)} s\n`);
+        + `${report.checkpoints} checkpoints; ${report.attestations.reverified} attestation${report.attestations.reverified === 1 ? '' : 's'} re-verified in ${seconds.toFixed(2)} s\n`);
     } else {
       const f0 = report.failure!;
       io.err(`FAILED${f0.index !== undefined ? ` at record ${f0.index}` : ''}: ${f0.reason}\n(${report.size} records read before it)\n`);

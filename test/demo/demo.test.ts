@@ -55,6 +55,10 @@ describe('npm run demo (scripts/demo.sh)', () => {
     expect(r.out).toMatch(/svid\.0\.pem: OK/);
     expect(r.out).toMatch(/Unified Identity:\tnone \(a plain SVID/);
     expect(r.out).toContain('SVID is valid.');
+    // The SVID leads to its evidence, and the log checks out offline.
+    expect(r.out).toMatch(/^audit public key: demo\.terroir\/terroir\/evidence\+[0-9a-f]{8}\+/m);
+    expect(r.out).toMatch(/^OK: demo\.terroir\/terroir\/evidence — \d+ records \(1 accepted and 0 refused attestations/m);
+    expect(r.out).toMatch(/^"terroir_evidence":\{"log":"demo\.terroir\/terroir\/evidence","index":\d+\}$/m);
     expect(r.out).not.toContain('DEVELOPMENT STAND-IN');
     expectCleanedUp(r.out);
   }, 120_000);
@@ -78,6 +82,8 @@ describe('npm run demo (scripts/demo.sh)', () => {
     expect(r.out).toMatch(/2\.25\.250341728606082657925786220697128205103:/);
     expect(r.out).toContain('"unified_identity":{');
     expect(r.out).toContain('the DEVELOPMENT STAND-IN Keylime verifier (not Keylime) accepted its quote');
+    // With the flag on the auditor also re-verifies the quote and recomputes the location decision.
+    expect(r.out).toMatch(/^OK: demo\.terroir\/terroir\/evidence — \d+ records \(\d+ accepted and 0 refused attestations.*; [1-9]\d* attestations? re-verified/m);
     expectCleanedUp(r.out);
   }, 120_000);
 
