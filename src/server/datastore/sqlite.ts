@@ -8,13 +8,28 @@ import { SqlDataStore } from './sql-store.js';
 import type { SqlConn, SqlDriver, SqlRow, SqlValue } from './sql-driver.js';
 import { DataStoreError } from './types.js';
 
+/**
+ * A full disk or failing storage as the datastore's `unavailable` (UNAVAILABLE to callers, saying what
+ * to do), not an internal error: the request was refused and SQLite rolled it back.
+ */
+function storageError(err: unknown, file: string): unknown {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === 'SQLITE_FULL') {
+    return new DataStoreError('unavailable', `the SQLite database's disk is full (${file}): nothing was written; free space on that file system and retry`, { cause: err });
+  }
+  if (typeof code === 'string' && code.startsWith('SQLITE_IOERR')) {
+    return new DataStoreError('unavailable', `the SQLite database's storage failed (${code}: ${(err as Error).message}, ${file}): nothing was written; check the disk (free space, errors) and retry`, { cause: err });
+  }
+  return err;
+}
+
 class SqliteDriver implements SqlDriver {
   readonly dialect = 'sqlite' as const;
   private readonly statements = new Map<string, Database.Statement>();
   private queue: Promise<unknown> = Promise.resolve();
   private readonly conn: SqlConn;
 
-  constructor(private readonly db: Database.Database) {
+  constructor(private readonly db: Database.Database, private readonly file: string) {
     this.conn = {
       query: async (sql, params = []) => this.exec(sql, params).rows,
       run: async (sql, params = []) => this.exec(sql, params).changes,
@@ -48,22 +63,24 @@ class SqliteDriver implements SqlDriver {
   }
 
   transaction<T>(fn: (conn: SqlConn) => Promise<T>, mode: 'write' | 'read' = 'write'): Promise<T> {
-    return this.serialize(async () => {
-      // IMMEDIATE takes the write lock up front, so a writer never fails half-way on SQLITE_BUSY.
-      this.prepare(mode === 'write' ? 'BEGIN IMMEDIATE' : 'BEGIN DEFERRED').run();
-      try {
-        const out = await fn(this.conn);
-        this.prepare('COMMIT').run();
-        return out;
-      } catch (err) {
-        if (this.db.inTransaction) this.prepare('ROLLBACK').run();
-        throw err;
-      }
-    });
+    return this.serialize(() => this.inTransaction(fn, mode)).catch((err: unknown) => { throw storageError(err, this.file); });
+  }
+
+  private async inTransaction<T>(fn: (conn: SqlConn) => Promise<T>, mode: 'write' | 'read'): Promise<T> {
+    // IMMEDIATE takes the write lock up front, so a writer never fails half-way on SQLITE_BUSY.
+    this.prepare(mode === 'write' ? 'BEGIN IMMEDIATE' : 'BEGIN DEFERRED').run();
+    try {
+      const out = await fn(this.conn);
+      this.prepare('COMMIT').run();
+      return out;
+    } catch (err) {
+      if (this.db.inTransaction) this.prepare('ROLLBACK').run();
+      throw err;
+    }
   }
 
   connection<T>(fn: (conn: SqlConn) => Promise<T>): Promise<T> {
-    return this.serialize(() => fn(this.conn));
+    return this.serialize(() => fn(this.conn)).catch((err: unknown) => { throw storageError(err, this.file); });
   }
 
   isUniqueViolation(err: unknown): boolean {
@@ -99,7 +116,7 @@ export async function openSqliteDataStore(file: string): Promise<SqlDataStore> {
     db.pragma('foreign_keys = ON');
     // Several processes may open one file (e.g. a CLI next to the server): wait rather than fail.
     db.pragma('busy_timeout = 5000');
-    const driver = new SqliteDriver(db);
+    const driver = new SqliteDriver(db, file);
     await migrate(driver);
     return new SqlDataStore(driver);
   } catch (err) {
