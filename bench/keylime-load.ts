@@ -125,7 +125,7 @@ export interface Wave {
   ms: number;
 }
 
-/** `n` attestations at once while `during` runs (a flapping verifier, say); peaks measured for this wave only. */
+/** `n` attestations at once; peaks (and RSS growth) measured for this wave only. */
 export async function wave(rig: LoadRig, n: number): Promise<Wave> {
   const ui = rig.server.unifiedIdentity;
   if (ui === undefined) throw new Error('the load server has no Unified Identity pipeline');

@@ -7,6 +7,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseServerConfig } from '../../src/server/index.js';
+import { LimiterRefusal, RequestLimiter } from '../../src/keylime/limiter.js';
 import { attestOnce, flap, GARBAGE_FAULTS, recovery, startLoadRig, wave, type LoadRig, type Outcome } from '../../bench/keylime-load.js';
 
 const LIMITS = { maxConcurrentRequests: 4, maxQueuedRequests: 8, requestTimeoutMs: 3000 };
@@ -92,5 +93,28 @@ describe('Keylime under load', () => {
     for (const bad of [{ maxConcurrentRequests: 0 }, { maxConcurrentRequests: 1.5 }, { maxQueuedRequests: -1 }, { maxConcurrentRequests: 5000 }]) {
       expect(() => parse(bad), JSON.stringify(bad)).toThrow(/maxConcurrentRequests|maxQueuedRequests/);
     }
+  });
+
+  it('the limiter: slots handed over in arrival order, a full queue refused at once, a waiter gives up at its deadline', async () => {
+    const l = new RequestLimiter(2, 2);
+    const never = new AbortController().signal;
+    const a = await l.acquire(never);
+    const b = await l.acquire(never);
+    const order: string[] = [];
+    const c = l.acquire(never).then((r) => { order.push('c'); return r; });
+    const deadline = new AbortController();
+    const d = l.acquire(deadline.signal);
+    await expect(l.acquire(never)).rejects.toMatchObject({ reason: 'full' });
+    deadline.abort();
+    await expect(d).rejects.toBeInstanceOf(LimiterRefusal);
+    expect(l.load()).toMatchObject({ inFlight: 2, queued: 1, peakQueued: 2, refusedFull: 1, refusedDeadline: 1 });
+    a();
+    a(); // a second release of one slot changes nothing
+    const rc = await c;
+    expect(order).toEqual(['c']);
+    expect(l.load()).toMatchObject({ inFlight: 2, queued: 0 });
+    b();
+    rc();
+    expect(l.load()).toMatchObject({ inFlight: 0, queued: 0, peakInFlight: 2 });
   });
 });

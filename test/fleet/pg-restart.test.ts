@@ -17,7 +17,9 @@ let ts: TestServer;
 let admin: grpc.Client & Record<string, (...a: unknown[]) => unknown>;
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  // Durable settings: the test cluster's default (synchronous_commit=off) acknowledges commits whose
+  // WAL a killed postmaster's children never flush, and the crash test would lose them.
+  pg = await startPostgres({ durable: true });
   const url = await pg.createDatabase('terroir_restart');
   ts = await startTestServer({
     dataStore: { type: 'postgres', connectionString: url, poolSize: 4 },
@@ -168,6 +170,31 @@ it('PostgreSQL stopped and started again under load: UNAVAILABLE meanwhile, not 
     + `${after.length} after; first success ${Math.min(...attempts.filter((a) => a.ok && a.at > resumedAt).map((a) => a.at)) - resumedAt} ms after PostgreSQL accepted again; `
     + `${acked.length} entries and ${attempts.filter((a) => a.ok && a.kind === 'agent').length} agents acknowledged, all present`);
 }, 40_000);
+
+it('the postmaster killed (SIGKILL, a crash): crash recovery at the next start, reconnects unaided, acknowledged writes kept', async () => {
+  const attempts: Attempt[] = [];
+  let running = true;
+  let n = 100_000;
+  const loop = (async () => { while (running) { attempts.push({ ...(await writeEntry(n++)), end: Date.now() }); await sleep(20); } })();
+  await sleep(500);
+  const downAt = Date.now();
+  await pg.halt('kill');
+  await sleep(1500);
+  await pg.resume(); // crash recovery replays the WAL
+  const resumedAt = Date.now();
+  while (Date.now() < resumedAt + 2000) await sleep(100);
+  running = false;
+  await loop;
+  for (const a of attempts.filter((x) => !x.ok)) {
+    expect(a.code).toBe(grpc.status.UNAVAILABLE);
+    expect(a.at).toBeGreaterThan(downAt - 1000); // refusals only around the crash
+    expect(a.at).toBeLessThan(resumedAt + 500); // until PostgreSQL (after its recovery) accepts again
+  }
+  expect(attempts.filter((a) => !a.ok && a.at > downAt + 200).length).toBeGreaterThan(0);
+  expect(attempts.filter((a) => a.ok && a.at > resumedAt + 500).length).toBeGreaterThan(3);
+  const entries = new Set((await ts.server.store.listEntries()).map((e) => e.spiffeId.toString()));
+  for (const w of attempts.filter((a) => a.ok)) expect(entries.has(w.id as string), w.id).toBe(true);
+}, 30_000);
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
