@@ -1,9 +1,11 @@
 // Two terroir-server processes on one PostgreSQL; a real agent configured with both (`servers`);
 // SIGKILL of the server the agent is connected to. The agent must keep serving its SVIDs, move to the
 // survivor by itself, get a new entry created there, renew there, and nothing either server
-// acknowledged may be missing from the survivor. The CA layout is the default one: each server its
-// own self-signed CA, the stored bundle the union of both (docs/deployment.md, "Two servers").
-import { spawn, type ChildProcess } from 'node:child_process';
+// acknowledged may be missing from the survivor. Two CA layouts an operator can run
+// (docs/deployment.md, "Two servers, one PostgreSQL"):
+//   - the default: each server its own self-signed CA, the stored bundle the union of both;
+//   - a shared upstream CA: the bundle is its root only, so agents trust a server they never met.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -41,8 +43,8 @@ afterAll(async () => {
 interface ServerProc { name: string; child: ChildProcess; admin: AdminClient; port: number }
 
 /** A real terroir-server process on the shared database, up once its admin API answers. */
-async function startServerProc(dir: string, name: string, dbUrl: string, ca: Record<string, unknown>): Promise<ServerProc> {
-  const port = await freePort();
+async function startServerProc(dir: string, name: string, dbUrl: string, ca: Record<string, unknown>, port?: number): Promise<ServerProc> {
+  port ??= await freePort();
   const socket = path.join(dir, name, 'admin.sock');
   fs.mkdirSync(path.join(dir, name), { recursive: true, mode: 0o700 });
   const cfg = path.join(dir, name, 'server.yaml');
@@ -121,33 +123,42 @@ const issuedBy = (leaf: Buffer, ca: Buffer): boolean => new crypto.X509Certifica
 interface Scenario {
   name: string;
   ca: (dir: string) => Record<string, unknown>;
-  /** The agent's trustBundlePath, given both servers. */
-  bootstrap: (dir: string, a: ServerProc, b: ServerProc) => Promise<string>;
+  /** The agent's trustBundlePath, made while only server A runs. */
+  bootstrap: (dir: string, a: ServerProc) => Promise<string>;
 }
 
 interface FailoverResult {
   reconnectMs: number;
   newEntryMs: number;
+  a: ServerProc;
+  b: ServerProc;
   dead: ServerProc;
   survivor: ServerProc;
   agent: Agent;
   dir: string;
   agentId: string;
   /** A's own root(s), read before B started. */
-  roots: Record<string, Buffer[]>;
-  /** The agent SVID and the web SVID held when the server was killed. */
+  rootA: Buffer[];
+  /** The agent SVID before B started (issued by A). */
   agentLeafBefore: Buffer;
-  webLeafBefore: Buffer;
+  /** The agent SVID chain when the server was killed. */
+  agentChainAtKill: Buffer[];
+  /** The web SVID the Workload API served just before the kill. */
+  webLeafAtKill: Buffer;
 }
 
+/**
+ * A runs alone while the agent attests and gets its SVIDs (so they are A's); B joins the database
+ * afterwards, then the server the agent is connected to is killed.
+ */
 async function runFailover(s: Scenario): Promise<FailoverResult> {
   const { dir, cleanup } = tempDir('terroir-failover-');
   cleanups.push(cleanup);
   const db = await pg.createDatabase(`terroir_failover_${s.name}`);
+  const portB = await freePort();
   const a = await startServerProc(dir, 'a', db, s.ca(dir));
   const rootA = (await a.admin.call('GetBundle', {})).x509Authorities;
-  const b = await startServerProc(dir, 'b', db, s.ca(dir));
-  const trustBundlePath = await s.bootstrap(dir, a, b);
+  const trustBundlePath = await s.bootstrap(dir, a);
 
   const token = (await a.admin.call('GenerateJoinToken', { ttl: 600 })).value;
   const agentId = `spiffe://${TD}/agent/join_token/${token}`;
@@ -159,7 +170,7 @@ async function runFailover(s: Scenario): Promise<FailoverResult> {
   const agent = await Agent.start(parseAgentConfig({
     trustDomain: TD,
     // B by name: "localhost" also resolves to ::1, where nothing listens; the agent must cope.
-    servers: [{ address: '127.0.0.1', port: a.port }, { address: 'localhost', port: b.port }],
+    servers: [{ address: '127.0.0.1', port: a.port }, { address: 'localhost', port: portB }],
     dataDir: path.join(dir, 'agent'), socketPath: socket, trustBundlePath, logLevel: 'silent',
     nodeAttestor: { joinToken: { token } },
   }, {}), { logger: silent });
@@ -170,28 +181,33 @@ async function runFailover(s: Scenario): Promise<FailoverResult> {
     return m && ids(m).length === 2 ? m : undefined;
   }, 10_000);
   expect(ids(before)).toEqual([`spiffe://${TD}/db`, `spiffe://${TD}/web`]);
-  // Both servers' roots must have reached the agent before one dies (the bundle it attested with
-  // may predate the other server's CA by one housekeeping round).
+  const agentLeafBefore = new SvidStore(path.join(dir, 'agent')).load()!.chain[0]!;
+
+  const b = await startServerProc(dir, 'b', db, s.ca(dir), portB);
+  // The agent must hold every root before a server dies: B's reaches it through A (one housekeeping
+  // round, then a push); with a shared upstream CA there is nothing new to learn.
   const union = (await b.admin.call('GetBundle', {})).x509Authorities.map((d) => d.toString('base64')).sort();
-  await waitFor('both servers\' roots in the agent\'s bundle', async () => {
+  await waitFor('every server\'s root in the agent\'s bundle', async () => {
     const m = await fetchX509(socket).catch(() => undefined);
     const have = m ? splitDerCertificates(m.svids[0]!.bundle).map((d) => d.toString('base64')).sort() : [];
     return JSON.stringify(have) === JSON.stringify(union) ? true : undefined;
   }, 10_000);
-  const agentLeafBefore = new SvidStore(path.join(dir, 'agent')).load()!.chain[0]!;
-  // The agent takes the servers in a random order: kill the one it is connected to.
-  const [dead, survivor] = await waitFor('the agent connected to a server', () => {
+  // New roots or a renewed SVID rebuild the agent's channel, which may then pick B: kill whichever
+  // server the agent is on.
+  const [dead, survivor] = await waitFor('the agent connected to one server', () => {
     if (connectedTo(a.port) && !connectedTo(b.port)) return [a, b] as const;
     if (connectedTo(b.port) && !connectedTo(a.port)) return [b, a] as const;
     return undefined;
   }, 5000);
 
+  const agentChainAtKill = new SvidStore(path.join(dir, 'agent')).load()!.chain;
+  const webLeafAtKill = leafOf(await fetchX509(socket), `spiffe://${TD}/web`);
   const killedAt = Date.now();
   await kill(dead);
   // The server is gone and the agent has not moved yet: its workloads are served from its cache.
   const during = await fetchX509(socket);
   expect(ids(during)).toEqual(ids(before));
-  expect(leafOf(during, `spiffe://${TD}/web`)).toEqual(leafOf(before, `spiffe://${TD}/web`));
+  expect(new Date(new crypto.X509Certificate(leafOf(during, `spiffe://${TD}/web`)).validTo).getTime()).toBeGreaterThan(Date.now());
 
   // An entry written at the survivor right after the kill reaches the agent through it.
   const added = await survivor.admin.call('BatchCreateEntry', { entries: [entry('api')] });
@@ -204,49 +220,78 @@ async function runFailover(s: Scenario): Promise<FailoverResult> {
   }, FAILOVER_BUDGET_MS);
   const newEntryMs = Date.now() - killedAt;
   expect(newEntryMs).toBeLessThan(FAILOVER_BUDGET_MS);
-  expect(agent.stats.attestations).toBe(1); // it kept its agent SVID: no new node attestation
+  expect(agent.stats.attestations).toBe(1); // the survivor accepted the agent SVID: no new node attestation
 
   // Nothing acknowledged is lost: both servers' entries and the node record, read from the survivor.
   const entries = (await survivor.admin.call('ListEntries', { pageSize: 100, pageToken: '' })).entries.map((e) => e.spiffeId).sort();
   expect(entries).toEqual([`spiffe://${TD}/api`, `spiffe://${TD}/db`, `spiffe://${TD}/web`]);
   const node = await survivor.admin.call('GetAgent', { spiffeId: agentId });
   expect(node.banned).toBe(false);
-  return { reconnectMs, newEntryMs, dead, survivor, agent, dir, agentId, roots: { [a.name]: rootA }, agentLeafBefore, webLeafBefore: leafOf(before, `spiffe://${TD}/web`) };
+  return { reconnectMs, newEntryMs, a, b, dead, survivor, agent, dir, agentId, rootA, agentLeafBefore, agentChainAtKill, webLeafAtKill };
 }
 
 it('per-server CAs (the union bundle): the agent keeps its SVIDs, moves to the survivor, and renews there', async () => {
   const r = await runFailover({
     name: 'union',
     ca: () => ({}),
-    // Taken from B after both started: B's bundle already has A's root and its own.
-    bootstrap: async (dir, _a, b) => {
+    // A's bundle, before B existed: the agent learns B's root later, through A.
+    bootstrap: async (dir, a) => {
       const file = path.join(dir, 'bootstrap.json');
-      const bundle = await b.admin.call('GetBundle', {});
-      expect(bundle.x509Authorities).toHaveLength(2);
-      fs.writeFileSync(file, bundle.spiffeJson);
+      fs.writeFileSync(file, (await a.admin.call('GetBundle', {})).spiffeJson);
       return file;
     },
   });
   console.log(`failover (per-server CAs): connected to the survivor ${r.reconnectMs} ms after SIGKILL, new entry served after ${r.newEntryMs} ms`);
   // Renewal continues at the survivor: the agent SVID and a workload SVID both re-issued by its CA.
-  const all = (await r.survivor.admin.call('GetBundle', {})).x509Authorities;
-  const rootA = r.roots['a']!;
-  const rootOfSurvivor = r.survivor.name === 'a' ? rootA[0]! : all.find((d) => !rootA.some((x) => x.equals(d)))!;
+  const rootB = (await r.b.admin.call('GetBundle', {})).x509Authorities.find((d) => !r.rootA.some((x) => x.equals(d)))!;
+  const rootOfSurvivor = r.survivor === r.a ? r.rootA[0]! : rootB;
+  expect(issuedBy(r.agentLeafBefore, r.rootA[0]!)).toBe(true);
   const store = new SvidStore(path.join(r.dir, 'agent'));
   await waitFor('the agent SVID renewed by the survivor', () => {
     const st = store.load();
-    return st && !st.chain[0]!.equals(r.agentLeafBefore) && issuedBy(st.chain[0]!, rootOfSurvivor) ? true : undefined;
+    return st && !st.chain[0]!.equals(r.agentChainAtKill[0]!) && issuedBy(st.chain[0]!, rootOfSurvivor) ? true : undefined;
   }, 15_000);
   await waitFor('the web SVID re-signed by the survivor', async () => {
     const m = await fetchX509(path.join(r.dir, 'agent.sock')).catch(() => undefined);
     const leaf = m && leafOf(m, `spiffe://${TD}/web`);
-    return leaf && !leaf.equals(r.webLeafBefore) && issuedBy(leaf, rootOfSurvivor) ? true : undefined;
+    return leaf && !leaf.equals(r.webLeafAtKill) && issuedBy(leaf, rootOfSurvivor) ? true : undefined;
   }, 15_000);
   expect(r.agent.stats.attestations).toBe(1);
   // The shared node record follows: the renewed SVID becomes current once the agent uses it.
   const serial = normalizeSerial(new crypto.X509Certificate(store.load()!.chain[0]!).serialNumber);
   await waitFor('the node record at the renewed serial', async () =>
     ((await r.survivor.admin.call('GetAgent', { spiffeId: r.agentId })).serialNumber === serial ? true : undefined), 10_000);
+}, 40_000);
+
+it('a shared upstream CA: the agent trusts the survivor by the upstream root alone', async () => {
+  const r = await runFailover({
+    name: 'upstream',
+    ca: (dir) => {
+      const key = path.join(dir, 'up.key');
+      const crt = path.join(dir, 'up.crt');
+      if (!fs.existsSync(crt)) {
+        // openssl, an independent maker of the operator's root.
+        execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+          '-keyout', key, '-out', crt, '-days', '2', '-subj', '/CN=failover upstream root',
+          '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], { stdio: 'ignore' });
+      }
+      // SVIDs of a minute: no renewal, so no new channel, before the kill — the agent stays on A.
+      return { upstream: { certFile: crt, keyFile: key }, ttl: '6m', x509SvidTtl: '1m', jwtSvidTtl: '1m' };
+    },
+    // The upstream root as PEM, taken before either server ran: nothing server-specific.
+    bootstrap: async (dir) => path.join(dir, 'up.crt'),
+  });
+  console.log(`failover (shared upstream CA): connected to the survivor ${r.reconnectMs} ms after SIGKILL, new entry served after ${r.newEntryMs} ms`);
+  // B accepted (no new attestation) an agent SVID under A's intermediate, one B never held: the SVID
+  // B signed for the new entry has another intermediate.
+  expect(r.dead).toBe(r.a);
+  const m = await fetchX509(path.join(r.dir, 'agent.sock'));
+  const intermediateB = splitDerCertificates(m.svids.find((x) => x.spiffe_id === `spiffe://${TD}/api`)!.x509_svid)[1]!;
+  expect(issuedBy(r.agentChainAtKill[0]!, r.agentChainAtKill[1]!)).toBe(true);
+  expect(r.agentChainAtKill[1]!.equals(intermediateB)).toBe(false);
+  expect(r.agent.stats.attestations).toBe(1);
+  const up = new crypto.X509Certificate(fs.readFileSync(path.join(r.dir, 'up.crt')));
+  expect(splitDerCertificates(m.svids[0]!.bundle)).toEqual([up.raw]);
 }, 40_000);
 
 describe('agent config: servers', () => {
