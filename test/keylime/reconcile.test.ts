@@ -65,6 +65,7 @@ function gate(now: () => Date, audit: AuditRecord[]): KeylimeGate {
     verifierUrl: verifier.url, caFile: pki.files.serverCa, certFile: pki.files.clientCert, keyFile: pki.files.clientKey,
     mode: 'continuous', pollIntervalMs: 1000, maxAttestationAge: 30, enrollTimeout: 30, removeAfter: REMOVE_AFTER_S,
     requestTimeoutMs: 3000, tpmPolicy: { 15: ['00'.repeat(32)] }, policies: [], quoteEndpointAddress: 'source', allowDevelopmentStandIn: true,
+    maxConcurrentRequests: 16, maxQueuedRequests: 64,
   };
   return new KeylimeGate({
     settings, trustDomain: TD, store, now, logger: pino({ level: 'silent' }),

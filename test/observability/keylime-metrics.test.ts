@@ -31,6 +31,7 @@ describe('Keylime metrics (continuous mode, verifier double)', () => {
       verifierUrl: verifier.url, caFile: pki.files.serverCa, certFile: pki.files.clientCert, keyFile: pki.files.clientKey,
       mode: 'continuous', pollIntervalMs: 1000, maxAttestationAge: 30, enrollTimeout: 30, removeAfter: 7200,
       requestTimeoutMs: 1000, tpmPolicy: { 15: ['00'.repeat(32)] }, policies: [], quoteEndpointAddress: 'source', allowDevelopmentStandIn: true,
+      maxConcurrentRequests: 16, maxQueuedRequests: 64,
     };
     gate = new KeylimeGate({
       settings, trustDomain: TD, store, logger: pino({ level: 'silent' }),

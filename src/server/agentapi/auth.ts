@@ -2,13 +2,14 @@
 // has already verified the chain against the bundle's X.509 authorities; here the SPIFFE rules
 // (verifyX509Svid), the agent's standing in the datastore and the certificate's serial are checked.
 import crypto from 'node:crypto';
+import type tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { Bundle, BundleSet } from '../../spiffe/bundle.js';
 import { TrustDomain, type SpiffeId } from '../../spiffe/id.js';
 import { verifyX509Svid } from '../../spiffe/x509svid.js';
 import type { AttestedNode, DataStore } from '../datastore/types.js';
 import type { CaManager } from '../ca/manager.js';
-import { normalizeSerial } from '../ca/issuer.js';
+import { issuerChain, normalizeSerial } from '../ca/issuer.js';
 import { rpcError } from './status.js';
 
 export interface AuthenticatedAgent {
@@ -24,6 +25,43 @@ interface VerifiedLeaf {
 }
 
 type CallWithAuth = Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>;
+
+/**
+ * The intermediates each agent presented in its TLS handshake, by leaf fingerprint. Under an upstream
+ * CA shared by several servers (HA), an agent SVID another server issued chains through that server's
+ * intermediate, which this one does not hold; grpc-js hands handlers only the leaf. The chain is
+ * untrusted input: verifyX509Svid checks it up to a bundle root as always.
+ */
+export class PresentedIntermediates {
+  /** Kept while a connection with that leaf is open: bounded by the connection caps. */
+  private readonly byLeaf = new Map<string, { chain: Buffer[]; sockets: number }>();
+
+  record(socket: tls.TLSSocket): void {
+    const leaf = socket.getPeerCertificate(true);
+    if (!leaf?.raw) return;
+    const chain: Buffer[] = [];
+    for (let c = leaf.issuerCertificate; c?.raw && chain.length < 8; c = c.issuerCertificate) {
+      if (c.issuerCertificate === c || c.raw.equals(chain[chain.length - 1] ?? leaf.raw)) break; // a root: in the bundle already
+      chain.push(c.raw);
+    }
+    if (chain.length === 0) return;
+    const fp = leaf.fingerprint256;
+    const held = this.byLeaf.get(fp);
+    if (held) held.sockets++;
+    else this.byLeaf.set(fp, { chain, sockets: 1 });
+    socket.once('close', () => {
+      const h = this.byLeaf.get(fp);
+      if (h && --h.sockets === 0) this.byLeaf.delete(fp);
+    });
+  }
+
+  get(fingerprint256: string): Buffer[] | undefined {
+    return this.byLeaf.get(fingerprint256)?.chain;
+  }
+}
+
+/** One per process: the agent API server records, the authenticator reads. */
+export const presentedIntermediates = new PresentedIntermediates();
 
 export class AgentAuthenticator {
   // Verified leaves by fingerprint: the chain checks run once per certificate, not per call.
@@ -59,7 +97,7 @@ export class AgentAuthenticator {
     const nowMs = this.now().getTime();
     let leaf = this.verified.get(peer.fingerprint256);
     if (!leaf || leaf.notAfter <= nowMs) {
-      const chain = this.chainFor(peer.raw);
+      const chain = this.chainFor(peer.raw, peer.fingerprint256);
       let id: SpiffeId;
       let notAfter: number;
       try {
@@ -97,14 +135,16 @@ export class AgentAuthenticator {
    * The chain to verify: the leaf alone when a bundle root signed it, or the leaf plus our
    * intermediate (and what lies above it) when the CA is under an upstream CA.
    */
-  private chainFor(leafDer: Buffer): Buffer[] {
+  private chainFor(leafDer: Buffer, fingerprint256: string): Buffer[] {
     const leaf = new crypto.X509Certificate(leafDer);
     for (const a of this.ca.authorities().x509) {
-      if (a.chainDer.length === 0) continue;
+      const above = issuerChain(a);
+      if (above.length === 0) continue;
       const ca = new crypto.X509Certificate(a.certificateDer);
-      if (leaf.checkIssued(ca) && leaf.verify(ca.publicKey)) return [leafDer, a.certificateDer, ...a.chainDer];
+      if (leaf.checkIssued(ca) && leaf.verify(ca.publicKey)) return [leafDer, ...above];
     }
-    return [leafDer];
+    // Not one of ours: another server's intermediate, as the agent presented it.
+    return [leafDer, ...(presentedIntermediates.get(fingerprint256) ?? [])];
   }
 }
 

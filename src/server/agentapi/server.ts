@@ -12,12 +12,14 @@
 import crypto from 'node:crypto';
 import type http2 from 'node:http2';
 import net from 'node:net';
+import type tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { experimental } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { agentServiceDefinition, AGENT_API_MAX_MESSAGE_BYTES } from '../../api/agent-api.js';
 import type { CaManager } from '../ca/manager.js';
 import type { SvidIssuer } from '../ca/issuer.js';
+import { presentedIntermediates } from './auth.js';
 import type { AgentService } from './service.js';
 
 type CaListener = (u: { caCertificate: Buffer } | null) => void;
@@ -255,7 +257,9 @@ export async function startAgentApiServer(o: AgentApiServerOptions): Promise<Age
   server.addService(preEncodedDefinition(), o.service.handlers);
   const before = http2ServersOf(server);
   const injector = server.createConnectionInjector(creds);
-  requirePreface(injectorHttp2Server(server, before), limits.handshakeTimeoutMs);
+  const h2 = injectorHttp2Server(server, before);
+  requirePreface(h2, limits.handshakeTimeoutMs);
+  h2.on('secureConnection', (socket: tls.TLSSocket) => presentedIntermediates.record(socket));
   const caps = new ConnectionCaps(limits, o.logger);
   const listener = net.createServer((socket) => {
     if (caps.admit(socket)) injector.injectConnection(socket);

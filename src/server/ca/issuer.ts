@@ -14,6 +14,23 @@ import { certSignerFor } from '../../spiffe/signer.js';
 import type { CaManager } from './manager.js';
 import { subjectNameOf } from './certs.js';
 
+const selfSigned = new WeakMap<Buffer, boolean>();
+
+/**
+ * The CA certificates an SVID signed by `a` carries after its leaf: none when `a` is a self-signed
+ * root (peers hold it in the bundle), else `a` and the certificates above it. An empty chainDer alone
+ * does not mean self-signed: under an upstream CA that is itself the published root it is empty too.
+ */
+export function issuerChain(a: { certificateDer: Buffer; chainDer: Buffer[] }): Buffer[] {
+  let self = selfSigned.get(a.certificateDer);
+  if (self === undefined) {
+    const c = new crypto.X509Certificate(a.certificateDer);
+    self = c.checkIssued(c) && c.verify(c.publicKey);
+    selfSigned.set(a.certificateDer, self);
+  }
+  return self ? [] : [a.certificateDer, ...a.chainDer];
+}
+
 export interface IssuedX509 {
   spiffeId: string;
   /** Leaf first, then the intermediates up to (not including) a bundle root. */
@@ -63,7 +80,7 @@ export class SvidIssuer {
     });
     return {
       spiffeId: id.toString(),
-      certChain: active.chainDer.length > 0 ? [minted.der, active.certificateDer, ...active.chainDer] : [minted.der],
+      certChain: [minted.der, ...issuerChain(active)],
       serialHex: normalizeSerial(minted.serialHex),
       notAfter: minted.notAfter,
     };
@@ -114,7 +131,7 @@ export class SvidIssuer {
         extension(OID.subjectAltName, true, seq(...names)),
       ],
     }, certSignerFor(active.privateKey));
-    const chain = [der, ...(active.chainDer.length > 0 ? [active.certificateDer, ...active.chainDer] : [])];
+    const chain = [der, ...issuerChain(active)];
     return {
       certChainPem: chain.map((c) => new crypto.X509Certificate(c).toString()).join(''),
       keyPem: privateKey.export({ format: 'pem', type: 'pkcs8' }) as string,
