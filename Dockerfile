@@ -38,16 +38,36 @@ RUN npm run build
 # ---- deps: production dependencies only ----------------------------------------------------------------
 FROM build AS deps
 RUN rm -rf node_modules && npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+# Nothing Node loads at run time goes: type declarations, TypeScript sources, source maps, docs, tests
+# and examples; @types; the @opentelemetry packages' esm/esnext builds (their exports give Node
+# build/src, checked per package); better-sqlite3's C sources, SQLite amalgamation and build
+# intermediates (its stripped addon stays where `bindings` looks). The same for dist/.
+RUN cd node_modules \
+ && find . -type f \( -name '*.map' -o -name '*.ts' -o -name '*.mts' -o -name '*.cts' -o -name '*.md' -o -name '*.markdown' \) -delete \
+ && find . -depth -type d \( -name test -o -name tests -o -name __tests__ -o -name example -o -name examples -o -name benchmark -o -name benchmarks \) -exec rm -rf {} + \
+ && rm -rf @types \
+ && for p in @opentelemetry/*/; do \
+      grep -Eq '"(import|require|node|default)": *"\./build/es(m|next)/' "$p/package.json" || rm -rf "$p/build/esm" "$p/build/esnext"; \
+    done \
+ && cd better-sqlite3 \
+ && mv build/Release/better_sqlite3.node . && rm -rf build deps src binding.gyp \
+ && mkdir -p build/Release && mv better_sqlite3.node build/Release/ && strip --strip-unneeded build/Release/better_sqlite3.node \
+ && cd /app && find dist -type f \( -name '*.map' -o -name '*.d.ts' \) -delete \
+ && node -e "require('better-sqlite3')(':memory:').prepare('select 1').get()"
+
+# ---- node: the node binary without its debug symbols (the official one ships them: ~99 MB -> ~86 MB;
+# .dynsym, which native addons link against, stays). strip comes with the build stage's toolchain.
+FROM build AS node
+RUN strip /usr/local/bin/node && node -e "process.exit(0)"
 
 # ---- runtime: what every Node service shares: debian-slim plus the node binary (no npm, yarn, corepack) --
-FROM ${NODE_IMAGE} AS node
 FROM ${DEBIAN_IMAGE} AS runtime
 ENV NODE_ENV=production
 COPY --from=node /usr/local/bin/node /usr/local/bin/node
 WORKDIR /app
 COPY --from=deps /app/package.json ./
 COPY --from=deps /app/node_modules ./node_modules
-COPY --from=build /app/dist ./dist
+COPY --from=deps /app/dist ./dist
 COPY proto ./proto
 COPY deploy ./deploy
 COPY swtpm ./swtpm
@@ -75,7 +95,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-rc0 libtss2-tctildr0 libtss2-tcti-swtpm0 libtss2-tcti-device0 \
       tpm2-tools \
- && rm -rf /var/lib/apt/lists/* \
+ && rm -rf /var/lib/apt/lists/* /usr/lib/udev/hwdb.d /usr/lib/udev/hwdb.bin \
  && (getent group tss >/dev/null || groupadd --system tss) \
  && groupadd --system --gid 10005 terroir-agent \
  && useradd --system --uid 10005 --gid tss --groups terroir-agent --home-dir /var/lib/terroir/agent --shell /usr/sbin/nologin terroir-agent \
@@ -102,12 +122,31 @@ EXPOSE 2321 2322
 ENTRYPOINT ["/app/deploy/swtpm.sh"]
 
 # ---- gpsd fed by terroir's NMEA source ------------------------------------------------------------------
-# gpsd alone (no gpsd-clients, python3-gps or gpsfake); deploy/gps/live-nmea.mjs, on the Node runtime,
-# serves it live fixes over loopback TCP, and deploy/gps/healthcheck.mjs is the health check.
-FROM runtime AS gpsd
-RUN apt-get update \
+# Debian's gpsd depends on python3 (for ubxtool, 27 MB): it is installed in gpsd-bin only, and the gpsd
+# image gets the daemon and the shared libraries it links that debian-slim lacks (libusb, libbluetooth,
+# libdbus), like the node binary. No gpsd-clients, python3-gps or gpsfake; deploy/gps/live-nmea.mjs
+# (Node's standard library only: no dist/ or node_modules) serves gpsd live fixes over loopback TCP,
+# and deploy/gps/healthcheck.mjs is the health check.
+FROM ${DEBIAN_IMAGE} AS gpsd-bin
+RUN ls -1 /usr/lib/*-linux-gnu/ > /tmp/base-libs \
+ && apt-get update \
  && apt-get install -y --no-install-recommends gpsd \
  && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /out/usr/sbin \
+ && cp /usr/sbin/gpsd /out/usr/sbin/gpsd \
+ && ldd /usr/sbin/gpsd | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | while read -r name path; do \
+      grep -qx "$name" /tmp/base-libs && continue; \
+      dir=$(dirname "$(readlink -f "$path")"); mkdir -p "/out$dir"; cp -L "$path" "/out$dir/$name"; \
+    done
+
+FROM ${DEBIAN_IMAGE} AS gpsd
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
+COPY --from=gpsd-bin /out/ /
+WORKDIR /app
+COPY deploy/gpsd.sh ./deploy/gpsd.sh
+COPY deploy/gps ./deploy/gps
+RUN chmod 0755 deploy/gpsd.sh \
+ && gpsd -V \
  && groupadd --system --gid 10003 gpsfeed \
  && useradd --system --uid 10003 --gid gpsfeed --no-create-home --shell /usr/sbin/nologin gpsfeed
 USER 10003:10003

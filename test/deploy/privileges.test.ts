@@ -95,16 +95,20 @@ describe('Dockerfile', () => {
   it('puts no gpsfake / gpsd-clients (GTK), Python tooling or compiler in an image; production dependencies only', () => {
     // (tpm2-tools stays in the agent image: the operator's tool for the continuous-mode demo.)
     const targets = dockerfileTargets();
-    for (const t of ['agent', 'certs', 'gpsd', 'server', 'swtpm', 'workload']) {
+    for (const t of ['agent', 'certs', 'gpsd', 'gpsd-bin', 'server', 'swtpm', 'workload']) {
       const pkgs = installsOf(targets, t);
       expect(pkgs.filter((p) => /^(gpsd-clients|python3(-gps)?|g\+\+|gcc|make|build-essential|libgtk.*|gpsfake)$/.test(p)), t).toEqual([]);
     }
-    expect(installsOf(targets, 'gpsd')).toContain('gpsd');
+    // Debian's gpsd (which depends on python3, for ubxtool) is installed in gpsd-bin only; the gpsd image
+    // gets the daemon and the libraries it links, and Node, on debian-slim (no dist/ or node_modules).
+    expect(installsOf(targets, 'gpsd-bin')).toContain('gpsd');
     // The final Node images are debian-slim with the node binary; no stage of them is the build stage.
     const text = fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
+    expect(text).toMatch(/^COPY --from=gpsd-bin \/out\/ \/$/m);
+    expect(installsOf(targets, 'gpsd')).toEqual([]);
     expect(text).toMatch(/npm ci --omit=dev/);
     expect(targets.runtime?.from).toBe('${DEBIAN_IMAGE}');
-    for (const t of ['certs', 'swtpm']) expect(targets[t]?.from, t).toBe('${DEBIAN_IMAGE}');
+    for (const t of ['certs', 'swtpm', 'gpsd', 'gpsd-bin']) expect(targets[t]?.from, t).toBe('${DEBIAN_IMAGE}');
     expect(text).toMatch(/COPY --from=node \/usr\/local\/bin\/node /);
     expect(text).not.toMatch(/COPY --from=build \/app\/node_modules/);
   });
