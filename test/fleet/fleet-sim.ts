@@ -53,7 +53,7 @@ export interface FleetServer {
 /** What the bench raises above the defaults, so the report can say so. */
 export function fleetServerConfig(o: FleetServerOptions, agentPort: number, socket: string): Record<string, unknown> {
   return {
-    trustDomain: FLEET_TD, dataDir: path.join(o.dir, 'data'), logLevel: 'error', dataStore: o.dataStore,
+    trustDomain: FLEET_TD, dataDir: path.join(o.dir, 'data'), logLevel: 'warn', dataStore: o.dataStore,
     ca: { keyStore: 'disk', ttl: '1d', x509SvidTtl: o.agentSvidTtlS },
     agentApi: {
       bindAddress: '127.0.0.1', port: agentPort,
@@ -76,8 +76,11 @@ export async function startFleetServer(o: FleetServerOptions, agentPort: number)
   let admin: AdminClient;
   const launch = async (): Promise<number> => {
     const t0 = Date.now();
-    child = spawn(process.execPath, ['--import', 'tsx', CLI, 'run', '-c', cfgFile], { stdio: ['ignore', 'ignore', 'pipe'] });
-    child.stderr?.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-8000); });
+    // The log (pino, stdout, level warn) and stderr both kept, the last 8 KB: what the server complained about.
+    child = spawn(process.execPath, ['--import', 'tsx', CLI, 'run', '-c', cfgFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const keep = (c: Buffer): void => { stderr = (stderr + c.toString()).slice(-8000); };
+    child.stdout?.on('data', keep);
+    child.stderr?.on('data', keep);
     admin = new AdminClient(socket);
     for (;;) {
       if (child.exitCode !== null) throw new Error(`terroir-server exited (${child.exitCode}) while starting: ${stderr}`);
@@ -197,7 +200,12 @@ export interface WorkerStats {
   lastErrors: string[];
 }
 
-export interface AttestOutcome { ok: number; failed: number; latenciesMs: number[]; doneAt: number; errors: string[] }
+export interface AttestOutcome {
+  ok: number; failed: number; latenciesMs: number[]; doneAt: number; errors: string[];
+  attempts?: number;
+  /** Failed agents by the gRPC status name of their last attempt. */
+  failedBy?: Record<string, number>;
+}
 
 type Req = { id: number; t: string } & Record<string, unknown>;
 
@@ -287,6 +295,11 @@ export function percentile(xs: number[], p: number): number {
 }
 
 const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+function mergeCounts(xs: Record<string, number>[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const x of xs) for (const [k, v] of Object.entries(x)) out[k] = (out[k] ?? 0) + v;
+  return out;
+}
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 // ------------------------------------------------------------------ one scenario, start to end
@@ -314,9 +327,11 @@ export interface PhaseCpu { wallS: number; serverCpuS: number; simCpuS: number }
 export interface FleetResult {
   agents: number;
   bringUp: AttestOutcome & { wallMs: number; cpu: PhaseCpu; allSyncedMs: number; withSvid: number };
+  /** What the agents' syncs and mints did during the bring-up. */
+  bringUpStats: WorkerStats;
   steady: { stats: WorkerStats; cpu: PhaseCpu; rssMaxBytes: number; rssEndBytes: number };
   propagation: { adminMs: number; lastAgentMs: number; reached: number; cpu: PhaseCpu; rssMaxBytes: number };
-  restart?: { serverStartMs: number; allResyncedMs: number; resynced: number; storm: AttestOutcome & { lastMs: number }; cpu: PhaseCpu; rssMaxBytes: number };
+  restart?: { stats: WorkerStats; serverStartMs: number; allResyncedMs: number; resynced: number; storm: AttestOutcome & { lastMs: number }; cpu: PhaseCpu; rssMaxBytes: number };
   serverHwmBytes: number;
   serverLog: string;
 }
@@ -371,10 +386,10 @@ export async function runFleet(o: FleetOptions, agentPort: number): Promise<Flee
       doneAt: Math.max(...outs.map((x) => x.doneAt)), errors: outs.flatMap((x) => x.errors).slice(0, 5),
       wallMs: Math.max(...outs.map((x) => x.doneAt)) - t0, cpu: up.cpu, allSyncedMs: up.value.st.lastSyncedAt - t0, withSvid: up.value.st.withSvid,
     };
+    const upStats = mergeStats(await Promise.all(workers.map((w) => w.stats())));
     log(`bring-up: ${bringUp.ok} attested, ${bringUp.failed} failed in ${bringUp.wallMs} ms; ${up.value.st.syncedSince} synced, ${up.value.st.withSvid} with an SVID`);
 
     // ---- steady state: syncs every 5 s, renewals
-    await Promise.all(workers.map((w) => w.stats())); // drop the bring-up's samples
     log(`steady state for ${o.steadyMs / 1000} s`);
     const steady = await phase(server, workers, async () => {
       await sleep(o.steadyMs);
@@ -405,14 +420,15 @@ export async function runFleet(o: FleetOptions, agentPort: number): Promise<Flee
         const so = await stormP;
         const storm = {
           ok: sum(so.map((x) => x.ok)), failed: sum(so.map((x) => x.failed)), latenciesMs: so.flatMap((x) => x.latenciesMs),
-          doneAt: Math.max(...so.map((x) => x.doneAt)), errors: so.flatMap((x) => x.errors).slice(0, 5), lastMs: Math.max(...so.map((x) => x.doneAt)) - t1,
+          doneAt: Math.max(...so.map((x) => x.doneAt)), errors: so.flatMap((x) => x.errors).slice(0, 5), attempts: sum(so.map((x) => x.attempts ?? 0)), failedBy: mergeCounts(so.map((x) => x.failedBy ?? {})), lastMs: Math.max(...so.map((x) => x.doneAt)) - t1,
         };
-        return { serverStartMs: server.startedMs, allResyncedMs: st.syncedSince >= st.agents ? st.lastSyncedAt - t1 : NaN, resynced: st.syncedSince, storm };
+        const stats = mergeStats(await Promise.all(workers.map((w) => w.stats())));
+        return { stats, serverStartMs: server.startedMs, allResyncedMs: st.syncedSince >= st.agents ? st.lastSyncedAt - t1 : NaN, resynced: st.syncedSince, storm };
       });
       restart = { ...r.value, cpu: r.cpu, rssMaxBytes: r.rssMaxBytes };
     }
     return {
-      agents: o.agents, bringUp,
+      agents: o.agents, bringUp, bringUpStats: upStats,
       steady: { stats: steady.value, cpu: steady.cpu, rssMaxBytes: steady.rssMaxBytes, rssEndBytes: safeStats(server.pid).rssBytes },
       propagation: { ...prop.value, cpu: prop.cpu, rssMaxBytes: prop.rssMaxBytes },
       restart, serverHwmBytes: Math.max(hwmBefore, safeStats(server.pid).hwmBytes), serverLog: server.log(),
@@ -443,6 +459,9 @@ function newClient(env: WorkerEnv, identity?: { key: KeyObject; chain: Buffer[] 
   // and every agent is a separate machine with its own connection.
   return new (agentServiceClient())(`127.0.0.1:${env.agentPort}`, creds, {
     ...AGENT_API_CHANNEL_OPTIONS, 'grpc.ssl_target_name_override': 'terroir-server', 'grpc.use_local_subchannel_pool': 1,
+    // As src/agent/server-conn.ts: keepalive, and reconnects from 0.5 s backing off to at most 10 s
+    // (grpc-js's own default grows to 120 s, which would make a restart look far slower than it is).
+    'grpc.keepalive_time_ms': 30_000, 'grpc.initial_reconnect_backoff_ms': 500, 'grpc.max_reconnect_backoff_ms': 10_000,
   }) as Client;
 }
 
@@ -486,6 +505,9 @@ class SimAgent {
   private readonly syncs: number[] = [];
   readonly markers = new Map<string, number>();
   hasSvid = false;
+  private firstSynced!: () => void;
+  /** Resolves at the agent's first successful SyncEntries. */
+  readonly firstSync = new Promise<void>((r) => { this.firstSynced = r; });
 
   constructor(private readonly env: WorkerEnv, private key: KeyObject, private chain: Buffer[]) {
     this.client = newClient(env, { key, chain });
@@ -541,6 +563,7 @@ class SimAgent {
       }
       s.syncMs.push(performance.now() - t0);
       const now = Date.now();
+      if (this.syncs.length === 0) this.firstSynced();
       this.syncs.push(now);
       if (this.syncs.length > 8) this.syncs.shift();
       if (!res.unchanged) {
@@ -622,8 +645,8 @@ function emptyStats(): WorkerStats {
 
 async function bringUp(env: WorkerEnv, tokens: string[], concurrency: number): Promise<AttestOutcome> {
   const out: AttestOutcome = { ok: 0, failed: 0, latenciesMs: [], doneAt: 0, errors: [] };
-  // A few bootstrap channels (no client certificate) shared by the bring-up: the fleet arriving
-  // gradually; the storm below uses one fresh connection per attestation.
+  // A few bootstrap channels (no client certificate) shared by the bring-up; the storm below uses
+  // one fresh connection per attestation.
   const boot = Array.from({ length: Math.min(concurrency, 8) }, () => newClient(env));
   let next = 0;
   await Promise.all(Array.from({ length: concurrency }, async (_, lane) => {
@@ -638,6 +661,9 @@ async function bringUp(env: WorkerEnv, tokens: string[], concurrency: number): P
         const a = new SimAgent(env, kp.privateKey, r.chain);
         env.agents.push(a);
         a.start();
+        // The lane moves on once this agent is connected and synced (or after 30 s): the fleet
+        // arrives at the pace the server takes it, not as one SYN flood (the restart below is that).
+        await Promise.race([a.firstSync, sleep(30_000)]);
       } catch (e) {
         out.failed++;
         if (out.errors.length < 5) out.errors.push((e as Error).message);
@@ -649,25 +675,42 @@ async function bringUp(env: WorkerEnv, tokens: string[], concurrency: number): P
   return out;
 }
 
+/** Status codes after which an agent simply tries again (the server was busy or not reachable). */
+const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.RESOURCE_EXHAUSTED]);
+
 async function storm(env: WorkerEnv, tokens: string[]): Promise<AttestOutcome> {
-  const out: AttestOutcome = { ok: 0, failed: 0, latenciesMs: [], doneAt: 0, errors: [] };
+  const out: AttestOutcome = { ok: 0, failed: 0, latenciesMs: [], doneAt: 0, errors: [], attempts: 0, failedBy: {} };
   // Keys first, so key generation is not counted as the server's time.
   const csrs = tokens.map(() => createCsr(generateKeyPair()));
+  const giveUpAt = Date.now() + 120_000;
   await Promise.all(tokens.map(async (token, i) => {
-    const c = newClient(env);
     const t0 = performance.now();
-    try {
-      await attestToken(c, token, csrs[i]!);
-      out.latenciesMs.push(performance.now() - t0);
-      out.ok++;
-    } catch (e) {
-      out.failed++;
-      if (out.errors.length < 5) out.errors.push((e as Error).message);
-    } finally {
-      c.close();
+    // Each attempt on a new connection (each agent is its own machine); retried with the agent's
+    // backoff (0.5 s doubling to 10 s) while the server refuses connections or is too busy.
+    for (let backoff = MIN_BACKOFF_MS; ; backoff = Math.min(backoff * 2, 10_000)) {
+      const c = newClient(env);
+      out.attempts!++;
+      try {
+        await attestToken(c, token, csrs[i]!);
+        out.latenciesMs.push(performance.now() - t0);
+        out.ok++;
+        out.doneAt = Math.max(out.doneAt, Date.now()); // the storm's end is its last agent served
+        return;
+      } catch (e) {
+        if (!RETRYABLE.has((e as grpc.ServiceError).code) || Date.now() > giveUpAt) {
+          out.failed++;
+          const code = grpc.status[(e as grpc.ServiceError).code] ?? 'OTHER';
+          out.failedBy![code] = (out.failedBy![code] ?? 0) + 1;
+          if (out.errors.length < 5) out.errors.push((e as Error).message);
+          return;
+        }
+      } finally {
+        c.close();
+      }
+      await sleep(backoff * (0.5 + Math.random()));
     }
   }));
-  out.doneAt = Date.now();
+  if (out.ok === 0) out.doneAt = Date.now();
   return out;
 }
 
