@@ -11,8 +11,9 @@
 # No target runs as root, and none carries a compiler, npm or GTK: the build stages do the compiling,
 # the Node targets get the node binary alone on debian-slim, swtpm and certs get no Node at all, and
 # gpsd is fed by terroir's own NMEA source (deploy/gps/live-nmea.mjs) instead of gpsfake (whose
-# gpsd-clients package pulls in GTK3, matplotlib and numpy). Goal: every image <= 200 MB; not measured
-# here (no Docker engine on the development machines): `docker image ls 'terroir-*'` on a Docker host.
+# gpsd-clients package pulls in GTK3, matplotlib and numpy). Goal: every image <= 200 MB. Measured with
+# podman on locally built bookworm bases (docs/deployment.md, "Image sizes"): server and workload 196 MB,
+# gpsd 169, swtpm 99, certs 89; the agent 214 MB (TPM libraries, libssl3, tpm2-tools) is over it.
 # Compose runs every one of them read-only, with all capabilities dropped (docker-compose.yml).
 #
 # Every entrypoint is a script under deploy/ that the native tests (test/deploy/) run too.
@@ -55,7 +56,7 @@ RUN cd node_modules \
  && cd /app && find dist -type f \( -name '*.map' -o -name '*.d.ts' \) -delete \
  && node -e "require('better-sqlite3')(':memory:').prepare('select 1').get()"
 
-# ---- node: the node binary without its debug symbols (the official one ships them: ~99 MB -> ~86 MB;
+# ---- node: the node binary without its symbols and debug information (measured: 99 MB -> 86 MB;
 # .dynsym, which native addons link against, stays). strip comes with the build stage's toolchain.
 FROM build AS node
 RUN strip /usr/local/bin/node && node -e "process.exit(0)"
