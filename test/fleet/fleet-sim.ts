@@ -395,6 +395,7 @@ export async function runFleet(o: FleetOptions, agentPort: number): Promise<Flee
       await sleep(o.steadyMs);
       return mergeStats(await Promise.all(workers.map((w) => w.stats())));
     });
+    const rssEndBytes = safeStats(server.pid).rssBytes;
 
     // ---- propagation: one admin change for every agent's entry; until the last agent has it
     log('propagation: every entry gets hint gen-1');
@@ -429,7 +430,7 @@ export async function runFleet(o: FleetOptions, agentPort: number): Promise<Flee
     }
     return {
       agents: o.agents, bringUp, bringUpStats: upStats,
-      steady: { stats: steady.value, cpu: steady.cpu, rssMaxBytes: steady.rssMaxBytes, rssEndBytes: safeStats(server.pid).rssBytes },
+      steady: { stats: steady.value, cpu: steady.cpu, rssMaxBytes: steady.rssMaxBytes, rssEndBytes },
       propagation: { ...prop.value, cpu: prop.cpu, rssMaxBytes: prop.rssMaxBytes },
       restart, serverHwmBytes: Math.max(hwmBefore, safeStats(server.pid).hwmBytes), serverLog: server.log(),
     };
