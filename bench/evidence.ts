@@ -26,15 +26,14 @@ import { openDataStore, type DataStore, type NewEvidenceLeaf } from '../src/serv
 import { exportLog } from '../src/server/evidence/export.js';
 import { EvidenceLog, type RecordInput } from '../src/server/evidence/log.js';
 import { verifyExport } from '../src/server/evidence/verify.js';
-import { parseServerConfig, startServer, type RunningServer } from '../src/server/index.js';
+import type { RunningServer } from '../src/server/index.js';
 import { checkAkAttributes, ekHash, parseTpm2bPublic, publicKeyFromTpmPublic, verifyQuote } from '../src/tpm/index.js';
 import {
   consistencyProof, generateNoteKey, inclusionProof, leafHash, noteSignerFromKey, rootAt, verifyConsistency, verifyInclusion, type NodeReader,
 } from '../src/translog/index.js';
 import { startPostgres } from '../test/support/postgres.js';
-import { freePort } from '../test/support/ports.js';
 import { tempDir } from '../test/support/tmp.js';
-import { POLICIES, POLICY_PCR, startUnifiedDeployment, TD, ZERO, type UnifiedDeployment } from '../test/unified-identity/fixture.js';
+import { startUnifiedDeployment, TD, type UnifiedDeployment } from '../test/unified-identity/fixture.js';
 
 const env = (k: string, d: number): number => Number(process.env[k] ?? d);
 /** Part 1: attestations per server after WARMUP each, and the idle gap between two (not measured). */
@@ -78,40 +77,15 @@ function asInput(r: EvidenceRecord): RecordInput {
 // ---------------------------------------------------------------------------------------------------
 // 1. Attestation with the evidence log on and off.
 
-/** A Unified Identity server as the fixture's startServer builds it (flag on, Keylime one-shot), with `evidenceLog` added. */
-async function startBenchServer(d: UnifiedDeployment, name: string, evidenceLog: { enabled: boolean }): Promise<RunningServer> {
-  const policyFile = path.join(d.dir, 'bench-policies.yaml');
-  if (!fs.existsSync(policyFile)) fs.writeFileSync(policyFile, POLICIES, { mode: 0o600 });
-  const cfg = parseServerConfig({
-    trustDomain: TD,
-    dataDir: path.join(d.dir, name),
-    logLevel: 'silent',
-    dataStore: { type: 'sqlite', path: path.join(d.dir, name, 'ds.sqlite3') },
-    ca: { keyStore: 'memory', ttl: '1d', x509SvidTtl: '1h' },
-    agentApi: { bindAddress: '127.0.0.1', port: await freePort(), watchIntervalMs: 100, attestationRateLimit: { perSecond: 100, burst: 1000 } },
-    health: { enabled: true, bindAddress: '127.0.0.1', port: 0 },
-    nodeAttestation: { joinToken: { enabled: false }, tpm: { enabled: true, manufacturerCaFiles: [d.swtpm.caFile], enrolledEkHashes: [] } },
-    keylime: {
-      verifierUrl: `https://localhost:${d.verifier.port}`,
-      caFile: d.pki.files.serverCa, certFile: d.pki.files.clientCert, keyFile: d.pki.files.clientKey, allowDevelopmentStandIn: true,
-      mode: 'oneshot', requestTimeoutMs: 1000,
-    },
-    unifiedIdentity: {
-      locationPolicies: { file: policyFile },
-      defaultPolicy: 'eu-only',
-      pcrs: [0, 7, POLICY_PCR],
-      tpmPolicy: { [String(POLICY_PCR)]: [ZERO] },
-      reattestInterval: '1h',
-    },
-    evidenceLog,
-  }, d.dir, { UNIFIED_IDENTITY_ENABLED: 'true' });
-  return startServer(cfg, { logger: d.logger });
+/** A Unified Identity server as the fixture builds it (flag on, Keylime one-shot), with `evidenceLog` set. */
+function startBenchServer(d: UnifiedDeployment, evidenceLog: { enabled: boolean }): Promise<RunningServer> {
+  return d.startServer({ flag: true, keylime: true, config: { evidenceLog } });
 }
 
 async function attestationOnOff(d: UnifiedDeployment): Promise<{ on: RunningServer; off: RunningServer }> {
   console.log(`\n== 1. Unified Identity attestation, evidence log on vs off (${ATTEST_N} each after ${ATTEST_WARMUP} warm-up, interleaved ABBA) ==`);
-  const off = await startBenchServer(d, 'bench-off', { enabled: false });
-  const on = await startBenchServer(d, 'bench-on', { enabled: true });
+  const off = await startBenchServer(d, { enabled: false });
+  const on = await startBenchServer(d, { enabled: true });
   if (off.evidenceLog !== undefined || on.evidenceLog === undefined) throw new Error('the servers do not have the evidence log set as asked');
   const provider = d.provider(d.berlin);
   const times = { on: [] as number[], off: [] as number[] };

@@ -15,10 +15,9 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { NodeAttestationError } from '../src/agent/node-attestor.js';
 import type { AgentUnifiedIdentity } from '../src/agent/unified-identity.js';
-import { parseServerConfig, startServer, type RunningServer } from '../src/server/index.js';
+import type { RunningServer } from '../src/server/index.js';
 import type { Fault, TestKeylimeVerifier } from '../test/doubles/keylime-verifier.js';
-import { freePort } from '../test/support/ports.js';
-import { POLICY_PCR, startUnifiedDeployment, TD, ZERO, type UnifiedDeployment } from '../test/unified-identity/fixture.js';
+import { startUnifiedDeployment, type UnifiedDeployment } from '../test/unified-identity/fixture.js';
 
 export interface LoadRigOptions {
   maxConcurrentRequests: number;
@@ -44,31 +43,14 @@ export interface LoadRig {
 export async function startLoadRig(o: LoadRigOptions): Promise<LoadRig> {
   const d = await startUnifiedDeployment();
   try {
-    const cfg = parseServerConfig({
-      trustDomain: TD,
-      dataDir: path.join(d.dir, 'load-server'),
-      logLevel: 'silent',
-      dataStore: { type: 'sqlite', path: path.join(d.dir, 'load-server', 'ds.sqlite3') },
-      ca: { keyStore: 'memory', ttl: '1d', x509SvidTtl: '1h' },
-      // The rate limit is not what is measured here: let every attestation through to the pipeline.
-      agentApi: { bindAddress: '127.0.0.1', port: await freePort(), watchIntervalMs: 100, attestationRateLimit: { perSecond: 10_000, burst: 10_000 } },
-      health: { enabled: true, bindAddress: '127.0.0.1', port: 0 },
-      nodeAttestation: { joinToken: { enabled: false }, tpm: { enabled: true, manufacturerCaFiles: [d.swtpm.caFile] } },
-      keylime: {
-        verifierUrl: `https://localhost:${d.verifier.port}`,
-        caFile: d.pki.files.serverCa, certFile: d.pki.files.clientCert, keyFile: d.pki.files.clientKey, allowDevelopmentStandIn: true,
-        mode: 'oneshot', requestTimeoutMs: o.requestTimeoutMs,
-        maxConcurrentRequests: o.maxConcurrentRequests, maxQueuedRequests: o.maxQueuedRequests,
+    const server = await d.startServer({
+      flag: true, keylime: true,
+      config: {
+        // The rate limit is not what is measured here: let every attestation through to the pipeline.
+        agentApi: { attestationRateLimit: { perSecond: 10_000, burst: 10_000 } },
+        keylime: { requestTimeoutMs: o.requestTimeoutMs, maxConcurrentRequests: o.maxConcurrentRequests, maxQueuedRequests: o.maxQueuedRequests },
       },
-      unifiedIdentity: {
-        locationPolicies: { file: path.join(d.dir, 'policies.yaml') },
-        defaultPolicy: 'eu-only',
-        pcrs: [0, 7, POLICY_PCR],
-        tpmPolicy: { [String(POLICY_PCR)]: [ZERO] },
-        reattestInterval: '1h',
-      },
-    }, d.dir, { UNIFIED_IDENTITY_ENABLED: 'true' });
-    const server = await startServer(cfg, { logger: d.logger });
+    });
     const provider = d.provider(d.berlin);
     // Counted where the requests arrive; the double's private server is only listened to.
     const https_ = (d.verifier as unknown as { server: https.Server }).server;

@@ -58,7 +58,11 @@ export interface ServerOptions {
   latency?: Record<string, unknown>;
   /** More policies, YAML lines indented under `policies:` (appended to POLICIES). */
   extraPolicies?: string;
+  /** Raw server config laid over the fixture's, one top-level section at a time (e.g. `{ evidenceLog: { enabled: false } }`). */
+  config?: Record<string, unknown>;
 }
+
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 export interface UnifiedDeployment {
   dir: string;
@@ -125,7 +129,7 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
       async startServer(o) {
         const name = `server-${n++}`;
         const policyFile = o.extraPolicies ? write(`${name}-policies.yaml`, POLICIES + o.extraPolicies) : policies;
-        const cfg = parseServerConfig({
+        const raw: Record<string, unknown> = {
           trustDomain: TD,
           dataDir: path.join(tmp.dir, name),
           logLevel: 'silent',
@@ -153,7 +157,9 @@ export async function startUnifiedDeployment(opts: UnifiedDeploymentOptions = {}
             ...(o.verdictMaxAge !== undefined ? { verdictMaxAge: o.verdictMaxAge } : {}),
             ...(o.latency ? { latency: o.latency } : {}),
           },
-        }, tmp.dir, o.flag ? { UNIFIED_IDENTITY_ENABLED: 'true' } : {});
+        };
+        for (const [k, v] of Object.entries(o.config ?? {})) raw[k] = isObject(v) && isObject(raw[k]) ? { ...raw[k], ...v } : v;
+        const cfg = parseServerConfig(raw, tmp.dir, o.flag ? { UNIFIED_IDENTITY_ENABLED: 'true' } : {});
         const server = await startServer(cfg, { logger });
         stops.push(() => server.stop());
         return server;
