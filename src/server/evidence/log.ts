@@ -31,6 +31,8 @@ export type RecordInput = EvidenceRecord extends infer R ? R extends EvidenceRec
 
 interface Pending {
   record: EvidenceRecord;
+  /** Its leaf bytes, encoded once when it was appended. */
+  body: Buffer;
   tag: string | undefined;
   resolve: (index: number) => void;
   reject: (err: unknown) => void;
@@ -73,10 +75,16 @@ export class EvidenceLog {
   appendRecord<R extends RecordInput>(input: R, tag?: string): Promise<{ index: number; record: Extract<EvidenceRecord, { kind: R['kind'] }> }> {
     if (this.closed) return Promise.reject(new Error('the evidence log is closed'));
     const record = { v: EVIDENCE_RECORD_VERSION, time: input.time ?? this.now().toISOString(), server: this.o.serverName, ...input } as EvidenceRecord;
-    // Encode now: a record that cannot be written fails its caller, not the whole batch.
-    encodeRecord(record);
+    // Encode now: a record that cannot be written fails its caller (as a rejection, so appendLater's
+    // callers never see a throw), not the whole batch.
+    let body: Buffer;
+    try {
+      body = encodeRecord(record);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return new Promise<number>((resolve, reject) => {
-      this.queue.push({ record, tag, resolve, reject });
+      this.queue.push({ record, body, tag, resolve, reject });
       this.flushing ??= this.flushSoon();
     }).then((index) => ({ index, record: record as Extract<EvidenceRecord, { kind: R['kind'] }> }));
   }
@@ -97,8 +105,7 @@ export class EvidenceLog {
         const batch = this.queue.splice(0, MAX_BATCH);
         try {
           const leaves = batch.map((p) => {
-            const body = encodeRecord(p.record);
-            return { kind: p.record.kind, time: new Date(p.record.time), leafHash: leafHash(body), body, ...(p.tag !== undefined ? { tag: p.tag } : {}) };
+            return { kind: p.record.kind, time: new Date(p.record.time), leafHash: leafHash(p.body), body: p.body, ...(p.tag !== undefined ? { tag: p.tag } : {}) };
           });
           const first = await this.store.append(leaves);
           batch.forEach((p, i) => p.resolve(first + i));
