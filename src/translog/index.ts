@@ -5,7 +5,7 @@
 export { TranslogError, type TranslogErrorCode } from './errors.js';
 export * from './merkle.js';
 export {
-  MAX_NOTE_BYTES, MAX_NOTE_SIGNATURES, generateNoteKey, noteSignerFromKey, noteVerifierFromKey, openNote, signNote,
+  MAX_NOTE_BYTES, MAX_NOTE_SIGNATURES, generateNoteKey, noteKeyPairFromKey, noteSignerFromKey, noteVerifierFromKey, openNote, signNote,
   type NoteSignature, type NoteSigner, type NoteVerifier, type OpenedNote,
 } from './note.js';
 export { formatCheckpoint, openCheckpoint, parseCheckpoint, type Checkpoint } from './checkpoint.js';

@@ -67,8 +67,12 @@ export function generateNoteKey(name: string): { signerKey: string; verifierKey:
   };
 }
 
-/** The signer for a `PRIVATE+KEY+<name>+<hash>+<base64(0x01 ‖ seed)>` string; the hash must match the key. */
-export function noteSignerFromKey(signerKey: string): NoteSigner {
+/**
+ * The whole key pair behind a `PRIVATE+KEY+<name>+<hash>+<base64(0x01 ‖ seed)>` string: its signer,
+ * the Ed25519 key objects (for other signatures by the same key, e.g. a JWS) and the verifier key
+ * string to publish. The hash must match the key.
+ */
+export function noteKeyPairFromKey(signerKey: string): { signer: NoteSigner; privateKey: KeyObject; publicKey: KeyObject; verifierKey: string } {
   if (typeof signerKey !== 'string' || signerKey.length > MAX_KEY_STRING || !signerKey.startsWith('PRIVATE+KEY+')) {
     throw new TranslogError('key', 'a note signer key has the form PRIVATE+KEY+<name>+<8 hex key hash>+<base64 key>');
   }
@@ -79,10 +83,20 @@ export function noteSignerFromKey(signerKey: string): NoteSigner {
   } catch (err) {
     throw new TranslogError('key', `note signer key ${name}: not an Ed25519 private key`, { cause: err });
   }
-  if (keyHashOf(name, rawPublicKey(crypto.createPublicKey(privateKey))) !== keyHash) {
+  const publicKey = crypto.createPublicKey(privateKey);
+  const pub = rawPublicKey(publicKey);
+  if (keyHashOf(name, pub) !== keyHash) {
     throw new TranslogError('key', `note signer key ${name}: key hash ${hex8(keyHash)} does not match the key (altered or truncated key string?)`);
   }
-  return { name, keyHash, sign: (message) => crypto.sign(null, message, privateKey) };
+  return {
+    signer: { name, keyHash, sign: (message) => crypto.sign(null, message, privateKey) },
+    privateKey, publicKey, verifierKey: `${name}+${hex8(keyHash)}+${withAlg(pub)}`,
+  };
+}
+
+/** The signer for a `PRIVATE+KEY+<name>+<hash>+<base64(0x01 ‖ seed)>` string; the hash must match the key. */
+export function noteSignerFromKey(signerKey: string): NoteSigner {
+  return noteKeyPairFromKey(signerKey).signer;
 }
 
 /** The verifier for a `<name>+<hash>+<base64(0x01 ‖ public key)>` string; the hash must match the key. */

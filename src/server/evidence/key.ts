@@ -1,10 +1,10 @@
 // The audit key: the Ed25519 key that signs the evidence log's checkpoints and the EARs. Kept apart
 // from the CA (its own file, its own name), so a CA compromise cannot rewrite history and the key
 // can be handed to an HSM-less auditor's trust store as one line (the C2SP verifier key).
-import crypto, { type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { generateNoteKey, noteSignerFromKey, noteVerifierFromKey, type NoteSigner } from '../../translog/index.js';
+import { generateNoteKey, noteKeyPairFromKey, type NoteSigner } from '../../translog/index.js';
 import { ConfigError } from '../config.js';
 
 export interface AuditKey {
@@ -19,23 +19,11 @@ export interface AuditKey {
   kid: string;
 }
 
-// PKCS#8 wrapping of a raw Ed25519 seed (RFC 8410): the fixed prefix, then the 32 bytes.
-const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
-
 /** The key from a C2SP signer key string (`PRIVATE+KEY+<name>+<hash>+<base64(0x01 ‖ seed)>`). */
 export function auditKeyFromSignerKey(signerKey: string): AuditKey {
-  const signer = noteSignerFromKey(signerKey);
-  // The key part is base64, which may itself hold '+': split off the first four fields only.
-  const all = signerKey.trim().split('+');
-  const parts = [...all.slice(0, 4), all.slice(4).join('+')];
-  const raw = Buffer.from(parts[4] ?? '', 'base64');
-  const privateKey = crypto.createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, raw.subarray(1)]), format: 'der', type: 'pkcs8' });
-  const publicKey = crypto.createPublicKey(privateKey);
-  const pub = publicKey.export({ format: 'jwk' }).x as string;
-  const name = parts[2] as string;
-  const verifierKey = `${name}+${parts[3] as string}+${Buffer.concat([Buffer.from([1]), Buffer.from(pub, 'base64url')]).toString('base64')}`;
-  noteVerifierFromKey(verifierKey); // the string we publish must be one an auditor can load
-  return { signer, verifierKey, privateKey, publicKey, kid: parts[3] as string };
+  const { signer, privateKey, publicKey, verifierKey } = noteKeyPairFromKey(signerKey.trim());
+  // The JWS key id is the key hash, as in the verifier key string.
+  return { signer, verifierKey, privateKey, publicKey, kid: verifierKey.split('+')[1] as string };
 }
 
 /**
